@@ -1,0 +1,178 @@
+"""Every exception headwater raises on purpose.
+
+All of them derive from :class:`HeadwaterError`, so ``except HeadwaterError`` catches
+anything headwater itself rejected, while an exception raised by your own node code
+propagates unchanged (with a note naming the node it came from).
+
+Each message says what was wrong, what was expected and how to fix it::
+
+    >>> from headwater import StateGraph, errors
+    >>> from typing import TypedDict
+    >>> class S(TypedDict):
+    ...     x: int
+    >>> g = StateGraph(S)
+    >>> g.add_edge("__start__", "missing")
+    >>> try:
+    ...     g.compile()
+    ... except errors.GraphValidationError as e:
+    ...     print(e)  # doctest: +ELLIPSIS
+    Edge '__start__' -> 'missing' points to unknown node 'missing'. Known nodes: (none). ...
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "GraphRecursionError",
+    "GraphValidationError",
+    "HeadwaterError",
+    "InvalidInputError",
+    "InvalidRouteError",
+    "InvalidUpdateError",
+    "PluginConflictError",
+    "PluginError",
+    "PluginLoadError",
+    "SerdeError",
+    "StreamWriterError",
+    "UnknownStreamModeError",
+]
+
+
+class HeadwaterError(Exception):
+    """Base class of every error headwater raises on purpose.
+
+    Example::
+
+        try:
+            graph.invoke({"x": 1})
+        except HeadwaterError as e:
+            print("headwater rejected it:", e)
+    """
+
+
+class GraphValidationError(HeadwaterError, ValueError):
+    """The graph as built cannot run: raised by ``add_*`` calls and by ``compile()``.
+
+    The message is one line naming the culprit node, edge, key or reducer.
+
+    Example::
+
+        graph.add_edge("a", "nowhere")
+        graph.compile()  # GraphValidationError: Edge 'a' -> 'nowhere' points to unknown node ...
+    """
+
+
+class GraphRecursionError(HeadwaterError, RecursionError):
+    """A run took more supersteps than ``config["recursion_limit"]`` allows (default 25).
+
+    Example::
+
+        graph.invoke(state, {"recursion_limit": 100})  # allow longer loops
+    """
+
+
+class InvalidInputError(HeadwaterError, ValueError):
+    """The input given to a run is not a state the graph's schema accepts.
+
+    Example::
+
+        graph.invoke([1, 2])  # InvalidInputError: Graph input must be a mapping ...
+    """
+
+
+class InvalidUpdateError(HeadwaterError, ValueError):
+    """A node returned something that cannot be applied to the state.
+
+    Raised for a non-mapping return value, an unknown key, or two writes to a key
+    without a reducer in one superstep.
+
+    Example::
+
+        def node(state):
+            return 42  # InvalidUpdateError: Node 'node' returned int; expected ...
+    """
+
+
+class InvalidRouteError(HeadwaterError, ValueError):
+    """A router or a ``Command(goto=...)`` named a destination the graph does not have.
+
+    Example::
+
+        graph.add_conditional_edges("a", lambda s: "nope", {"yes": "b"})
+        # at run time: InvalidRouteError: Router of 'a' returned 'nope' ...
+    """
+
+
+class StreamWriterError(HeadwaterError, RuntimeError):
+    """A stream writer was used outside a running node, or called with bad arguments.
+
+    Example::
+
+        from headwater import get_stream_writer
+        get_stream_writer()  # StreamWriterError: no run is active in this context ...
+    """
+
+
+class UnknownStreamModeError(HeadwaterError, ValueError):
+    """``stream_mode`` named a mode no installed plugin provides.
+
+    Example::
+
+        graph.astream(state, stream_mode="value")
+        # UnknownStreamModeError: Unknown stream mode 'value'. Did you mean 'values'? ...
+    """
+
+
+class CheckpointError(HeadwaterError):
+    """A checkpoint could not be written or read back safely.
+
+    Example::
+
+        graph.invoke(None, {"configurable": {"thread_id": "t"}})  # nothing to resume
+    """
+
+
+class SerdeError(HeadwaterError, ValueError):
+    """A value could not be converted to or from headwater's JSON-safe wire form.
+
+    Example::
+
+        headwater.serde.dumps(object())  # SerdeError naming the type
+    """
+
+
+class PluginError(HeadwaterError):
+    """Base class of plugin problems (loading, conflicts, misspelled hooks).
+
+    Example::
+
+        try:
+            headwater.get_plugin_manager()
+        except PluginError as e:
+            print(e)
+    """
+
+
+class PluginLoadError(PluginError):
+    """A plugin's entry point failed to import or to register.
+
+    The message names the entry point, its distribution and version, and the cause;
+    the original exception is chained as ``__cause__``.
+
+    Example::
+
+        PluginLoadError: Plugin 'broken' (entry point broken = headwater_broken, from
+        distribution headwater-broken 0.1.0) failed to load: ModuleNotFoundError: ...
+    """
+
+
+class PluginConflictError(PluginError):
+    """Two plugins registered the same name (stream mode, filter, scheme, provider, command).
+
+    Nothing is renamed or silently overridden; the message names both plugins.
+
+    Example::
+
+        PluginConflictError: Stream mode 'values' is registered by both plugin
+        'headwater_streams' and plugin 'my_plugin'. Uninstall or block one of them ...
+    """

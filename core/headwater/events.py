@@ -1,0 +1,168 @@
+"""The event bus's public types: what subscribers, stream modes and filters receive.
+
+Every observable thing in a run is an :class:`Event`. Plugins see events through
+:class:`Subscription` callbacks (``headwater_event_subscribers``), shape them into stream
+chunks with :class:`StreamMode` (``headwater_stream_modes``) and select them with
+:class:`EventFilter` (``headwater_event_filters``).
+
+Kinds whose name starts with ``on_`` are the public ``astream_events`` kinds; the others
+(``step_end``, ``checkpoint``) are bus-internal and feed stream modes such as ``values``.
+
+Example::
+
+    from headwater.events import Subscription
+
+    seen = []
+    sub = Subscription(callback=seen.append, kinds=frozenset({"on_chain_end"}))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "CORE_KINDS",
+    "ON_CHAIN_END",
+    "ON_CHAIN_ERROR",
+    "ON_CHAIN_START",
+    "ON_CUSTOM_EVENT",
+    "SKIP",
+    "STEP_END",
+    "Event",
+    "EventFilter",
+    "StreamMode",
+    "Subscription",
+]
+
+ON_CHAIN_START: Final = "on_chain_start"
+"""A graph run or a node execution started. ``data = {"input": ...}``."""
+ON_CHAIN_END: Final = "on_chain_end"
+"""A graph run or a node execution finished. ``data = {"output": ...}``."""
+ON_CHAIN_ERROR: Final = "on_chain_error"
+"""A node execution, then its graph run, failed. ``data = {"error": exception}``."""
+ON_CUSTOM_EVENT: Final = "on_custom_event"
+"""A stream writer was called inside a node. ``data`` is the payload."""
+STEP_END: Final = "step_end"
+"""Bus-internal: a superstep's writes were applied. ``data = {"values", "writes"}``.
+
+``values`` is the full state after the step (the input is step 0); ``writes`` maps each
+node that ran to the tuple of updates it returned, in the order they were applied.
+"""
+
+CORE_KINDS: Final = frozenset(
+    {ON_CHAIN_START, ON_CHAIN_END, ON_CHAIN_ERROR, ON_CUSTOM_EVENT, STEP_END}
+)
+"""The kinds the core scheduler emits itself (models, tools and retrievers add more)."""
+
+
+class _Skip:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+SKIP: Final = _Skip()
+"""Returned by a :class:`StreamMode` projection for an event that yields no chunk."""
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Event:
+    """One thing that happened in a run.
+
+    ``seq`` increases by one per event within a root run (including its subgraphs), so
+    consumers can order and de-duplicate events; ``ns`` is the namespace of the (sub)graph
+    that emitted it (``()`` for the root graph).
+
+    Example::
+
+        event.event        # "on_chain_end"
+        event.name         # "summarize_node"
+        event.to_dict()    # the astream_events shape: {"event", "name", "run_id", ...}
+    """
+
+    event: str
+    name: str
+    run_id: str
+    parent_ids: tuple[str, ...]
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    data: Mapping[str, Any]
+    seq: int
+    ns: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``astream_events`` dict shape of this event.
+
+        Example::
+
+            {"event": "on_chain_start", "name": "process", "run_id": "…",
+             "parent_ids": ["…"], "tags": ["critical"], "metadata": {"node": "process", …},
+             "data": {"input": {…}}}
+        """
+        return {
+            "event": self.event,
+            "name": self.name,
+            "run_id": self.run_id,
+            "parent_ids": list(self.parent_ids),
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+            "data": dict(self.data),
+        }
+
+
+@attrs.frozen
+class Subscription:
+    """A callback for a run's events, returned by ``headwater_event_subscribers``.
+
+    ``kinds`` lists the event kinds wanted (``None``: every kind). The emitter calls
+    ``callback(event)`` synchronously on the event-loop thread for each matching event;
+    kinds that no subscription wants are never built.
+
+    Example::
+
+        Subscription(callback=lambda e: print(e.event, e.name),
+                     kinds=frozenset({"on_chain_start", "on_chain_end"}))
+    """
+
+    callback: Callable[[Event], None]
+    kinds: frozenset[str] | None = None
+
+
+@attrs.frozen
+class StreamMode:
+    """A projection of events into the chunks of one ``stream_mode``, made once per run.
+
+    ``project(event)`` is called for every event whose kind is in ``kinds`` and returns
+    the chunk to yield, or :data:`SKIP`.
+
+    Example::
+
+        def node_names(run):
+            return StreamMode(kinds=frozenset({"on_chain_start"}),
+                              project=lambda e: e.name if "node" in e.metadata else SKIP)
+    """
+
+    kinds: frozenset[str]
+    project: Callable[[Event], Any]
+
+
+@attrs.frozen
+class EventFilter:
+    """A named event filter's per-run form, made by a ``headwater_event_filters`` factory.
+
+    ``kinds``: only these kinds can pass (``None``: any kind) — known before any event is
+    built, so excluded kinds are never built. ``predicate(event) -> bool`` then decides
+    for each remaining event (``None``: keep all).
+
+    Example::
+
+        EventFilter(kinds=frozenset({"on_chat_model_stream"}),
+                    predicate=lambda e: "analyzer" in e.name)
+    """
+
+    kinds: frozenset[str] | None = None
+    predicate: Callable[[Event], bool] | None = None
