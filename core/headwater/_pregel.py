@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -27,8 +27,18 @@ from headwater.errors import (
     InvalidRouteError,
     InvalidUpdateError,
 )
-from headwater.events import ON_CHAIN_END, ON_CHAIN_ERROR, ON_CHAIN_START, STEP_END
+from headwater.events import (
+    ON_CHAIN_END,
+    ON_CHAIN_ERROR,
+    ON_CHAIN_START,
+    STEP_END,
+    TASK_END,
+    TASK_START,
+)
 from headwater.runtime import Run, Task, current_task
+
+if TYPE_CHECKING:
+    from headwater._stream import RunStream
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
 
@@ -131,6 +141,92 @@ class CompiledGraph:
         run = self.prepare_run(input, config)
         return await self.execute(run, input)
 
+    def astream(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        stream_mode: str | Sequence[str] = "values",
+        subgraphs: bool = False,
+    ) -> RunStream:
+        """Stream a run as it happens, shaped by one or more stream modes.
+
+        With one mode, yields that mode's chunks; with a list of modes, ``(mode, chunk)``
+        tuples in the order they happened; with ``subgraphs=True``, the namespace of the
+        (sub)graph comes first: ``(ns, chunk)`` or ``(ns, mode, chunk)``. Modes come from
+        plugins (``headwater-streams``: values, updates, messages, custom, debug, tasks).
+        Leaving the ``async for`` early cancels the run.
+
+        Example::
+
+            async for chunk in app.astream(state, stream_mode="updates"):
+                print(chunk)          # {"node_name": {"key": "new value"}}
+        """
+        from headwater._stream import open_stream
+
+        return open_stream(self, input, config, stream_mode, subgraphs)
+
+    def stream(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        stream_mode: str | Sequence[str] = "values",
+        subgraphs: bool = False,
+    ) -> Iterator[Any]:
+        """The sync twin of :meth:`astream`: the run executes on an event loop in a thread.
+
+        Example::
+
+            for chunk in app.stream(state, stream_mode="values"):
+                print(chunk)
+        """
+        from headwater._stream import open_stream, stream_sync
+
+        return stream_sync(
+            functools.partial(open_stream, self, input, config, stream_mode, subgraphs)
+        )
+
+    def astream_events(
+        self,
+        input: Any,
+        config: Mapping[str, Any] | None = None,
+        *,
+        version: str = "v2",
+        include_names: Sequence[str] | None = None,
+        include_types: Sequence[str] | None = None,
+        include_tags: Sequence[str] | None = None,
+        exclude_names: Sequence[str] | None = None,
+        exclude_types: Sequence[str] | None = None,
+        exclude_tags: Sequence[str] | None = None,
+        filters: Sequence[Any] | None = None,
+    ) -> RunStream:
+        """Stream every event of a run as ``{"event", "name", "run_id", ...}`` dicts.
+
+        ``include_*`` / ``exclude_*`` select by name, event type or tag (glob patterns
+        such as ``"*_node"`` work); ``filters`` adds your own: callables taking an
+        :class:`~headwater.events.Event`, names of installed filters, or
+        :class:`~headwater.events.EventFilter` objects. Filters run before an event is
+        built. ``version="v2"`` is the default and only version.
+
+        Example::
+
+            async for event in app.astream_events(state, version="v2"):
+                if event["event"] == "on_chat_model_stream":
+                    print(event["data"]["chunk"].content, end="")
+        """
+        from headwater._stream import open_event_stream
+
+        filter_args = {
+            "include_names": include_names,
+            "include_types": include_types,
+            "include_tags": include_tags,
+            "exclude_names": exclude_names,
+            "exclude_types": exclude_types,
+            "exclude_tags": exclude_tags,
+        }
+        return open_event_stream(self, input, config, version, filter_args, filters)
+
     # -- running ----------------------------------------------------------------------
 
     def prepare_run(
@@ -149,9 +245,9 @@ class CompiledGraph:
             graph_name=self.name,
             config=config,
             input=input,
+            parent=outer,
             ns=(*outer.ns, f"{parent.node}:{parent.run_id}"),
             parent_ids=(*outer.parent_ids, outer.run_id, parent.run_id),
-            seq=outer._seq,
         )
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]:
@@ -166,7 +262,7 @@ class CompiledGraph:
                 await result
         error: BaseException | None = None
         try:
-            cbs = run.callbacks(ON_CHAIN_START)
+            cbs = run.subscriptions(ON_CHAIN_START)
             if cbs:
                 run.emit(
                     cbs,
@@ -179,7 +275,7 @@ class CompiledGraph:
                     {"input": input},
                 )
             values = await self._loop(run, input, pm)
-            cbs = run.callbacks(ON_CHAIN_END)
+            cbs = run.subscriptions(ON_CHAIN_END)
             if cbs:
                 run.emit(
                     cbs,
@@ -194,7 +290,7 @@ class CompiledGraph:
             return values
         except Exception as exc:
             error = exc
-            cbs = run.callbacks(ON_CHAIN_ERROR)
+            cbs = run.subscriptions(ON_CHAIN_ERROR)
             if cbs:
                 run.emit(
                     cbs,
@@ -226,7 +322,7 @@ class CompiledGraph:
         step_end_hook = (
             pm.hook.headwater_step_end if pm.hook.headwater_step_end.get_hookimpls() else None
         )
-        step_cbs = run.callbacks(STEP_END)
+        step_cbs = run.subscriptions(STEP_END)
         if step_cbs:
             run.emit(
                 step_cbs,
@@ -236,7 +332,7 @@ class CompiledGraph:
                 run.parent_ids,
                 run.tags,
                 run.metadata,
-                {"values": dict(values), "writes": {START: (update,)}},
+                {"values": dict(values), "writes": {START: (update,)}, "step": 0},
             )
         join_seen: list[set[str]] = [set() for _ in self._joins]
         pending = await self._route([START], {}, values, join_seen, run)
@@ -282,6 +378,8 @@ class CompiledGraph:
                     run.metadata,
                     {"values": dict(values), "writes": per_node, "step": step},
                 )
+                if run._valves:
+                    await run.relieve()
             if step_end_hook is not None:
                 for result in step_end_hook(run=run, step=step):
                     if inspect.isawaitable(result):
@@ -317,19 +415,10 @@ class CompiledGraph:
     async def _run_task(self, task: Task, wrap: bool, pm: Any) -> _Outcome:
         current_task.set(task)
         run = task.run
-        self.nodes[task.node]
-        cbs = run.callbacks(ON_CHAIN_START)
-        if cbs:
-            run.emit(
-                cbs,
-                ON_CHAIN_START,
-                task.node,
-                task.run_id,
-                (*run.parent_ids, run.run_id),
-                task.event_tags,
-                task.event_metadata,
-                {"input": task.input},
-            )
+        streaming = run.streaming
+        if streaming:
+            task.dispatch(TASK_START, {"input": task.input, "triggers": task.triggers})
+            task.dispatch(ON_CHAIN_START, {"input": task.input})
         try:
             if wrap:
                 out = await _wrapped(self._call_node, task, pm)
@@ -337,34 +426,18 @@ class CompiledGraph:
                 out = await self._call_node(task)
             outcome = self._outcome(task.node, out)
         except Exception as exc:
-            cbs = run.callbacks(ON_CHAIN_ERROR)
-            if cbs:
-                run.emit(
-                    cbs,
-                    ON_CHAIN_ERROR,
-                    task.node,
-                    task.run_id,
-                    (*run.parent_ids, run.run_id),
-                    task.event_tags,
-                    task.event_metadata,
-                    {"error": exc},
-                )
+            if streaming:
+                task.dispatch(ON_CHAIN_ERROR, {"error": exc})
+                task.dispatch(TASK_END, {"update": None, "error": exc})
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
             raise
-        cbs = run.callbacks(ON_CHAIN_END)
-        if cbs:
-            run.emit(
-                cbs,
-                ON_CHAIN_END,
-                task.node,
-                task.run_id,
-                (*run.parent_ids, run.run_id),
-                task.event_tags,
-                task.event_metadata,
-                {"output": out},
-            )
+        if streaming:
+            task.dispatch(TASK_END, {"update": outcome.update, "error": None})
+            task.dispatch(ON_CHAIN_END, {"output": out})
+            if run._valves:
+                await run.relieve()
         return outcome
 
     async def _call_node(self, task: Task) -> Any:

@@ -26,6 +26,7 @@ __all__ = [
     "GraphRecursionError",
     "GraphValidationError",
     "HeadwaterError",
+    "InvalidFilterError",
     "InvalidInputError",
     "InvalidRouteError",
     "InvalidUpdateError",
@@ -35,6 +36,7 @@ __all__ = [
     "SerdeError",
     "StreamWriterError",
     "UnknownStreamModeError",
+    "UnsupportedVersionError",
 ]
 
 
@@ -120,6 +122,26 @@ class UnknownStreamModeError(HeadwaterError, ValueError):
 
         graph.astream(state, stream_mode="value")
         # UnknownStreamModeError: Unknown stream mode 'value'. Did you mean 'values'? ...
+    """
+
+
+class UnsupportedVersionError(HeadwaterError, ValueError):
+    """``astream_events`` was asked for a version other than ``"v2"`` (v1 was removed).
+
+    Example::
+
+        app.astream_events(state, version="v1")
+        # UnsupportedVersionError: astream_events(version='v1') was removed ...
+    """
+
+
+class InvalidFilterError(HeadwaterError, ValueError):
+    """An event filter is not callable, names no installed filter, or has a bad argument.
+
+    Example::
+
+        app.astream_events(state, filters=["no_such_filter"])
+        # InvalidFilterError: filters=[...] names unknown filter 'no_such_filter' ...
     """
 
 

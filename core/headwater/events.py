@@ -6,7 +6,8 @@ chunks with :class:`StreamMode` (``headwater_stream_modes``) and select them wit
 :class:`EventFilter` (``headwater_event_filters``).
 
 Kinds whose name starts with ``on_`` are the public ``astream_events`` kinds; the others
-(``step_end``, ``checkpoint``) are bus-internal and feed stream modes such as ``values``.
+(``step_end``, ``task_start``, ``task_end``) are bus-internal and feed stream modes such
+as ``values``, ``updates`` and ``debug``.
 
 Example::
 
@@ -29,8 +30,12 @@ __all__ = [
     "ON_CHAIN_ERROR",
     "ON_CHAIN_START",
     "ON_CUSTOM_EVENT",
+    "PUBLIC_KINDS",
     "SKIP",
     "STEP_END",
+    "TASK_END",
+    "TASK_START",
+    "Accept",
     "Event",
     "EventFilter",
     "StreamMode",
@@ -52,10 +57,42 @@ STEP_END: Final = "step_end"
 node that ran to the tuple of updates it returned, in the order they were applied.
 """
 
+TASK_START: Final = "task_start"
+"""Bus-internal: a task (one node execution) starts. ``data = {"input", "triggers"}``."""
+TASK_END: Final = "task_end"
+"""Bus-internal: a task finished. ``data = {"update", "error"}``.
+
+``update`` is the mapping the node returned (a ``Command``'s ``update``; ``None`` for no
+update); ``error`` is the exception it raised, or ``None``.
+"""
+
 CORE_KINDS: Final = frozenset(
-    {ON_CHAIN_START, ON_CHAIN_END, ON_CHAIN_ERROR, ON_CUSTOM_EVENT, STEP_END}
+    {ON_CHAIN_START, ON_CHAIN_END, ON_CHAIN_ERROR, ON_CUSTOM_EVENT, STEP_END, TASK_START, TASK_END}
 )
 """The kinds the core scheduler emits itself (models, tools and retrievers add more)."""
+
+PUBLIC_KINDS: Final = frozenset(
+    {
+        ON_CHAIN_START,
+        ON_CHAIN_END,
+        ON_CHAIN_ERROR,
+        ON_CUSTOM_EVENT,
+        "on_chat_model_start",
+        "on_chat_model_stream",
+        "on_chat_model_end",
+        "on_chat_model_error",
+        "on_tool_start",
+        "on_tool_end",
+        "on_tool_error",
+        "on_retriever_start",
+        "on_retriever_end",
+        "on_retriever_error",
+    }
+)
+"""Every kind ``astream_events`` yields (the seed's event table, plus ``*_error``)."""
+
+Accept = Callable[[str, str, tuple[str, ...], Mapping[str, Any]], bool]
+"""``accept(kind, name, tags, metadata) -> bool``: decides before an event is built."""
 
 
 class _Skip:
@@ -90,7 +127,7 @@ class Event:
     parent_ids: tuple[str, ...]
     tags: tuple[str, ...]
     metadata: Mapping[str, Any]
-    data: Mapping[str, Any]
+    data: Any
     seq: int
     ns: tuple[str, ...] = ()
 
@@ -110,7 +147,7 @@ class Event:
             "parent_ids": list(self.parent_ids),
             "tags": list(self.tags),
             "metadata": dict(self.metadata),
-            "data": dict(self.data),
+            "data": self.data,
         }
 
 
@@ -118,9 +155,10 @@ class Event:
 class Subscription:
     """A callback for a run's events, returned by ``headwater_event_subscribers``.
 
-    ``kinds`` lists the event kinds wanted (``None``: every kind). The emitter calls
-    ``callback(event)`` synchronously on the event-loop thread for each matching event;
-    kinds that no subscription wants are never built.
+    ``kinds`` lists the event kinds wanted (``None``: every kind). ``accept``, if given,
+    is asked ``accept(kind, name, tags, metadata)`` before the event is built. The emitter
+    calls ``callback(event)`` synchronously on the event-loop thread for each matching
+    event; an event no subscription wants is never built.
 
     Example::
 
@@ -130,6 +168,7 @@ class Subscription:
 
     callback: Callable[[Event], None]
     kinds: frozenset[str] | None = None
+    accept: Accept | None = None
 
 
 @attrs.frozen
@@ -154,15 +193,19 @@ class StreamMode:
 class EventFilter:
     """A named event filter's per-run form, made by a ``headwater_event_filters`` factory.
 
-    ``kinds``: only these kinds can pass (``None``: any kind) — known before any event is
-    built, so excluded kinds are never built. ``predicate(event) -> bool`` then decides
-    for each remaining event (``None``: keep all).
+    Three stages, cheapest first; each ``None`` lets everything through:
+
+    * ``kinds``: only these kinds can pass — known at run start, so excluded kinds are
+      never built at all;
+    * ``accept(kind, name, tags, metadata) -> bool``: decided before the event is built;
+    * ``predicate(event) -> bool``: decided on the built :class:`Event`.
 
     Example::
 
         EventFilter(kinds=frozenset({"on_chat_model_stream"}),
-                    predicate=lambda e: "analyzer" in e.name)
+                    accept=lambda kind, name, tags, metadata: "analyzer" in name)
     """
 
     kinds: frozenset[str] | None = None
+    accept: Accept | None = None
     predicate: Callable[[Event], bool] | None = None

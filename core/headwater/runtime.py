@@ -29,6 +29,7 @@ from headwater.events import ON_CUSTOM_EVENT, Event, Subscription
 
 __all__ = [
     "NodeMiddleware",
+    "dispatch_event",
     "Run",
     "StreamWriter",
     "Task",
@@ -42,14 +43,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-_NO_CALLBACKS: tuple[Callable[[Event], None], ...] = ()
+_NOBODY: tuple[Subscription, ...] = ()
 
 
 class Run:
     """One execution of a compiled graph, as hooks see it.
 
     Attributes: ``run_id``, ``graph_name``, ``config`` (the run's config dict), ``input``,
-    ``ns`` (namespace, ``()`` for a root run), ``parent_ids`` (run ids of enclosing runs).
+    ``ns`` (namespace, ``()`` for a root run), ``parent_ids`` (run ids of enclosing runs),
+    ``tags`` and ``metadata`` (from the config).
 
     Example::
 
@@ -61,8 +63,10 @@ class Run:
     __slots__ = (
         "_by_kind",
         "_loop_thread",
+        "_root",
         "_seq",
         "_subs",
+        "_valves",
         "config",
         "graph_name",
         "input",
@@ -80,9 +84,9 @@ class Run:
         config: Mapping[str, Any],
         input: Any,
         run_id: str | None = None,
+        parent: Run | None = None,
         ns: tuple[str, ...] = (),
         parent_ids: tuple[str, ...] = (),
-        seq: list[int] | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
         self.graph_name = graph_name
@@ -92,25 +96,54 @@ class Run:
         self.parent_ids = parent_ids
         self.tags: tuple[str, ...] = tuple(config.get("tags") or ())
         self.metadata: Mapping[str, Any] = config.get("metadata") or {}
-        self._subs: list[Subscription] = []
-        self._by_kind: dict[str, tuple[Callable[[Event], None], ...]] = {}
-        self._seq = seq if seq is not None else [0]
+        # A subgraph's run shares the root run's subscribers, sequence and valves.
+        self._root: Run = parent._root if parent is not None else self
+        self._subs: list[Subscription] = self._root._subs if parent is not None else []
+        self._by_kind: dict[str, tuple[Subscription, ...]] = {}
+        self._seq: list[int] = self._root._seq if parent is not None else [0]
+        self._valves: list[Callable[[], Awaitable[None] | None]] = (
+            self._root._valves if parent is not None else []
+        )
         self._loop_thread = threading.get_ident()
 
     # -- subscriptions (resolved once per run) --------------------------------------
 
     def subscribe(self, subscription: Subscription) -> None:
-        """Add a subscription before the run starts (used by ``astream`` and hooks)."""
+        """Add a subscription before the run starts (``astream`` and hooks do this).
+
+        Example::
+
+            run.subscribe(Subscription(callback=print, kinds=frozenset({"on_chain_end"})))
+        """
         self._subs.append(subscription)
         self._by_kind.clear()
 
-    def callbacks(self, kind: str) -> tuple[Callable[[Event], None], ...]:
-        """The callbacks that want ``kind`` (empty tuple: nobody; do not build the event)."""
+    def add_valve(self, valve: Callable[[], Awaitable[None] | None]) -> None:
+        """Register a backpressure valve: awaited by producers at their await points.
+
+        A consumer whose bounded queue is full returns an awaitable from ``valve()`` that
+        completes when there is room again; ``None`` means no pressure.
+
+        Example::
+
+            run.add_valve(lambda: None if queue_has_room() else wait_for_room())
+        """
+        self._valves.append(valve)
+
+    def subscriptions(self, kind: str) -> tuple[Subscription, ...]:
+        """The subscriptions that want ``kind`` (empty: nobody; do not build the event).
+
+        Example::
+
+            subs = run.subscriptions("on_custom_event")
+            if subs:
+                run.emit(subs, "on_custom_event", ...)
+        """
         try:
             return self._by_kind[kind]
         except KeyError:
-            found = tuple(s.callback for s in self._subs if s.kinds is None or kind in s.kinds)
-            self._by_kind[kind] = found or _NO_CALLBACKS
+            found = tuple(s for s in self._subs if s.kinds is None or kind in s.kinds)
+            self._by_kind[kind] = found or _NOBODY
             return found
 
     @property
@@ -120,42 +153,61 @@ class Run:
 
     def emit(
         self,
-        callbacks: tuple[Callable[[Event], None], ...],
+        subs: tuple[Subscription, ...],
         kind: str,
         name: str,
         run_id: str,
         parent_ids: tuple[str, ...],
         tags: tuple[str, ...],
         metadata: Mapping[str, Any],
-        data: Mapping[str, Any],
+        data: Any,
     ) -> None:
-        """Build one event and hand it to ``callbacks`` (from :meth:`callbacks`)."""
-        seq = self._seq
-        seq[0] += 1
-        event = Event(
-            event=kind,
-            name=name,
-            run_id=run_id,
-            parent_ids=parent_ids,
-            tags=tags,
-            metadata=metadata,
-            data=data,
-            seq=seq[0],
-            ns=self.ns,
-        )
-        if threading.get_ident() == self._loop_thread:
-            for callback in callbacks:
-                callback(event)
-        else:
-            anyio.from_thread.run_sync(_deliver, callbacks, event)
+        """Deliver one event to ``subs`` (from :meth:`subscriptions`), building it once.
+
+        Safe to call from a worker thread started by the scheduler: delivery hops to the
+        event-loop thread, and the thread waits while a consumer's queue is full.
+
+        Example::
+
+            run.emit(subs, "on_custom_event", "node", task_id, (run.run_id,), (), {}, {"x": 1})
+        """
+        if threading.get_ident() != self._loop_thread:
+            anyio.from_thread.run_sync(
+                self.emit, subs, kind, name, run_id, parent_ids, tags, metadata, data
+            )
+            if self._valves:
+                anyio.from_thread.run(self.relieve)
+            return
+        event = None
+        for sub in subs:
+            accept = sub.accept
+            if accept is not None and not accept(kind, name, tags, metadata):
+                continue
+            if event is None:
+                seq = self._seq
+                seq[0] += 1
+                event = Event(
+                    event=kind,
+                    name=name,
+                    run_id=run_id,
+                    parent_ids=parent_ids,
+                    tags=tags,
+                    metadata=metadata,
+                    data=data,
+                    seq=seq[0],
+                    ns=self.ns,
+                )
+            sub.callback(event)
+
+    async def relieve(self) -> None:
+        """Wait until every consumer of this run has room again (backpressure)."""
+        for valve in self._valves:
+            waiting = valve()
+            if waiting is not None:
+                await waiting
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, graph_name={self.graph_name!r})"
-
-
-def _deliver(callbacks: tuple[Callable[[Event], None], ...], event: Event) -> None:
-    for callback in callbacks:
-        callback(event)
 
 
 @attrs.define(eq=False)
@@ -222,6 +274,22 @@ class Task:
             }
         return self._event_metadata
 
+    def dispatch(self, kind: str, data: Any, name: str | None = None) -> None:
+        """Emit an event of ``kind`` attributed to this task (built only if wanted)."""
+        run = self.run
+        subs = run.subscriptions(kind)
+        if subs:
+            run.emit(
+                subs,
+                kind,
+                self.node if name is None else name,
+                self.run_id,
+                (*run.parent_ids, run.run_id),
+                self.event_tags,
+                self.event_metadata,
+                data,
+            )
+
     @property
     def event_tags(self) -> tuple[str, ...]:
         """Tags carried by every event of this task: the run's, then the node's."""
@@ -263,20 +331,7 @@ class StreamWriter:
                 f"A stream writer takes writer(payload) or writer('custom', payload); got "
                 f"{len(args)} argument(s){' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
             )
-        task = self._task
-        run = task.run
-        callbacks = run.callbacks(ON_CUSTOM_EVENT)
-        if callbacks:
-            run.emit(
-                callbacks,
-                ON_CUSTOM_EVENT,
-                task.node,
-                task.run_id,
-                (*run.parent_ids, run.run_id),
-                task.event_tags,
-                task.event_metadata,
-                payload if isinstance(payload, Mapping) else {"payload": payload},
-            )
+        self._task.dispatch(ON_CUSTOM_EVENT, payload)
 
     def __repr__(self) -> str:
         return f"StreamWriter(node={self._task.node!r})"
@@ -293,6 +348,25 @@ def _active_task(what: str) -> Task:
             "Call it from inside a node function (or code a node calls) while the graph runs."
         )
     return task
+
+
+def dispatch_event(kind: str, data: Any, *, name: str | None = None) -> None:
+    """Emit an event of ``kind`` from code running inside a node (adapters, tools).
+
+    The event is attributed to the current node (its run id is the parent, its tags and
+    metadata are carried); ``name`` defaults to the node's name. Nothing is built when no
+    consumer wants ``kind``. Raises :class:`~headwater.errors.StreamWriterError` outside
+    a running node.
+
+    Example::
+
+        from headwater.runtime import dispatch_event
+
+        def node(state):
+            dispatch_event("on_chat_model_stream", {"chunk": chunk})
+            return {}
+    """
+    _active_task("dispatch_event()").dispatch(kind, data, name)
 
 
 def get_stream_writer() -> StreamWriter:

@@ -1,0 +1,504 @@
+"""Streaming a run: ``astream``, ``astream_events`` and ``stream``.
+
+A run being streamed executes in a background task owned by its :class:`RunStream`. Its
+events reach the consumer through one bounded anyio memory stream; stream-mode
+projections and filters are applied on the producer side, on the event-loop thread,
+before anything is queued.
+
+Why a background task and not an async generator holding a task group: the spec's
+``async for chunk in app.astream(...)`` must also work when the consumer ``break``s, raises
+or is cancelled. An async generator that yields inside a task group is closed later, in
+another task, where its cancel scope can no longer exit; a plain iterator object can
+cancel its run synchronously the moment it is dropped (``__del__``), closed (``aclose``)
+or its consumer is cancelled while waiting. The background task is an asyncio task or a
+trio system task; its cancel scope is cancelled from the consumer's side and
+``aclose()`` waits until it has finished, so no task, thread callback or queue is left.
+
+Backpressure: when the queue is full, events go to an overflow list in order, and the
+run's producers wait at their next await point (end of a node, end of a step, the next
+token of a chat model; a sync node in a worker thread waits at once) until the consumer
+has caught up. Memory therefore stays bounded by the queue plus what a producer emits
+between two await points.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import difflib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import sniffio
+
+from headwater.errors import (
+    InvalidFilterError,
+    UnknownStreamModeError,
+    UnsupportedVersionError,
+)
+from headwater.events import SKIP, Accept, Event, EventFilter, StreamMode, Subscription
+from headwater.runtime import Run
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from headwater._plugins import PluginManager
+    from headwater._pregel import CompiledGraph
+
+__all__ = ["BUFFER_SIZE", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
+
+BUFFER_SIZE = 1024
+"""Items a stream's queue holds before producers wait for the consumer."""
+
+EVENTS_MODE = "events"
+"""The stream mode ``astream_events`` uses (supplied by ``headwater-streams``)."""
+
+_FILTER_ARGS = (
+    "include_names",
+    "include_types",
+    "include_tags",
+    "exclude_names",
+    "exclude_types",
+    "exclude_tags",
+)
+
+_background: set[Any] = set()
+
+
+def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
+    """Start ``fn`` as a task owned by no task group (see the module docstring)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn, context=contextvars.copy_context())
+    else:
+        import asyncio
+
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(fn())  # type: ignore[arg-type]
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+class RunStream(AsyncIterator[Any]):
+    """The async iterator ``astream()`` and ``astream_events()`` return.
+
+    Iterate it with ``async for``; leaving the loop early (``break``, an exception, the
+    consumer being cancelled) cancels the run. ``await stream.aclose()`` cancels it and
+    waits until its tasks have finished; ``async with`` does the same on exit.
+
+    Example::
+
+        async with app.astream(state, stream_mode="updates") as stream:
+            async for chunk in stream:
+                print(chunk)
+    """
+
+    def __init__(
+        self,
+        graph: CompiledGraph,
+        run: Run,
+        input: Any,
+        routes: Mapping[str, list[tuple[str, StreamMode]]],
+        shape: Callable[[str, tuple[str, ...], Any], Any],
+        *,
+        nested: bool,
+        accept: Accept | None = None,
+        predicates: tuple[Callable[[Event], bool], ...] = (),
+        buffer_size: int = BUFFER_SIZE,
+    ) -> None:
+        self._graph = graph
+        self._run = run
+        self._input = input
+        self._routes = routes
+        self._shape = shape
+        self._nested = nested
+        self._predicates = predicates
+        send: MemoryObjectSendStream[Any]
+        receive: MemoryObjectReceiveStream[Any]
+        send, receive = anyio.create_memory_object_stream(max_buffer_size=buffer_size)
+        self._send = send
+        self._receive = receive
+        self._overflow: collections.deque[Any] = collections.deque()
+        self._error: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._done: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None
+        self._closing = False
+        self._finished = False
+        self._thread = threading.get_ident()
+        run.subscribe(Subscription(callback=self._on_event, kinds=frozenset(routes), accept=accept))
+        run.add_valve(self._valve)
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run being streamed (also the graph's ``on_chain_start`` run_id)."""
+        return self._run.run_id
+
+    # -- producer side (event-loop thread) ------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if event.ns and not self._nested:
+            return
+        for predicate in self._predicates:
+            if not predicate(event):
+                return
+        for name, mode in self._routes[event.event]:
+            chunk = mode.project(event)
+            if chunk is SKIP:
+                continue
+            item = self._shape(name, event.ns, chunk)
+            if self._overflow:
+                self._overflow.append(item)
+                continue
+            try:
+                self._send.send_nowait(item)
+            except anyio.WouldBlock:
+                self._overflow.append(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the consumer has gone; the run is being cancelled
+
+    def _valve(self) -> Awaitable[None] | None:
+        return self._drain() if self._overflow else None
+
+    async def _drain(self) -> None:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            overflow = self._overflow
+            while overflow:
+                try:
+                    await self._send.send(overflow[0])
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    overflow.clear()
+                    return
+                overflow.popleft()
+
+    async def _produce(self) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._closing:
+                    scope.cancel()
+                try:
+                    await self._graph.execute(self._run, self._input)
+                except Exception as exc:
+                    self._error = exc
+                await self._drain()
+        finally:
+            self._send.close()
+            assert self._done is not None
+            self._done.set()
+
+    # -- consumer side ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._done = anyio.Event()
+        _spawn(self._produce)
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done is None:
+            if self._closing:
+                raise StopAsyncIteration
+            self._start()
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._end()
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._end()
+        except BaseException:
+            self._cancel()
+            raise
+
+    def _end(self) -> None:
+        self._finished = True
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    def _cancel(self) -> None:
+        self._closing = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Cancel the run (if still going) and wait until its tasks have finished."""
+        self._cancel()
+        if self._done is not None:
+            with anyio.CancelScope(shield=True):
+                await self._done.wait()
+
+    async def __aenter__(self) -> RunStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        done = self._done
+        if done is not None and not done.is_set() and threading.get_ident() == self._thread:
+            self._cancel()
+
+    async def next_batch(self, limit: int = 1000) -> list[Any] | None:
+        """Wait for at least one item and return everything already queued (≤ ``limit``).
+
+        ``None`` once the stream has ended. Used by the sync :func:`stream_sync`.
+        """
+        try:
+            batch = [await self.__anext__()]
+        except StopAsyncIteration:
+            return None
+        receive = self._receive
+        while len(batch) < limit:
+            try:
+                batch.append(receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        return batch
+
+
+# -- building streams --------------------------------------------------------------------
+
+
+def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
+    registry = pm.registrations("headwater_stream_modes")
+    installed = sorted(k for k in registry if k != EVENTS_MODE)
+    if isinstance(stream_mode, str):
+        names, single = [stream_mode], True
+    elif (
+        isinstance(stream_mode, list | tuple)
+        and stream_mode
+        and all(isinstance(m, str) for m in stream_mode)
+    ):
+        names, single = list(dict.fromkeys(stream_mode)), False
+    else:
+        raise UnknownStreamModeError(
+            f"stream_mode must be a mode name or a non-empty list of mode names, e.g. "
+            f"'values' or ['updates', 'custom']; got {type(stream_mode).__name__}: "
+            f"{stream_mode!r:.80}. Installed modes: {', '.join(installed) or '(none)'}."
+        )
+    for name in names:
+        if name not in registry:
+            close = difflib.get_close_matches(name, installed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            extra = "" if installed else " Install headwater-streams for the standard modes."
+            raise UnknownStreamModeError(
+                f"Unknown stream mode {name!r}.{hint} Installed modes: "
+                f"{', '.join(installed) or '(none)'}.{extra}"
+            )
+    return names, single
+
+
+def _routes(
+    run: Run, registry: Mapping[str, Any], names: Iterable[str]
+) -> dict[str, list[tuple[str, StreamMode]]]:
+    routes: dict[str, list[tuple[str, StreamMode]]] = {}
+    for name in names:
+        mode = registry[name](run)
+        if not isinstance(mode, StreamMode):
+            raise UnknownStreamModeError(
+                f"Stream mode {name!r} is broken: its factory returned "
+                f"{type(mode).__name__}, expected headwater.events.StreamMode."
+            )
+        for kind in mode.kinds:
+            routes.setdefault(kind, []).append((name, mode))
+    return routes
+
+
+def _shaper(single: bool, subgraphs: bool) -> Callable[[str, tuple[str, ...], Any], Any]:
+    if single and not subgraphs:
+        return lambda name, ns, chunk: chunk
+    if single:
+        return lambda name, ns, chunk: (ns, chunk)
+    if not subgraphs:
+        return lambda name, ns, chunk: (name, chunk)
+    return lambda name, ns, chunk: (ns, name, chunk)
+
+
+def open_stream(
+    graph: CompiledGraph,
+    input: Any,
+    config: Mapping[str, Any] | None,
+    stream_mode: Any,
+    subgraphs: bool,
+) -> RunStream:
+    """Validate the arguments and build the stream of ``astream()``."""
+    pm = graph.plugin_manager
+    names, single = _modes(pm, stream_mode)
+    run = graph.prepare_run(input, config)
+    routes = _routes(run, pm.registrations("headwater_stream_modes"), names)
+    return RunStream(graph, run, input, routes, _shaper(single, subgraphs), nested=subgraphs)
+
+
+def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
+    registry = pm.registrations("headwater_event_filters")
+    out: list[EventFilter] = []
+
+    def named(name: str, arg: Any, how: str) -> EventFilter:
+        factory = registry.get(name)
+        if factory is None:
+            installed = sorted(registry)
+            close = difflib.get_close_matches(name, installed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            extra = "" if installed else " Install headwater-filters for the standard filters."
+            raise InvalidFilterError(
+                f"{how} names unknown filter {name!r}.{hint} Installed filters: "
+                f"{', '.join(installed) or '(none)'}.{extra}"
+            )
+        made = factory(arg)
+        if not isinstance(made, EventFilter):
+            raise InvalidFilterError(
+                f"Filter {name!r} is broken: its factory returned {type(made).__name__}, "
+                "expected headwater.events.EventFilter."
+            )
+        return made
+
+    includes = [
+        named(name, arg, f"astream_events({name}=...)")
+        for name, arg in args.items()
+        if arg is not None and name.startswith("include_")
+    ]
+    out.extend(
+        named(name, arg, f"astream_events({name}=...)")
+        for name, arg in args.items()
+        if arg is not None and not name.startswith("include_")
+    )
+    if includes:
+        out.append(_any_of(includes))
+    if filters is None:
+        return out
+    if isinstance(filters, str | EventFilter) or callable(filters):
+        filters = [filters]
+    if not isinstance(filters, list | tuple):
+        raise InvalidFilterError(
+            f"filters must be a list of filters (callables taking an Event, names of "
+            f"installed filters, (name, argument) pairs, or EventFilter objects); got "
+            f"{type(filters).__name__}."
+        )
+    for f in filters:
+        if isinstance(f, EventFilter):
+            out.append(f)
+        elif isinstance(f, str):
+            out.append(named(f, None, "filters=[...]"))
+        elif isinstance(f, tuple) and len(f) == 2 and isinstance(f[0], str):
+            out.append(named(f[0], f[1], "filters=[...]"))
+        elif callable(f):
+            out.append(EventFilter(predicate=f))
+        else:
+            raise InvalidFilterError(
+                f"filters=[...] contains {type(f).__name__} {f!r:.60}; expected a callable "
+                "taking an Event and returning bool, the name of an installed filter, a "
+                "(name, argument) pair, or an EventFilter. Installed filters: "
+                f"{', '.join(sorted(registry)) or '(none)'}."
+            )
+    return out
+
+
+def _header_ok(f: EventFilter, kind: str, name: str, tags: tuple[str, ...], md: Any) -> bool:
+    return (f.kinds is None or kind in f.kinds) and (
+        f.accept is None or f.accept(kind, name, tags, md)
+    )
+
+
+def _any_of(filters: list[EventFilter]) -> EventFilter:
+    """An event passes when it passes any one of ``filters`` (LangGraph's include_* rule)."""
+    if len(filters) == 1:
+        return filters[0]
+    kinds: frozenset[str] | None = frozenset()
+    for f in filters:
+        kinds = None if kinds is None or f.kinds is None else kinds | f.kinds
+    if any(f.predicate is not None for f in filters):
+
+        def predicate(e: Event) -> bool:
+            return any(
+                _header_ok(f, e.event, e.name, e.tags, e.metadata)
+                and (f.predicate is None or f.predicate(e))
+                for f in filters
+            )
+
+        return EventFilter(kinds=kinds, predicate=predicate)
+    return EventFilter(
+        kinds=kinds,
+        accept=lambda kind, name, tags, md: any(
+            _header_ok(f, kind, name, tags, md) for f in filters
+        ),
+    )
+
+
+def _all_accept(accepts: list[Accept]) -> Accept | None:
+    if not accepts:
+        return None
+    if len(accepts) == 1:
+        return accepts[0]
+    return lambda kind, name, tags, md: all(a(kind, name, tags, md) for a in accepts)
+
+
+def open_event_stream(
+    graph: CompiledGraph,
+    input: Any,
+    config: Mapping[str, Any] | None,
+    version: str,
+    filter_args: Mapping[str, Any],
+    filters: Any,
+) -> RunStream:
+    """Validate the arguments and build the stream of ``astream_events()``."""
+    if version != "v2":
+        if version == "v1":
+            raise UnsupportedVersionError(
+                "astream_events(version='v1') was removed (as in LangGraph 1.0); use "
+                "version='v2', the default and only version."
+            )
+        raise UnsupportedVersionError(
+            f"Unknown astream_events version {version!r}; the only version is 'v2' (the default)."
+        )
+    pm = graph.plugin_manager
+    registry = pm.registrations("headwater_stream_modes")
+    if EVENTS_MODE not in registry:
+        raise UnknownStreamModeError(
+            "astream_events needs the 'events' projection, which no installed plugin provides. "
+            "Install headwater-streams."
+        )
+    event_filters = _event_filters(pm, filter_args, filters)
+    run = graph.prepare_run(input, config)
+    routes = _routes(run, registry, [EVENTS_MODE])
+    for f in event_filters:
+        if f.kinds is not None:
+            routes = {k: v for k, v in routes.items() if k in f.kinds}
+    accept = _all_accept([f.accept for f in event_filters if f.accept is not None])
+    predicates = tuple(f.predicate for f in event_filters if f.predicate is not None)
+    return RunStream(
+        graph,
+        run,
+        input,
+        routes,
+        _shaper(True, False),
+        nested=True,
+        accept=accept,
+        predicates=predicates,
+    )
+
+
+def stream_sync(make: Callable[[], RunStream]) -> Iterator[Any]:
+    """Iterate a stream from sync code: the run executes on an event loop in a thread."""
+    with anyio.from_thread.start_blocking_portal() as portal:
+        stream = portal.call(make)
+        try:
+            while True:
+                batch = portal.call(stream.next_batch)
+                if batch is None:
+                    return
+                yield from batch
+        finally:
+            portal.call(stream.aclose)

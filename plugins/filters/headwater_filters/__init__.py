@@ -1,0 +1,128 @@
+"""headwater-filters: the standard event filters of ``astream_events``.
+
+Each ``include_*`` / ``exclude_*`` keyword argument of ``astream_events`` is a named
+filter registered here through ``headwater_event_filters``; so are ``include_nodes`` and
+``exclude_nodes`` (by ``metadata["node"]``), usable as ``filters=[("include_nodes", [...])]``.
+Patterns may be globs (``"*_node"``, ``"on_chat_model_*"``). All of them decide before
+an event is built: type filters at run start (excluded kinds are never built), name,
+tag and node filters from the event's header.
+
+As in LangGraph, an event passes when it matches *any* ``include_*`` filter given (or
+no include filter was given) and *no* ``exclude_*`` filter.
+
+Example::
+
+    async for event in app.astream_events(
+        state, include_types=["on_chat_model_stream"], include_names=["*_node"]
+    ):
+        ...
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from headwater.errors import InvalidFilterError
+from headwater.events import PUBLIC_KINDS, EventFilter
+from headwater.hookspecs import hookimpl
+
+__all__ = ["headwater_event_filters"]
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _patterns(filter_name: str, arg: Any) -> list[str]:
+    if isinstance(arg, str):
+        return [arg]
+    if isinstance(arg, Iterable) and not isinstance(arg, Mapping):
+        items = list(arg)
+        if all(isinstance(item, str) for item in items):
+            return items
+    raise InvalidFilterError(
+        f"{filter_name} takes a list of names or glob patterns, e.g. ['summarize_node', "
+        f"'*_llm']; got {type(arg).__name__}: {arg!r:.80}."
+    )
+
+
+def _matcher(patterns: list[str]) -> Callable[[str], bool]:
+    """A fast membership test: a set for plain names, one regex for globs."""
+    exact = frozenset(p for p in patterns if not _GLOB.search(p))
+    globs = [p for p in patterns if _GLOB.search(p)]
+    if not globs:
+        return exact.__contains__
+    regex = re.compile("|".join(fnmatch.translate(p) for p in globs))
+    return lambda value: value in exact or regex.match(value) is not None
+
+
+def _kinds(filter_name: str, arg: Any) -> frozenset[str]:
+    match = _matcher(_patterns(filter_name, arg))
+    return frozenset(k for k in PUBLIC_KINDS if match(k))
+
+
+def include_types(arg: Any) -> EventFilter:
+    """Keep only events whose type matches (decided at run start)."""
+    return EventFilter(kinds=_kinds("include_types", arg))
+
+
+def exclude_types(arg: Any) -> EventFilter:
+    """Drop events whose type matches (never built)."""
+    return EventFilter(kinds=PUBLIC_KINDS - _kinds("exclude_types", arg))
+
+
+def include_names(arg: Any) -> EventFilter:
+    """Keep only events whose ``name`` matches."""
+    match = _matcher(_patterns("include_names", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: match(name))
+
+
+def exclude_names(arg: Any) -> EventFilter:
+    """Drop events whose ``name`` matches."""
+    match = _matcher(_patterns("exclude_names", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: not match(name))
+
+
+def include_tags(arg: Any) -> EventFilter:
+    """Keep only events carrying a matching tag."""
+    match = _matcher(_patterns("include_tags", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: any(match(t) for t in tags))
+
+
+def exclude_tags(arg: Any) -> EventFilter:
+    """Drop events carrying a matching tag."""
+    match = _matcher(_patterns("exclude_tags", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: not any(match(t) for t in tags))
+
+
+def include_nodes(arg: Any) -> EventFilter:
+    """Keep only events from inside a matching node (``metadata["node"]``)."""
+    match = _matcher(_patterns("include_nodes", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: match(md.get("node") or ""))
+
+
+def exclude_nodes(arg: Any) -> EventFilter:
+    """Drop events from inside a matching node (``metadata["node"]``)."""
+    match = _matcher(_patterns("exclude_nodes", arg))
+    return EventFilter(accept=lambda kind, name, tags, md: not match(md.get("node") or ""))
+
+
+@hookimpl
+def headwater_event_filters() -> Mapping[str, Callable[[Any], EventFilter]]:
+    """The standard named filters.
+
+    Example::
+
+        sorted(headwater.get_plugin_manager().registrations("headwater_event_filters"))
+    """
+    return {
+        "include_names": include_names,
+        "include_types": include_types,
+        "include_tags": include_tags,
+        "include_nodes": include_nodes,
+        "exclude_names": exclude_names,
+        "exclude_types": exclude_types,
+        "exclude_tags": exclude_tags,
+        "exclude_nodes": exclude_nodes,
+    }

@@ -1,0 +1,134 @@
+"""headwater-streams: the standard stream modes and the ``astream_events`` v2 projection.
+
+Registered through ``headwater_stream_modes`` like any third-party mode:
+
+=========  ==============================================================================
+mode       chunk
+=========  ==============================================================================
+values     the full state: first the input applied, then after every superstep
+updates    ``{node: update}`` for every finished task (parallel nodes each get one)
+messages   ``(message_chunk, metadata)`` for every chat-model token (not ``nostream``)
+custom     each stream-writer payload, in order
+debug      ``{"type", "step", "timestamp", "payload"}`` for task starts and results
+tasks      the payloads of ``debug`` alone: task starts and task results
+events     the ``astream_events`` v2 dicts (used by ``astream_events``)
+=========  ==============================================================================
+
+Example::
+
+    async for chunk in app.astream(state, stream_mode=["updates", "custom"]):
+        mode, payload = chunk
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from headwater.events import (
+    ON_CUSTOM_EVENT,
+    PUBLIC_KINDS,
+    SKIP,
+    STEP_END,
+    TASK_END,
+    TASK_START,
+    Event,
+    StreamMode,
+)
+from headwater.hookspecs import hookimpl
+from headwater.runtime import Run
+
+__all__ = ["NOSTREAM_TAG", "headwater_stream_modes"]
+
+NOSTREAM_TAG = "nostream"
+"""A model or node tagged ``nostream`` keeps its tokens out of the ``messages`` mode."""
+
+
+def _values(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({STEP_END}), project=lambda e: e.data["values"])
+
+
+def _project_update(event: Event) -> Any:
+    data = event.data
+    if data["error"] is not None:
+        return SKIP
+    return {event.name: data["update"]}
+
+
+def _updates(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({TASK_END}), project=_project_update)
+
+
+def _custom(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({ON_CUSTOM_EVENT}), project=lambda e: e.data)
+
+
+def _project_message(event: Event) -> Any:
+    if NOSTREAM_TAG in event.tags:
+        return SKIP
+    return (event.data["chunk"], event.metadata)
+
+
+def _messages(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({"on_chat_model_stream"}), project=_project_message)
+
+
+def _task_payload(event: Event) -> dict[str, Any]:
+    data = event.data
+    if event.event == TASK_START:
+        return {
+            "id": event.run_id,
+            "name": event.name,
+            "input": data["input"],
+            "triggers": list(data["triggers"]),
+        }
+    update = data["update"]
+    error = data["error"]
+    return {
+        "id": event.run_id,
+        "name": event.name,
+        "result": list(update.items()) if isinstance(update, Mapping) else [],
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+    }
+
+
+def _tasks(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({TASK_START, TASK_END}), project=_task_payload)
+
+
+def _project_debug(event: Event) -> Any:
+    return {
+        "type": "task" if event.event == TASK_START else "task_result",
+        "step": event.metadata.get("step"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+        "payload": _task_payload(event),
+    }
+
+
+def _debug(run: Run) -> StreamMode:
+    return StreamMode(kinds=frozenset({TASK_START, TASK_END}), project=_project_debug)
+
+
+def _events(run: Run) -> StreamMode:
+    return StreamMode(kinds=PUBLIC_KINDS, project=Event.to_dict)
+
+
+@hookimpl
+def headwater_stream_modes() -> Mapping[str, Callable[[Run], StreamMode]]:
+    """The standard stream modes.
+
+    Example::
+
+        sorted(headwater.get_plugin_manager().registrations("headwater_stream_modes"))
+        # ['custom', 'debug', 'events', 'messages', 'tasks', 'updates', 'values']
+    """
+    return {
+        "values": _values,
+        "updates": _updates,
+        "messages": _messages,
+        "custom": _custom,
+        "debug": _debug,
+        "tasks": _tasks,
+        "events": _events,
+    }
