@@ -349,21 +349,25 @@ class CompiledGraph:
                 )
             tasks = [self._make_task(p, step, values, run) for p in pending]
             outcomes = await self._run_step(tasks, wrap, pm)
-            order = (
-                sorted(range(len(tasks)), key=lambda i: (tasks[i].node, i))
-                if len(tasks) > 1
-                else [0]
-            )
-            writes = [(tasks[i].node, outcomes[i].update) for i in order if outcomes[i].update]
-            self._apply(values, writes, step)
             goto: dict[str, tuple[str | Send, ...]] = {}
-            ran: list[str] = []
-            for i in order:
-                node = tasks[i].node
-                if not ran or ran[-1] != node:
-                    ran.append(node)
-                if outcomes[i].goto:
-                    goto[node] = goto.get(node, ()) + outcomes[i].goto
+            if len(tasks) == 1:
+                node, outcome = tasks[0].node, outcomes[0]
+                written = outcome.update
+                writes: list[tuple[str, Mapping[str, Any]]] = [(node, written)] if written else []
+                ran = [node]
+                if outcome.goto:
+                    goto[node] = outcome.goto
+            else:
+                order = sorted(range(len(tasks)), key=lambda i: (tasks[i].node, i))
+                writes = [(tasks[i].node, u) for i in order if (u := outcomes[i].update)]
+                ran = []
+                for i in order:
+                    node = tasks[i].node
+                    if not ran or ran[-1] != node:
+                        ran.append(node)
+                    if outcomes[i].goto:
+                        goto[node] = goto.get(node, ()) + outcomes[i].goto
+            self._apply(values, writes, step)
             if step_cbs:
                 per_node: dict[str, tuple[Any, ...]] = {}
                 for node, upd in writes:
@@ -428,13 +432,13 @@ class CompiledGraph:
         except Exception as exc:
             if streaming:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
-                task.dispatch(TASK_END, {"update": None, "error": exc})
+                task.dispatch(TASK_END, {"node": task.node, "update": None, "error": exc})
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
             raise
         if streaming:
-            task.dispatch(TASK_END, {"update": outcome.update, "error": None})
+            task.dispatch(TASK_END, {"node": task.node, "update": outcome.update, "error": None})
             task.dispatch(ON_CHAIN_END, {"output": out})
             if run._valves:
                 await run.relieve()
@@ -478,12 +482,11 @@ class CompiledGraph:
         raise AssertionError("unreachable")
 
     def _apply(
-        self, values: dict[str, Any], writes: list[tuple[str, Mapping[str, Any] | None]], step: int
+        self, values: dict[str, Any], writes: list[tuple[str, Mapping[str, Any]]], step: int
     ) -> None:
         reducers = self._reducers
         if len(writes) == 1:
             node, update = writes[0]
-            assert update is not None
             for key, value in update.items():
                 if reducers[key] is None:
                     values[key] = value
@@ -493,7 +496,6 @@ class CompiledGraph:
         per_key: dict[str, list[Any]] = {}
         writers: dict[str, list[str]] = {}
         for node, update in writes:
-            assert update is not None
             for key, value in update.items():
                 if key in per_key:
                     per_key[key].append(value)

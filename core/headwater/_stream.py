@@ -50,8 +50,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BUFFER_SIZE", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
 
-BUFFER_SIZE = 1024
+BUFFER_SIZE = 4096
 """Items a stream's queue holds before producers wait for the consumer."""
+
+BATCH_SIZE = 256
+"""Items per batch on the queue: producers append to a batch, which is handed over when
+full or at once while the consumer is waiting, so no item waits for company."""
 
 EVENTS_MODE = "events"
 """The stream mode ``astream_events`` uses (supplied by ``headwater-streams``)."""
@@ -102,7 +106,7 @@ class RunStream(AsyncIterator[Any]):
         run: Run,
         input: Any,
         routes: Mapping[str, list[tuple[str, StreamMode]]],
-        shape: Callable[[str, tuple[str, ...], Any], Any],
+        shape: Callable[[str, tuple[str, ...], Any], Any] | None,
         *,
         nested: bool,
         accept: Accept | None = None,
@@ -116,20 +120,27 @@ class RunStream(AsyncIterator[Any]):
         self._shape = shape
         self._nested = nested
         self._predicates = predicates
-        send: MemoryObjectSendStream[Any]
-        receive: MemoryObjectReceiveStream[Any]
-        send, receive = anyio.create_memory_object_stream(max_buffer_size=buffer_size)
+        self._batch_size = max(1, min(BATCH_SIZE, buffer_size))
+        send: MemoryObjectSendStream[list[Any]]
+        receive: MemoryObjectReceiveStream[list[Any]]
+        send, receive = anyio.create_memory_object_stream(
+            max_buffer_size=max(1, buffer_size // self._batch_size)
+        )
         self._send = send
         self._receive = receive
-        self._overflow: collections.deque[Any] = collections.deque()
+        self._batch: list[Any] = []  # the producer's open batch
+        self._overflow: collections.deque[list[Any]] = collections.deque()  # full batches
+        self._local: collections.deque[Any] = collections.deque()  # the consumer's batch
+        self._waiting = False  # the consumer is blocked in receive()
+        self._room: anyio.Event | None = None  # set when the consumer has caught up
         self._error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
         self._done: anyio.Event | None = None
-        self._lock: anyio.Lock | None = None
         self._closing = False
-        self._finished = False
         self._thread = threading.get_ident()
-        run.subscribe(Subscription(callback=self._on_event, kinds=frozenset(routes), accept=accept))
+        run.subscribe(
+            Subscription(callback=self._on_emit, kinds=frozenset(routes), accept=accept, raw=True)
+        )
         run.add_valve(self._valve)
 
     @property
@@ -139,42 +150,75 @@ class RunStream(AsyncIterator[Any]):
 
     # -- producer side (event-loop thread) ------------------------------------------
 
-    def _on_event(self, event: Event) -> None:
-        if event.ns and not self._nested:
+    def _on_emit(
+        self,
+        kind: str,
+        name: str,
+        run_id: str,
+        parent_ids: tuple[str, ...],
+        tags: tuple[str, ...],
+        metadata: Mapping[str, Any],
+        data: Any,
+        seq: int,
+        ns: tuple[str, ...],
+    ) -> None:
+        if ns and not self._nested:
             return
-        for predicate in self._predicates:
-            if not predicate(event):
-                return
-        for name, mode in self._routes[event.event]:
-            chunk = mode.project(event)
+        event = None
+        if self._predicates:
+            event = Event(
+                event=kind, name=name, run_id=run_id, parent_ids=parent_ids, tags=tags,
+                metadata=metadata, data=data, seq=seq, ns=ns,
+            )  # fmt: skip
+            for predicate in self._predicates:
+                if not predicate(event):
+                    return
+        shape = self._shape
+        for mode_name, mode in self._routes[kind]:
+            if mode.data_only:
+                chunk = mode.project(data)
+            else:
+                if event is None:
+                    event = Event(
+                        event=kind, name=name, run_id=run_id, parent_ids=parent_ids, tags=tags,
+                        metadata=metadata, data=data, seq=seq, ns=ns,
+                    )  # fmt: skip
+                chunk = mode.project(event)
             if chunk is SKIP:
                 continue
-            item = self._shape(name, event.ns, chunk)
-            if self._overflow:
-                self._overflow.append(item)
-                continue
-            try:
-                self._send.send_nowait(item)
-            except anyio.WouldBlock:
-                self._overflow.append(item)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return  # the consumer has gone; the run is being cancelled
+            batch = self._batch
+            batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
+            if self._waiting or len(batch) >= self._batch_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        self._waiting = False
+        if self._overflow:
+            self._overflow.append(batch)
+            return
+        try:
+            self._send.send_nowait(batch)
+        except anyio.WouldBlock:
+            self._overflow.append(batch)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the consumer has gone; the run is being cancelled
 
     def _valve(self) -> Awaitable[None] | None:
-        return self._drain() if self._overflow else None
+        return self._wait_for_room() if self._overflow and not self._closing else None
 
-    async def _drain(self) -> None:
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            overflow = self._overflow
-            while overflow:
-                try:
-                    await self._send.send(overflow[0])
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    overflow.clear()
-                    return
-                overflow.popleft()
+    async def _wait_for_room(self) -> None:
+        if self._room is None:
+            self._room = anyio.Event()
+        await self._room.wait()
+
+    def _caught_up(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     async def _produce(self) -> None:
         try:
@@ -186,42 +230,66 @@ class RunStream(AsyncIterator[Any]):
                     await self._graph.execute(self._run, self._input)
                 except Exception as exc:
                     self._error = exc
-                await self._drain()
         finally:
+            self._flush()
             self._send.close()
             assert self._done is not None
             self._done.set()
 
     # -- consumer side ---------------------------------------------------------------
 
-    def _start(self) -> None:
-        self._done = anyio.Event()
-        _spawn(self._produce)
-
     def __aiter__(self) -> RunStream:
         return self
 
     async def __anext__(self) -> Any:
+        local = self._local
+        if local:
+            return local.popleft()
         if self._done is None:
             if self._closing:
                 raise StopAsyncIteration
-            self._start()
+            self._done = anyio.Event()
+            _spawn(self._produce)
+        while True:
+            batch = self._take()
+            if batch is not None:
+                local.extend(batch)
+                return local.popleft()
+            self._waiting = True
+            try:
+                received = await self._receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                if self._overflow or self._batch:
+                    continue
+                self._end()
+            except BaseException:
+                self._cancel()
+                raise
+            finally:
+                self._waiting = False
+            local.extend(received)
+            return local.popleft()
+
+    def _take(self) -> list[Any] | None:
+        """The next batch in order: queued, then overflow, then the producer's open batch."""
         try:
             return self._receive.receive_nowait()
         except anyio.WouldBlock:
             pass
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._end()
-        try:
-            return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._end()
-        except BaseException:
-            self._cancel()
-            raise
+            if not self._overflow and not self._batch:
+                self._end()
+        if self._overflow:
+            batch = self._overflow.popleft()
+            if not self._overflow:
+                self._caught_up()
+            return batch
+        if self._batch:
+            batch, self._batch = self._batch, []
+            return batch
+        return None
 
     def _end(self) -> None:
-        self._finished = True
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -232,6 +300,8 @@ class RunStream(AsyncIterator[Any]):
         if self._scope is not None:
             self._scope.cancel()
         self._receive.close()
+        self._overflow.clear()
+        self._caught_up()
 
     async def aclose(self) -> None:
         """Cancel the run (if still going) and wait until its tasks have finished."""
@@ -251,22 +321,26 @@ class RunStream(AsyncIterator[Any]):
         if done is not None and not done.is_set() and threading.get_ident() == self._thread:
             self._cancel()
 
-    async def next_batch(self, limit: int = 1000) -> list[Any] | None:
-        """Wait for at least one item and return everything already queued (≤ ``limit``).
+    async def next_batch(self) -> list[Any] | None:
+        """Wait for at least one item and return everything already available.
 
         ``None`` once the stream has ended. Used by the sync :func:`stream_sync`.
         """
         try:
-            batch = [await self.__anext__()]
+            first = await self.__anext__()
         except StopAsyncIteration:
             return None
-        receive = self._receive
-        while len(batch) < limit:
-            try:
-                batch.append(receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+        batch = [first, *self._local]
+        self._local.clear()
+        while (more := self._take_quietly()) is not None:
+            batch.extend(more)
         return batch
+
+    def _take_quietly(self) -> list[Any] | None:
+        try:
+            return self._take()
+        except (StopAsyncIteration, Exception):
+            return None
 
 
 # -- building streams --------------------------------------------------------------------
@@ -317,9 +391,9 @@ def _routes(
     return routes
 
 
-def _shaper(single: bool, subgraphs: bool) -> Callable[[str, tuple[str, ...], Any], Any]:
+def _shaper(single: bool, subgraphs: bool) -> Callable[[str, tuple[str, ...], Any], Any] | None:
     if single and not subgraphs:
-        return lambda name, ns, chunk: chunk
+        return None
     if single:
         return lambda name, ns, chunk: (ns, chunk)
     if not subgraphs:

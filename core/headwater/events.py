@@ -60,7 +60,7 @@ node that ran to the tuple of updates it returned, in the order they were applie
 TASK_START: Final = "task_start"
 """Bus-internal: a task (one node execution) starts. ``data = {"input", "triggers"}``."""
 TASK_END: Final = "task_end"
-"""Bus-internal: a task finished. ``data = {"update", "error"}``.
+"""Bus-internal: a task finished. ``data = {"node", "update", "error"}``.
 
 ``update`` is the mapping the node returned (a ``Command``'s ``update``; ``None`` for no
 update); ``error`` is the exception it raised, or ``None``.
@@ -166,9 +166,13 @@ class Subscription:
                      kinds=frozenset({"on_chain_start", "on_chain_end"}))
     """
 
-    callback: Callable[[Event], None]
+    callback: Callable[..., None]
     kinds: frozenset[str] | None = None
     accept: Accept | None = None
+    raw: bool = False
+    """``True``: ``callback(kind, name, run_id, parent_ids, tags, metadata, data, seq, ns)``
+    gets the fields instead of an :class:`Event`, which is then never built for it (the
+    fast path of stream modes that need only an event's data)."""
 
 
 @attrs.frozen
@@ -176,7 +180,8 @@ class StreamMode:
     """A projection of events into the chunks of one ``stream_mode``, made once per run.
 
     ``project(event)`` is called for every event whose kind is in ``kinds`` and returns
-    the chunk to yield, or :data:`SKIP`.
+    the chunk to yield, or :data:`SKIP`; with ``data_only=True`` it is called with the
+    event's ``data`` alone.
 
     Example::
 
@@ -186,7 +191,10 @@ class StreamMode:
     """
 
     kinds: frozenset[str]
-    project: Callable[[Event], Any]
+    project: Callable[[Any], Any]
+    data_only: bool = False
+    """``True``: ``project`` receives ``event.data`` alone and no :class:`Event` is built
+    for it — the cheapest projection, for modes such as ``custom`` and ``values``."""
 
 
 @attrs.frozen

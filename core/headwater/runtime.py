@@ -16,9 +16,9 @@ Example::
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from random import getrandbits
 from typing import Any
 
 import anyio.from_thread
@@ -39,8 +39,13 @@ __all__ = [
 
 
 def new_id() -> str:
-    """A fresh random run id (UUID4 string)."""
-    return str(uuid.uuid4())
+    """A fresh random run id in UUID4 form (ids need to be unique, not secret)."""
+    h = "%032x" % ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 _NOBODY: tuple[Subscription, ...] = ()
@@ -179,13 +184,19 @@ class Run:
                 anyio.from_thread.run(self.relieve)
             return
         event = None
+        number = 0
         for sub in subs:
             accept = sub.accept
             if accept is not None and not accept(kind, name, tags, metadata):
                 continue
-            if event is None:
+            if not number:
                 seq = self._seq
                 seq[0] += 1
+                number = seq[0]
+            if sub.raw:
+                sub.callback(kind, name, run_id, parent_ids, tags, metadata, data, number, self.ns)
+                continue
+            if event is None:
                 event = Event(
                     event=kind,
                     name=name,
@@ -194,7 +205,7 @@ class Run:
                     tags=tags,
                     metadata=metadata,
                     data=data,
-                    seq=seq[0],
+                    seq=number,
                     ns=self.ns,
                 )
             sub.callback(event)
@@ -234,7 +245,7 @@ class Task:
     tags: tuple[str, ...]
     metadata: Mapping[str, Any]
     run: Run
-    run_id: str = attrs.field(factory=new_id)
+    _run_id: str | None = attrs.field(default=None, alias="_run_id")
     _writer: StreamWriter | None = attrs.field(default=None, alias="_writer")
     _event_metadata: Mapping[str, Any] | None = attrs.field(default=None, alias="_event_metadata")
     _config: Mapping[str, Any] | None = attrs.field(default=None, alias="_config")
@@ -249,6 +260,13 @@ class Task:
                 "metadata": self.event_metadata,
             }
         return self._config
+
+    @property
+    def run_id(self) -> str:
+        """This execution's own id: the ``run_id`` of its events (made on first use)."""
+        if self._run_id is None:
+            self._run_id = new_id()
+        return self._run_id
 
     @property
     def writer(self) -> StreamWriter:
@@ -316,10 +334,18 @@ class StreamWriter:
             return {}
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_header", "_subs", "_task")
 
     def __init__(self, task: Task) -> None:
         self._task = task
+        self._subs: tuple[Subscription, ...] | None = None
+        self._header: tuple[str, str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]] = (
+            "",
+            "",
+            (),
+            (),
+            {},
+        )
 
     def __call__(self, *args: Any) -> None:
         if len(args) == 1:
@@ -329,9 +355,27 @@ class StreamWriter:
         else:
             raise StreamWriterError(
                 f"A stream writer takes writer(payload) or writer('custom', payload); got "
-                f"{len(args)} argument(s){' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
+                f"{len(args)} argument(s)"
+                f"{' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
             )
-        self._task.dispatch(ON_CUSTOM_EVENT, payload)
+        subs = self._subs
+        if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
+            task = self._task
+            run = task.run
+            subs = self._subs = run.subscriptions(ON_CUSTOM_EVENT)
+            if subs:
+                self._header = (
+                    task.node,
+                    task.run_id,
+                    (*run.parent_ids, run.run_id),
+                    task.event_tags,
+                    task.event_metadata,
+                )
+        if subs:
+            node, run_id, parent_ids, tags, metadata = self._header
+            self._task.run.emit(
+                subs, ON_CUSTOM_EVENT, node, run_id, parent_ids, tags, metadata, payload
+            )
 
     def __repr__(self) -> str:
         return f"StreamWriter(node={self._task.node!r})"

@@ -46,22 +46,29 @@ NOSTREAM_TAG = "nostream"
 
 
 def _values(run: Run) -> StreamMode:
-    return StreamMode(kinds=frozenset({STEP_END}), project=lambda e: e.data["values"])
+    return StreamMode(kinds=frozenset({STEP_END}), project=_project_values, data_only=True)
 
 
-def _project_update(event: Event) -> Any:
-    data = event.data
+def _project_values(data: Mapping[str, Any]) -> Any:
+    return data["values"]
+
+
+def _project_update(data: Mapping[str, Any]) -> Any:
     if data["error"] is not None:
         return SKIP
-    return {event.name: data["update"]}
+    return {data["node"]: data["update"]}
 
 
 def _updates(run: Run) -> StreamMode:
-    return StreamMode(kinds=frozenset({TASK_END}), project=_project_update)
+    return StreamMode(kinds=frozenset({TASK_END}), project=_project_update, data_only=True)
+
+
+def _identity(data: Any) -> Any:
+    return data
 
 
 def _custom(run: Run) -> StreamMode:
-    return StreamMode(kinds=frozenset({ON_CUSTOM_EVENT}), project=lambda e: e.data)
+    return StreamMode(kinds=frozenset({ON_CUSTOM_EVENT}), project=_identity, data_only=True)
 
 
 def _project_message(event: Event) -> Any:
