@@ -1,0 +1,282 @@
+"""Chat models: the :class:`ChatModel` base every adapter builds on, and the registry.
+
+An adapter implements one async generator, :meth:`ChatModel._astream`, yielding
+:class:`~headwater.messages.AIMessageChunk` objects. The base class provides ``invoke``,
+``ainvoke``, ``stream``, ``astream`` and ``batch``, and emits the model's events into the
+run of the node it is called from: ``on_chat_model_start`` (data ``messages``, ``input``),
+one ``on_chat_model_stream`` per chunk (``chunk``), ``on_chat_model_end`` (``response``,
+``output``) or ``on_chat_model_error`` (``error``). A model without an explicit ``name``
+takes the name of the node it runs in; ``metadata["ls_model_name"]`` and
+``["ls_provider"]`` say which model it was.
+
+A sync ``llm.invoke()`` inside a sync node (a worker thread) runs the model on the event
+loop, so its tokens stream live while the node waits.
+
+Example::
+
+    from headwater.models import ChatModel
+    from headwater.messages import AIMessageChunk
+
+    class Echo(ChatModel):
+        provider = "echo"
+
+        async def _astream(self, messages, **kwargs):
+            for word in messages[-1].text.split():
+                yield AIMessageChunk(content=word + " ")
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+import anyio.from_thread
+import sniffio
+
+from headwater._observe import Observed
+from headwater.errors import HeadwaterError, InvalidInputError
+from headwater.messages import AIMessage, AIMessageChunk, BaseMessage, coerce_message
+
+__all__ = ["KNOWN_PROVIDERS", "ChatModel", "init_chat_model"]
+
+KNOWN_PROVIDERS: Mapping[str, str] = {
+    "openai": "headwater-openai",
+    "anthropic": "headwater-anthropic",
+}
+"""Providers with a standard plugin, and the distribution that supplies each."""
+
+
+def _messages(input: Any) -> list[BaseMessage]:
+    if isinstance(input, BaseMessage | str):
+        return [coerce_message(input)]
+    if isinstance(input, Sequence):
+        return [coerce_message(m) for m in input]
+    raise InvalidInputError(
+        f"A chat model takes a message, a string or a list of messages; got "
+        f"{type(input).__name__}: {input!r:.80}."
+    )
+
+
+def _on_event_loop() -> bool:
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
+
+
+class ChatModel(abc.ABC):
+    """Base class of chat-model adapters; implement :meth:`_astream`.
+
+    Parameters: ``model`` (the provider's model name), ``name`` (the event name; default:
+    the node's name), ``tags`` (added to the model's events; ``"nostream"`` hides its
+    tokens from the ``messages`` stream mode), ``metadata``, ``streaming`` (kept for
+    LangChain compatibility: headwater always streams).
+
+    Example::
+
+        llm = init_chat_model("openai:gpt-4o-mini")
+        reply = await llm.ainvoke([HumanMessage(content="hi")])
+    """
+
+    provider: ClassVar[str] = "unknown"
+
+    def __init__(
+        self,
+        *,
+        model: str = "",
+        name: str | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        streaming: bool = True,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.tags: tuple[str, ...] = tuple(tags or ())
+        self.metadata: Mapping[str, Any] = dict(metadata or {})
+        self.streaming = streaming
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"
+
+    @abc.abstractmethod
+    def _astream(self, messages: list[BaseMessage], **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        """Yield the response as chunks. The one method an adapter must implement."""
+
+    async def astream(self, input: Any, **kwargs: Any) -> AsyncGenerator[AIMessageChunk, None]:
+        """Stream the response chunk by chunk, emitting the model's events.
+
+        Example::
+
+            async for chunk in llm.astream("Tell me about rivers"):
+                print(chunk.content, end="")
+        """
+        messages = _messages(input)
+        observed = Observed(
+            "chat_model",
+            self.name,
+            self.tags,
+            {"ls_model_name": self.model, "ls_provider": self.provider, **self.metadata},
+        )
+        observed.emit("start", {"messages": messages, "input": messages})
+        total: AIMessageChunk | None = None
+        try:
+            async for chunk in self._astream(messages, **kwargs):
+                total = chunk if total is None else total + chunk
+                observed.emit("stream", {"chunk": chunk})
+                await observed.relieve()
+                yield chunk
+            response = (total or AIMessageChunk()).to_message()
+        except Exception as exc:
+            observed.emit("error", {"error": exc})
+            raise
+        observed.emit("end", {"response": response, "output": response})
+
+    async def ainvoke(self, input: Any, **kwargs: Any) -> AIMessage:
+        """The complete response (streamed underneath, so tokens still reach consumers).
+
+        Example::
+
+            reply = await llm.ainvoke([SystemMessage(content="Be brief."), "Hi"])
+        """
+        total: AIMessageChunk | None = None
+        async for chunk in self.astream(input, **kwargs):
+            total = chunk if total is None else total + chunk
+        return (total or AIMessageChunk()).to_message()
+
+    def invoke(self, input: Any, **kwargs: Any) -> AIMessage:
+        """Sync :meth:`ainvoke`: in a sync node its tokens still stream live.
+
+        Example::
+
+            def chat_node(state):
+                response = llm.invoke(state["messages"])
+                return {"messages": [response]}
+        """
+        call = functools.partial(self.ainvoke, input, **kwargs)
+        try:
+            return anyio.from_thread.run(call)
+        except RuntimeError:
+            if _on_event_loop():
+                raise HeadwaterError(
+                    f"{type(self).__name__}.invoke() was called on the event loop thread, "
+                    "where it would block every other task. In an async node use "
+                    "`await llm.ainvoke(...)`; sync nodes (plain def) may call invoke()."
+                ) from None
+        return anyio.run(call)
+
+    def stream(self, input: Any, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        """Sync :meth:`astream`: yields chunks as they arrive.
+
+        Example::
+
+            for chunk in llm.stream("hi"):
+                print(chunk.content, end="")
+        """
+        agen = self.astream(input, **kwargs)
+        try:
+            anyio.from_thread.run_sync(lambda: None)
+        except RuntimeError:
+            if _on_event_loop():
+                raise HeadwaterError(
+                    f"{type(self).__name__}.stream() was called on the event loop thread; "
+                    "use `async for chunk in llm.astream(...)` in async nodes."
+                ) from None
+            yield from _drain_outside_loop(agen)
+            return
+        try:
+            while True:
+                try:
+                    yield anyio.from_thread.run(agen.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            anyio.from_thread.run(agen.aclose)
+
+    async def abatch(self, inputs: Sequence[Any], **kwargs: Any) -> list[AIMessage]:
+        """Run :meth:`ainvoke` on several inputs concurrently; results in input order.
+
+        Example::
+
+            replies = await llm.abatch(["hi", "hello"])
+        """
+        results: list[AIMessage | None] = [None] * len(inputs)
+
+        async def one(i: int, item: Any) -> None:
+            results[i] = await self.ainvoke(item, **kwargs)
+
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(inputs):
+                tg.start_soon(one, i, item)
+        return [r for r in results if r is not None]
+
+    def batch(self, inputs: Sequence[Any], **kwargs: Any) -> list[AIMessage]:
+        """Sync :meth:`abatch`.
+
+        Example::
+
+            replies = llm.batch(["hi", "hello"])
+        """
+        call = functools.partial(self.abatch, inputs, **kwargs)
+        try:
+            return anyio.from_thread.run(call)
+        except RuntimeError:
+            return anyio.run(call)
+
+
+def _drain_outside_loop(
+    agen: AsyncGenerator[AIMessageChunk, None],
+) -> Iterator[AIMessageChunk]:
+    """Iterate from plain sync code: an event loop in a helper thread runs the model."""
+
+    async def step() -> AIMessageChunk:
+        return await agen.__anext__()
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        try:
+            while True:
+                try:
+                    yield portal.call(step)
+                except StopAsyncIteration:
+                    return
+        finally:
+            portal.call(agen.aclose)
+
+
+def init_chat_model(spec: str, *, plugin_manager: Any = None, **kwargs: Any) -> ChatModel:
+    """Make a chat model from ``"provider:model"`` through the installed plugins.
+
+    Example::
+
+        llm = init_chat_model("openai:gpt-4o-mini", base_url="http://localhost:8000/v1")
+    """
+    from headwater._plugins import get_plugin_manager
+
+    if not isinstance(spec, str) or ":" not in spec:
+        raise InvalidInputError(
+            f"init_chat_model takes 'provider:model', e.g. 'openai:gpt-4o-mini'; got {spec!r}."
+        )
+    provider, model = spec.split(":", 1)
+    pm = plugin_manager or get_plugin_manager()
+    registry = pm.registrations("headwater_chat_models")
+    factory = registry.get(provider)
+    if factory is None:
+        installed = sorted(registry)
+        close = difflib.get_close_matches(provider, sorted({*installed, *KNOWN_PROVIDERS}), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close and close[0] != provider else ""
+        dist = KNOWN_PROVIDERS.get(provider) or (KNOWN_PROVIDERS.get(close[0]) if close else None)
+        install = f" Install it with: pip install {dist}." if dist else ""
+        raise InvalidInputError(
+            f"Unknown chat model provider {provider!r}.{hint} Installed providers: "
+            f"{', '.join(installed) or '(none)'}.{install}"
+        )
+    made = factory(model, **kwargs)
+    if not isinstance(made, ChatModel):
+        raise HeadwaterError(
+            f"Chat model provider {provider!r} returned {type(made).__name__}, not a ChatModel."
+        )
+    return made
