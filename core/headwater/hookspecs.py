@@ -54,6 +54,7 @@ __all__ = [
     "headwater_event_subscribers",
     "headwater_run_end",
     "headwater_run_start",
+    "headwater_serde_types",
     "headwater_sinks",
     "headwater_step_end",
     "headwater_stream_modes",
@@ -184,6 +185,28 @@ def headwater_sinks() -> Mapping[str, Any] | None:
         @headwater.hookimpl
         def headwater_sinks():
             return {"sse": SseSink}
+    """
+
+
+@hookspec
+def headwater_serde_types() -> Mapping[str, type] | None:
+    """Register attrs classes that checkpoints and transports may store and rebuild.
+
+    ``headwater.serde`` rebuilds only registered types (never pickle), so a plugin whose
+    values live in graph state or event data registers them here.
+
+    **Called:** once per process, the first time anything is (de)serialised.
+
+    **Returns:** a mapping of stable type name to attrs class; or ``None``. A name
+    already taken by another class is a ``SerdeError``.
+
+    **Async:** no.
+
+    Example::
+
+        @headwater.hookimpl
+        def headwater_serde_types():
+            return {"myplugin.Citation": Citation}
     """
 
 

@@ -1,0 +1,324 @@
+"""JSON-safe serialisation of state, messages, events and checkpoints. Never pickle.
+
+Plain JSON values pass through unchanged. Everything else becomes a tagged object
+``{"__type__": name, ...}``: tuples, sets, bytes, dates, non-string-keyed dicts and the
+attrs classes headwater registers (messages, documents, ``Send``, ``Usage`` …), plus any
+type a plugin registers through ``headwater_serde_types``. Decoding rebuilds only those
+registered names; an unknown tag, a malformed value or anything that is not JSON raises
+:class:`~headwater.errors.SerdeError`. Nothing read back can execute code.
+
+Example::
+
+    from headwater import serde
+    from headwater.messages import HumanMessage
+
+    data = serde.dumps({"messages": [HumanMessage(content="hi", id="1")], "seen": {1, 2}})
+    assert serde.loads(data) == {"messages": [HumanMessage(content="hi", id="1")], "seen": {1, 2}}
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+from headwater.errors import SerdeError
+
+__all__ = ["FORMAT_VERSION", "decode", "dumps", "encode", "loads", "register_type"]
+
+FORMAT_VERSION = 1
+"""Version of the encoded form; stored with every checkpoint."""
+
+TAG = "__type__"
+
+_by_name: dict[str, type] = {}
+_by_type: dict[type, str] = {}
+_plugins_loaded = False
+
+
+def _strict(value: Any, kind: type) -> Any:
+    if type(value) is kind or (kind is float and type(value) is int):
+        return value
+    raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r:.40}")
+
+
+def _union(value: Any, hint: Any) -> Any:
+    for member in typing.get_args(hint):
+        if member is Any or (member is type(None) and value is None):
+            return value
+        origin = typing.get_origin(member) or member
+        if isinstance(origin, type) and isinstance(value, origin):
+            return value
+    raise TypeError(f"expected {hint}, got {type(value).__name__} {value!r:.40}")
+
+
+def _is_union(hint: Any) -> bool:
+    origin: Any = typing.get_origin(hint)
+    return origin is typing.Union or origin is types.UnionType
+
+
+def _make_converter() -> cattrs.Converter:
+    """The one converter: registered attrs classes from decoded fields, strictly typed.
+
+    Nested values arrive already rebuilt by :func:`_decode`; the converter checks each
+    field's type (no coercion: a corrupted ``content`` of 5 is rejected, not turned into
+    "5") and refuses unknown fields.
+    """
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    for kind in (str, int, float, bool):
+        converter.register_structure_hook(kind, _strict)
+    converter.register_structure_hook_func(_is_union, _union)
+    converter.register_structure_hook_func(
+        lambda t: t in _by_type,
+        lambda v, t: v if isinstance(v, t) else converter.structure_attrs_fromdict(v, t),
+    )
+    return converter
+
+
+_converter = _make_converter()
+
+
+def register_type(cls: type, name: str | None = None) -> type:
+    """Allow an attrs class to be encoded and rebuilt, under ``name`` (its class name).
+
+    Plugins should return their types from the ``headwater_serde_types`` hook instead of
+    calling this directly.
+
+    Example::
+
+        @attrs.frozen
+        class Citation:
+            url: str
+
+        register_type(Citation)
+    """
+    if not attrs.has(cls):
+        raise SerdeError(f"Only attrs classes can be registered for serde; {cls!r} is not one.")
+    key = name or cls.__name__
+    existing = _by_name.get(key)
+    if existing is not None and existing is not cls:
+        raise SerdeError(
+            f"Serde type name {key!r} is already registered for {existing.__module__}."
+            f"{existing.__qualname__}; register {cls.__qualname__} under another name."
+        )
+    attrs.resolve_types(cls)
+    _by_name[key] = cls
+    _by_type[cls] = key
+    return cls
+
+
+def _load_builtin_types() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from headwater import messages, retrievers
+    from headwater._types import Command, Send
+
+    for cls in (
+        messages.SystemMessage,
+        messages.HumanMessage,
+        messages.AIMessage,
+        messages.AIMessageChunk,
+        messages.ToolMessage,
+        messages.RemoveMessage,
+        messages.ToolCall,
+        messages.ToolCallChunk,
+        messages.Usage,
+        retrievers.Document,
+        Send,
+        Command,
+    ):
+        register_type(cls)
+    from headwater._plugins import get_plugin_manager
+
+    for registered in get_plugin_manager().hook.headwater_serde_types():
+        for name, cls in (registered or {}).items():
+            register_type(cls, name)
+
+
+def encode(value: Any, _path: str = "$") -> Any:
+    """Turn ``value`` into plain JSON data (dicts, lists, str, numbers, bool, None).
+
+    Raises :class:`~headwater.errors.SerdeError` naming the type and where it was.
+
+    Example::
+
+        encode((1, 2))  # {"__type__": "tuple", "items": [1, 2]}
+    """
+    _load_builtin_types()
+    return _encode(value, _path)
+
+
+def _encode(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {TAG: "float", "repr": repr(value)}
+        return value
+    kind = type(value)
+    if kind is list:
+        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind is dict or (isinstance(value, Mapping) and not attrs.has(kind)):
+        if all(isinstance(k, str) for k in value) and TAG not in value:
+            return {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
+        return {
+            TAG: "dict",
+            "items": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()],
+        }
+    name = _by_type.get(kind)
+    if name is not None:
+        out: dict[str, Any] = {TAG: name}
+        for field in attrs.fields(kind):
+            out[field.name] = _encode(getattr(value, field.name), f"{path}.{field.name}")
+        return out
+    if kind is tuple:
+        return {TAG: "tuple", "items": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if kind in (set, frozenset):
+        items = [_encode(v, f"{path}{{}}") for v in value]
+        try:
+            items.sort(key=lambda x: json.dumps(x, sort_keys=True))
+        except TypeError:
+            pass
+        return {TAG: kind.__name__, "items": items}
+    if kind is bytes:
+        return {TAG: "bytes", "b64": base64.b64encode(value).decode("ascii")}
+    if kind is datetime.datetime:
+        return {TAG: "datetime", "iso": value.isoformat()}
+    if kind is datetime.date:
+        return {TAG: "date", "iso": value.isoformat()}
+    if kind is uuid.UUID:
+        return {TAG: "uuid", "hex": value.hex}
+    if isinstance(value, BaseException):
+        return {TAG: "error", "class": kind.__name__, "message": str(value)}
+    raise SerdeError(
+        f"Cannot serialise {kind.__module__}.{kind.__qualname__} at {path}: headwater stores "
+        "plain JSON data, tuples, sets, bytes, dates, UUIDs and registered attrs classes "
+        "(messages, documents …). Convert it to one of those, or register an attrs class "
+        "through the headwater_serde_types hook."
+    )
+
+
+def decode(data: Any, _path: str = "$") -> Any:
+    """Rebuild a value from :func:`encode` output; only registered types are rebuilt.
+
+    Example::
+
+        decode({"__type__": "tuple", "items": [1, 2]})  # (1, 2)
+    """
+    _load_builtin_types()
+    return _decode(data, _path)
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
+    "tuple": lambda d, p: tuple(_decode(v, p) for v in d["items"]),
+    "set": lambda d, p: {_decode(v, p) for v in d["items"]},
+    "frozenset": lambda d, p: frozenset(_decode(v, p) for v in d["items"]),
+    "dict": lambda d, p: {_decode(k, p): _decode(v, p) for k, v in d["items"]},
+    "bytes": lambda d, p: base64.b64decode(d["b64"], validate=True),
+    "datetime": lambda d, p: datetime.datetime.fromisoformat(d["iso"]),
+    "date": lambda d, p: datetime.date.fromisoformat(d["iso"]),
+    "uuid": lambda d, p: uuid.UUID(hex=d["hex"]),
+    "float": lambda d, p: float(d["repr"]) if d["repr"] in ("nan", "inf", "-inf") else _bad(d, p),
+    "error": lambda d, p: RemoteError(str(d["class"]), str(d["message"])),
+}
+
+
+def _bad(data: Any, path: str) -> Any:
+    raise SerdeError(f"Malformed value at {path}: {data!r:.120}.")
+
+
+def _decode(data: Any, path: str) -> Any:
+    if data is None or isinstance(data, bool | int | float | str):
+        return data
+    if isinstance(data, list):
+        return [_decode(v, f"{path}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, dict):
+        raise SerdeError(f"Malformed value at {path}: {type(data).__name__} is not JSON data.")
+    tag = data.get(TAG)
+    if tag is None:
+        return {k: _decode(v, f"{path}.{k}") for k, v in data.items()}
+    if not isinstance(tag, str):
+        raise SerdeError(f"Malformed type tag at {path}: {tag!r:.60}.")
+    decoder = _DECODERS.get(tag)
+    try:
+        if decoder is not None:
+            return decoder(data, path)
+        cls = _by_name.get(tag)
+        if cls is None:
+            raise SerdeError(
+                f"Unknown type {tag!r} at {path}: only headwater's registered types are "
+                f"rebuilt (known: {', '.join(sorted(_by_name))}). The data was written by "
+                "something else, or a plugin that registered this type is not installed."
+            )
+        kwargs = {k: _decode(v, f"{path}.{k}") for k, v in data.items() if k != TAG}
+        unknown = set(kwargs) - {a.alias for a in attrs.fields(cls)}
+        if unknown:
+            raise SerdeError(
+                f"Malformed {tag!r} value at {path}: unknown field(s) {sorted(unknown)}."
+            )
+        return _converter.structure_attrs_fromdict(kwargs, cls)
+    except SerdeError:
+        raise
+    except Exception as exc:
+        detail = "; ".join(str(e) for e in getattr(exc, "exceptions", ())) or str(exc)
+        raise SerdeError(f"Malformed {tag!r} value at {path}: {detail}.") from exc
+
+
+class RemoteError(Exception):
+    """An exception that was serialised (its class name and message), rebuilt as data.
+
+    Example::
+
+        decode({"__type__": "error", "class": "ValueError", "message": "bad"})
+        # RemoteError('ValueError: bad')
+    """
+
+    def __init__(self, cls: str, message: str) -> None:
+        super().__init__(f"{cls}: {message}")
+        self.cls = cls
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteError) and (self.cls, self.message) == (
+            other.cls,
+            other.message,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.cls, self.message))
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON bytes.
+
+    Example::
+
+        dumps({"a": (1, 2)})  # b'{"a":{"__type__":"tuple","items":[1,2]}}'
+    """
+    return json.dumps(encode(value), separators=(",", ":"), allow_nan=False).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode bytes written by :func:`dumps`; malformed input raises SerdeError.
+
+    Example::
+
+        loads(b'{"a":{"__type__":"tuple","items":[1,2]}}')  # {"a": (1, 2)}
+    """
+    try:
+        parsed = json.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise SerdeError(
+            f"Not valid JSON: {exc}. (headwater never reads pickle or other formats.)"
+        ) from exc
+    return decode(parsed)
