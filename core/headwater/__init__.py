@@ -26,7 +26,7 @@ from headwater._plugins import PluginManager, create_plugin_manager, get_plugin_
 from headwater._pregel import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater._types import END, START, Command, Send
 from headwater.hookspecs import hookimpl
-from headwater.runtime import StreamWriter, get_config, get_stream_writer
+from headwater.runtime import StreamWriter, get_config, get_stream_writer, interrupt
 
 __all__ = [
     "DEFAULT_RECURSION_LIMIT",
@@ -44,4 +44,5 @@ __all__ = [
     "get_plugin_manager",
     "get_stream_writer",
     "hookimpl",
+    "interrupt",
 ]

@@ -474,11 +474,13 @@ class StateGraph:
                     raise GraphValidationError(
                         f"{which} names unknown node {node!r}.{_suggest(node, sorted(self.nodes))}"
                     )
-        if checkpointer is not None or interrupt_before or interrupt_after:
-            raise GraphValidationError(
-                "Checkpointers and interrupts are not available in this version of headwater "
-                "yet; compile without checkpointer/interrupt_before/interrupt_after."
-            )
         if name is not None and (not isinstance(name, str) or not name):
             raise GraphValidationError(f"Graph name must be a non-empty string; got {name!r}.")
-        return CompiledGraph(self, name=name or "Graph", plugin_manager=plugin_manager)
+        return CompiledGraph(
+            self,
+            name=name or "Graph",
+            plugin_manager=plugin_manager,
+            checkpointer=checkpointer,
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
+        )

@@ -125,9 +125,9 @@ def _selected(env: str | None) -> set[str] | None:
 
 
 def _builtin_plugins() -> list[Any]:
-    from headwater._builtin import cli
+    from headwater._builtin import checkpointers, cli
 
-    return [cli]
+    return [checkpointers, cli]
 
 
 def create_plugin_manager(

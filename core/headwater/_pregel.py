@@ -9,6 +9,7 @@ then decide the next step's tasks. The run ends when a step triggers nothing.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,21 +17,37 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from headwater import _concurrency
 from headwater._graph import Branch, NodeSpec, StateGraph
 from headwater._state import MISSING, Schema
 from headwater._types import END, START, Command, Send
+from headwater.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    CheckpointTuple,
+    Interrupt,
+    PendingTask,
+    PendingWrite,
+    StateSnapshot,
+    checkpointer_from_url,
+    new_checkpoint_id,
+)
 from headwater.errors import (
+    CheckpointError,
+    GraphInterrupt,
     GraphRecursionError,
     InvalidInputError,
     InvalidRouteError,
     InvalidUpdateError,
 )
 from headwater.events import (
+    CHECKPOINT,
     ON_CHAIN_END,
     ON_CHAIN_ERROR,
     ON_CHAIN_START,
+    ON_INTERRUPT,
     STEP_END,
     TASK_END,
     TASK_START,
@@ -42,6 +59,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
 
+INTERRUPT_KEY = "__interrupt__"
+"""Key under which a paused run's result (and ``updates`` stream) carries its interrupts."""
+
 DEFAULT_RECURSION_LIMIT = 25
 """Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise."""
 
@@ -51,23 +71,162 @@ _EMPTY: Mapping[str, Any] = {}
 class _Pending:
     """A task to run in the next step (before it has a :class:`Task`)."""
 
-    __slots__ = ("arg", "node", "path", "triggers")
+    __slots__ = ("arg", "id", "node", "path", "triggers")
 
     def __init__(
-        self, node: str, triggers: tuple[str, ...], path: tuple[str | int, ...], arg: Any
+        self,
+        node: str,
+        triggers: tuple[str, ...],
+        path: tuple[str | int, ...],
+        arg: Any,
+        id: str = "",
     ) -> None:
         self.node = node
         self.triggers = triggers
         self.path = path
         self.arg = arg
+        self.id = id  # checkpoint task id: stable across a resume
 
 
 class _Outcome:
-    __slots__ = ("goto", "update")
+    __slots__ = ("goto", "interrupt", "update")
 
-    def __init__(self, update: Mapping[str, Any] | None, goto: tuple[str | Send, ...]) -> None:
+    def __init__(
+        self,
+        update: Mapping[str, Any] | None,
+        goto: tuple[str | Send, ...],
+        interrupt: Interrupt | None = None,
+    ) -> None:
         self.update = update
         self.goto = goto
+        self.interrupt = interrupt
+
+
+@attrs.define
+class _Start:
+    """Where a run's loop begins (see ``CompiledGraph._restore``)."""
+
+    values: dict[str, Any]
+    update: Mapping[str, Any] | None
+    step: int
+    pending: list[_Pending] = attrs.field(factory=list)
+    joins: list[set[str]] | None = None
+    done: dict[str, PendingWrite] = attrs.field(factory=dict)
+    answer: Any = None
+    checkpoint_id: str | None = None
+    persist: _Persist | None = None
+
+
+class _Persist:
+    """Checkpointing for one root run on one thread."""
+
+    def __init__(self, saver: Checkpointer, thread_id: str, run: Run) -> None:
+        self.saver = saver
+        self.thread_id = thread_id
+        self.ns = ""
+        self.run = run
+        self.checkpoint_id: str | None = None
+
+    @classmethod
+    def open(cls, graph: CompiledGraph, run: Run) -> _Persist | None:
+        saver = graph.checkpointer
+        if saver is None or run.ns:
+            return None  # subgraphs run inside their parent's checkpointed step
+        thread_id = (run.config.get("configurable") or {}).get("thread_id")
+        if thread_id is None:
+            raise InvalidInputError(
+                f"Graph {graph.name!r} has a checkpointer, so each run needs a thread id: "
+                "config={'configurable': {'thread_id': 'my-thread'}}."
+            )
+        return cls(saver, str(thread_id), run)
+
+    async def load(self) -> CheckpointTuple | None:
+        found = await self.saver.aget(self.thread_id, self.ns)
+        if found is not None:
+            self.checkpoint_id = found.checkpoint.id
+        return found
+
+    async def save(
+        self,
+        values: Mapping[str, Any],
+        pending: list[_Pending],
+        joins: list[set[str]],
+        step: int,
+        source: str,
+        writes: Mapping[str, Any],
+    ) -> None:
+        checkpoint_id = new_checkpoint_id()
+        for i, p in enumerate(pending):
+            p.id = f"{checkpoint_id}/{i}"
+        checkpoint = Checkpoint(
+            id=checkpoint_id,
+            thread_id=self.thread_id,
+            ns=self.ns,
+            parent_id=self.checkpoint_id,
+            step=step,
+            values=dict(values),
+            next=tuple(
+                PendingTask(
+                    id=p.id,
+                    node=p.node,
+                    triggers=p.triggers,
+                    path=p.path,
+                    has_arg=p.arg is not MISSING,
+                    arg=None if p.arg is MISSING else p.arg,
+                )
+                for p in pending
+            ),
+            joins=tuple(tuple(sorted(j)) for j in joins),
+            metadata={"source": source, "step": step, "writes": dict(writes)},
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        )
+        await self.saver.aput(checkpoint)
+        self.checkpoint_id = checkpoint_id
+        run = self.run
+        subs = run.subscriptions(CHECKPOINT)
+        if subs:
+            snapshot = _snapshot(checkpoint, ())
+            run.emit(
+                subs,
+                CHECKPOINT,
+                "checkpoint",
+                run.run_id,
+                run.parent_ids,
+                run.tags,
+                run.metadata,
+                snapshot,
+            )
+
+    async def save_write(self, task: Task, outcome: _Outcome) -> None:
+        assert self.checkpoint_id is not None
+        write = PendingWrite(
+            task_id=task.checkpoint_task_id,
+            node=task.node,
+            update=outcome.update,
+            goto=outcome.goto,
+            interrupt=outcome.interrupt,
+            resume=task.resume,
+        )
+        await self.saver.aput_writes(self.thread_id, self.ns, self.checkpoint_id, [write])
+
+
+def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateSnapshot:
+    configurable = {"thread_id": checkpoint.thread_id, "checkpoint_id": checkpoint.id}
+    parent = (
+        {"configurable": {"thread_id": checkpoint.thread_id, "checkpoint_id": checkpoint.parent_id}}
+        if checkpoint.parent_id
+        else None
+    )
+    return StateSnapshot(
+        values=dict(checkpoint.values),
+        next=tuple(t.node for t in checkpoint.next),
+        config={"configurable": configurable},
+        metadata=dict(checkpoint.metadata),
+        created_at=checkpoint.created_at,
+        parent_config=parent,
+        tasks=checkpoint.next,
+        interrupts=tuple(w.interrupt for w in writes if w.interrupt is not None),
+    )
 
 
 class CompiledGraph:
@@ -83,8 +242,27 @@ class CompiledGraph:
         final_state = await app.ainvoke({"text": "hi"})
     """
 
-    def __init__(self, builder: StateGraph, *, name: str, plugin_manager: Any = None) -> None:
+    def __init__(
+        self,
+        builder: StateGraph,
+        *,
+        name: str,
+        plugin_manager: Any = None,
+        checkpointer: Checkpointer | str | None = None,
+        interrupt_before: Sequence[str] = (),
+        interrupt_after: Sequence[str] = (),
+    ) -> None:
         self.name = name
+        if isinstance(checkpointer, str):
+            checkpointer = checkpointer_from_url(checkpointer, plugin_manager)
+        elif checkpointer is not None and not isinstance(checkpointer, Checkpointer):
+            raise CheckpointError(
+                f"checkpointer must be a headwater Checkpointer or a URL such as 'memory:' or "
+                f"'sqlite:///app.db'; got {type(checkpointer).__name__}."
+            )
+        self.checkpointer: Checkpointer | None = checkpointer
+        self._interrupt_before = frozenset(interrupt_before)
+        self._interrupt_after = frozenset(interrupt_after)
         self.schema: Schema = builder.schema
         self.nodes: dict[str, NodeSpec] = dict(builder.nodes)
         self._pm = plugin_manager
@@ -227,6 +405,126 @@ class CompiledGraph:
         }
         return open_event_stream(self, input, config, version, filter_args, filters)
 
+    # -- thread state -----------------------------------------------------------------
+
+    def _thread(self, config: Mapping[str, Any] | None) -> tuple[Checkpointer, str, str | None]:
+        if self.checkpointer is None:
+            raise CheckpointError(
+                f"Graph {self.name!r} has no checkpointer, so it keeps no thread state; "
+                "compile it with checkpointer='memory:' (or sqlite:///…, postgresql://…)."
+            )
+        configurable = (config or {}).get("configurable") or {}
+        thread_id = configurable.get("thread_id")
+        if thread_id is None:
+            raise InvalidInputError(
+                "Thread state needs config={'configurable': {'thread_id': ...}}; "
+                "no thread_id was given."
+            )
+        return self.checkpointer, str(thread_id), configurable.get("checkpoint_id")
+
+    async def aget_state(self, config: Mapping[str, Any]) -> StateSnapshot:
+        """The thread's latest state (or the ``checkpoint_id`` in the config).
+
+        Example::
+
+            snap = await app.aget_state({"configurable": {"thread_id": "t1"}})
+            snap.values, snap.next
+        """
+        saver, thread_id, checkpoint_id = self._thread(config)
+        found = await saver.aget(thread_id, "", checkpoint_id)
+        if found is None:
+            return StateSnapshot(
+                values={}, next=(), config=config, metadata={}, created_at="", parent_config=None
+            )
+        return _snapshot(found.checkpoint, found.writes)
+
+    def get_state(self, config: Mapping[str, Any]) -> StateSnapshot:
+        """Sync :meth:`aget_state`.
+
+        Example::
+
+            app.get_state({"configurable": {"thread_id": "t1"}}).values
+        """
+        return anyio.run(self.aget_state, config)
+
+    async def aget_state_history(
+        self, config: Mapping[str, Any], *, limit: int | None = None
+    ) -> list[StateSnapshot]:
+        """Every checkpoint of the thread as a snapshot, newest first.
+
+        Example::
+
+            for snap in await app.aget_state_history(config):
+                print(snap.metadata["step"], snap.values)
+        """
+        saver, thread_id, before = self._thread(config)
+        checkpoints = await saver.alist(thread_id, "", limit=limit, before=before)
+        return [_snapshot(c, ()) for c in checkpoints]
+
+    def get_state_history(
+        self, config: Mapping[str, Any], *, limit: int | None = None
+    ) -> list[StateSnapshot]:
+        """Sync :meth:`aget_state_history`.
+
+        Example::
+
+            [s.values for s in app.get_state_history(config)]
+        """
+        return anyio.run(functools.partial(self.aget_state_history, config, limit=limit))
+
+    async def aupdate_state(
+        self, config: Mapping[str, Any], values: Mapping[str, Any], as_node: str | None = None
+    ) -> dict[str, Any]:
+        """Write ``values`` into the thread's state through the reducers, as a new checkpoint.
+
+        With ``as_node``, the update counts as that node's output: its edges decide what
+        runs next. Without, what was due to run next stays due. Returns the new config.
+
+        Example::
+
+            await app.aupdate_state(config, {"approved": True}, as_node="review")
+        """
+        saver, thread_id, _ = self._thread(config)
+        if as_node is not None and as_node not in self.nodes:
+            raise InvalidInputError(
+                f"update_state(as_node={as_node!r}): graph {self.name!r} has no such node; "
+                f"nodes: {sorted(self.nodes)}."
+            )
+        update = self.schema.check_update(as_node or "update_state", values)
+        run = self.prepare_run(None, config)
+        persist = _Persist(saver, thread_id, run)
+        latest = await persist.load()
+        joins: list[set[str]]
+        if latest is None:
+            state, joins, step = self.schema.defaults(), [set() for _ in self._joins], 0
+            pending: list[_Pending] = []
+        else:
+            cp = latest.checkpoint
+            state, step = dict(cp.values), cp.step + 1
+            joins = [set(j) for j in cp.joins] or [set() for _ in self._joins]
+            pending = [
+                _Pending(t.node, t.triggers, t.path, t.arg if t.has_arg else MISSING)
+                for t in cp.next
+            ]
+        self._apply(state, [(as_node or "update_state", update)], step)
+        if as_node is not None:
+            pending = await self._route([as_node], {}, state, joins, run)
+        await persist.save(
+            state, pending, joins, step, "update", {as_node or "update_state": update}
+        )
+        return {"configurable": {"thread_id": thread_id, "checkpoint_id": persist.checkpoint_id}}
+
+    def update_state(
+        self, config: Mapping[str, Any], values: Mapping[str, Any], as_node: str | None = None
+    ) -> dict[str, Any]:
+        """Sync :meth:`aupdate_state`.
+
+        Example::
+
+            app.update_state(config, {"approved": True})
+        """
+        return anyio.run(functools.partial(self.aupdate_state, config, values, as_node))
+
     # -- running ----------------------------------------------------------------------
 
     def prepare_run(
@@ -254,6 +552,7 @@ class CompiledGraph:
         """Execute ``run`` with hooks and graph-level events around the supersteps."""
         pm = self.plugin_manager
         hooks = pm.hook
+        start = await self._restore(run, input)  # bad input fails here, before any event
         for subs in hooks.headwater_event_subscribers(run=run):
             for sub in subs or ():
                 run.subscribe(sub)
@@ -261,47 +560,21 @@ class CompiledGraph:
             if inspect.isawaitable(result):
                 await result
         error: BaseException | None = None
+        header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
         try:
-            cbs = run.subscriptions(ON_CHAIN_START)
-            if cbs:
-                run.emit(
-                    cbs,
-                    ON_CHAIN_START,
-                    self.name,
-                    run.run_id,
-                    run.parent_ids,
-                    run.tags,
-                    run.metadata,
-                    {"input": input},
-                )
-            values = await self._loop(run, input, pm)
-            cbs = run.subscriptions(ON_CHAIN_END)
-            if cbs:
-                run.emit(
-                    cbs,
-                    ON_CHAIN_END,
-                    self.name,
-                    run.run_id,
-                    run.parent_ids,
-                    run.tags,
-                    run.metadata,
-                    {"output": dict(values)},
-                )
+            subs = run.subscriptions(ON_CHAIN_START)
+            if subs:
+                run.emit(subs, ON_CHAIN_START, *header, {"input": input})
+            values = await self._loop(run, start, pm)
+            subs = run.subscriptions(ON_CHAIN_END)
+            if subs:
+                run.emit(subs, ON_CHAIN_END, *header, {"output": dict(values)})
             return values
         except Exception as exc:
             error = exc
-            cbs = run.subscriptions(ON_CHAIN_ERROR)
-            if cbs:
-                run.emit(
-                    cbs,
-                    ON_CHAIN_ERROR,
-                    self.name,
-                    run.run_id,
-                    run.parent_ids,
-                    run.tags,
-                    run.metadata,
-                    {"error": exc},
-                )
+            subs = run.subscriptions(ON_CHAIN_ERROR)
+            if subs:
+                run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
             raise
         except BaseException as exc:
             error = exc
@@ -312,34 +585,100 @@ class CompiledGraph:
                     with anyio.CancelScope(shield=True):
                         await result
 
-    async def _loop(self, run: Run, input: Any, pm: Any) -> dict[str, Any]:
-        schema = self.schema
+    async def _restore(self, run: Run, input: Any) -> _Start:
+        """Where a run starts: fresh input, new input on a thread, or a resume."""
+        persist = _Persist.open(self, run)
+        resuming = input is None or isinstance(input, Command)
+        if isinstance(input, Command) and input.resume is None:
+            raise InvalidInputError(
+                f"A Command given as the input of graph {self.name!r} must carry resume=..., "
+                "the answer to the interrupt that paused the thread."
+            )
+        if persist is None:
+            if resuming:
+                raise InvalidInputError(
+                    f"Input {input!r:.40} resumes a thread, but graph {self.name!r} has no "
+                    "checkpointer. Compile it with checkpointer='memory:' (or sqlite:///…, "
+                    "postgresql://…) and pass config={'configurable': {'thread_id': ...}}."
+                )
+            values = self.schema.defaults()
+            update = self.schema.coerce_input(input, self.name)
+            return _Start(values=values, update=update, step=0)
+        latest = await persist.load()
+        if resuming:
+            if latest is None:
+                raise CheckpointError(
+                    f"Thread {persist.thread_id!r} has no checkpoint to resume from (input "
+                    f"{input!r:.40}). Start it with an input state first."
+                )
+            checkpoint = latest.checkpoint
+            done = {w.task_id: w for w in latest.writes}
+            answer = input.resume if isinstance(input, Command) else None
+            if isinstance(input, Command) and not any(w.interrupt for w in done.values()):
+                raise InvalidInputError(
+                    f"Command(resume=...) was given but thread {persist.thread_id!r} is not "
+                    "paused by interrupt(); pass None to continue it, or new input."
+                )
+            return _Start(
+                values=dict(checkpoint.values),
+                update=None,
+                step=checkpoint.step,
+                pending=[
+                    _Pending(t.node, t.triggers, t.path, t.arg if t.has_arg else MISSING, t.id)
+                    for t in checkpoint.next
+                ],
+                joins=[set(j) for j in checkpoint.joins] or None,
+                done=done,
+                answer=answer,
+                checkpoint_id=checkpoint.id,
+                persist=persist,
+            )
+        update = self.schema.coerce_input(input, self.name)
+        if latest is None:
+            return _Start(values=self.schema.defaults(), update=update, step=0, persist=persist)
+        checkpoint = latest.checkpoint
+        return _Start(
+            values=dict(checkpoint.values),
+            update=update,
+            step=checkpoint.step + 1,
+            checkpoint_id=checkpoint.id,
+            persist=persist,
+        )
+
+    async def _loop(self, run: Run, start: _Start, pm: Any) -> dict[str, Any]:
         limit = run.config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
-        values = schema.defaults()
-        update = schema.coerce_input(input, self.name)
-        self._apply(values, [(START, update)], 0)
+        values = start.values
+        persist = start.persist
+        step = start.step
         wrap = bool(pm.hook.headwater_wrap_node.get_hookimpls())
         step_end_hook = (
             pm.hook.headwater_step_end if pm.hook.headwater_step_end.get_hookimpls() else None
         )
-        step_cbs = run.subscriptions(STEP_END)
-        if step_cbs:
-            run.emit(
-                step_cbs,
-                STEP_END,
-                self.name,
-                run.run_id,
-                run.parent_ids,
-                run.tags,
-                run.metadata,
-                {"values": dict(values), "writes": {START: (update,)}, "step": 0},
-            )
-        join_seen: list[set[str]] = [set() for _ in self._joins]
-        pending = await self._route([START], {}, values, join_seen, run)
-        step = 0
+        step_subs = run.subscriptions(STEP_END)
+        header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
+        join_seen: list[set[str]] = start.joins or [set() for _ in self._joins]
+        if start.update is not None:  # new input: step `step` applies it
+            self._apply(values, [(START, start.update)], step)
+            if step_subs:
+                data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
+                run.emit(step_subs, STEP_END, *header, data)
+            pending = await self._route([START], {}, values, join_seen, run)
+            if persist is not None:
+                await persist.save(values, pending, join_seen, step, "input", {START: start.update})
+        else:
+            pending = start.pending
+        resumed = start.update is None
+        done = start.done
+        steps_run = 0
         while pending:
+            if not resumed and persist is not None and self._interrupt_before:
+                hits = [p for p in pending if p.node in self._interrupt_before]
+                if hits:
+                    return self._pause(run, values, [Interrupt(node=p.node, id=p.id) for p in hits])
+            resumed = False
+            steps_run += 1
             step += 1
-            if step > limit:
+            if steps_run > limit:
                 raise GraphRecursionError(
                     f"Graph {self.name!r} reached its recursion limit of {limit} supersteps with "
                     f"node(s) {sorted({p.node for p in pending})} still to run. If it loops on "
@@ -347,8 +686,12 @@ class CompiledGraph:
                     f"config={{'recursion_limit': {max(limit * 4, 100)}}}; "
                     "otherwise make a conditional edge route to END."
                 )
-            tasks = [self._make_task(p, step, values, run) for p in pending]
-            outcomes = await self._run_step(tasks, wrap, pm)
+            tasks = [self._make_task(p, step, values, run, done, start.answer) for p in pending]
+            outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+            paused = [o.interrupt for o in outcomes if o.interrupt is not None]
+            if paused:
+                return self._pause(run, values, paused)
+            done = {}
             goto: dict[str, tuple[str | Send, ...]] = {}
             if len(tasks) == 1:
                 node, outcome = tasks[0].node, outcomes[0]
@@ -368,33 +711,72 @@ class CompiledGraph:
                     if outcomes[i].goto:
                         goto[node] = goto.get(node, ()) + outcomes[i].goto
             self._apply(values, writes, step)
-            if step_cbs:
+            if step_subs:
                 per_node: dict[str, tuple[Any, ...]] = {}
                 for node, upd in writes:
                     per_node[node] = (*per_node.get(node, ()), upd)
-                run.emit(
-                    step_cbs,
-                    STEP_END,
-                    self.name,
-                    run.run_id,
-                    run.parent_ids,
-                    run.tags,
-                    run.metadata,
-                    {"values": dict(values), "writes": per_node, "step": step},
-                )
+                data = {"values": dict(values), "writes": per_node, "step": step}
+                run.emit(step_subs, STEP_END, *header, data)
                 if run._valves:
                     await run.relieve()
+            pending = await self._route(ran, goto, values, join_seen, run)
+            if persist is not None:
+                await persist.save(values, pending, join_seen, step, "loop", dict(writes))
             if step_end_hook is not None:
                 for result in step_end_hook(run=run, step=step):
                     if inspect.isawaitable(result):
                         await result
-            pending = await self._route(ran, goto, values, join_seen, run)
+            if pending and persist is not None and self._interrupt_after:
+                stopped = [n for n in ran if n in self._interrupt_after]
+                if stopped:
+                    return self._pause(run, values, [Interrupt(node=n) for n in stopped])
         return values
 
-    def _make_task(self, p: _Pending, step: int, values: dict[str, Any], run: Run) -> Task:
+    def _pause(
+        self, run: Run, values: dict[str, Any], interrupts: list[Interrupt]
+    ) -> dict[str, Any]:
+        """End the run paused: report the interrupts; the result carries them too."""
+        subs = run.subscriptions(ON_INTERRUPT)
+        for item in interrupts:
+            if subs:
+                data = {"value": item.value, "id": item.id, "node": item.node}
+                run.emit(
+                    subs,
+                    ON_INTERRUPT,
+                    item.node,
+                    run.run_id,
+                    run.parent_ids,
+                    run.tags,
+                    run.metadata,
+                    data,
+                )
+        subs = run.subscriptions(TASK_END)
+        if subs:
+            data = {"node": INTERRUPT_KEY, "update": tuple(interrupts), "error": None}
+            run.emit(
+                subs,
+                TASK_END,
+                INTERRUPT_KEY,
+                run.run_id,
+                run.parent_ids,
+                run.tags,
+                run.metadata,
+                data,
+            )
+        return {**values, INTERRUPT_KEY: tuple(interrupts)}
+
+    def _make_task(
+        self,
+        p: _Pending,
+        step: int,
+        values: dict[str, Any],
+        run: Run,
+        done: Mapping[str, PendingWrite],
+        answer: Any,
+    ) -> Task:
         spec = self.nodes[p.node]
         node_input = self.schema.make_input(values) if p.arg is MISSING else p.arg
-        return Task(
+        task = Task(
             node=p.node,
             step=step,
             input=node_input,
@@ -404,17 +786,62 @@ class CompiledGraph:
             metadata=spec.metadata,
             run=run,
         )
+        if p.id:
+            task.checkpoint_task_id = p.id
+            previous = done.get(p.id)
+            if previous is not None and previous.interrupt is not None:
+                task.resume = (*previous.resume, answer)
+        return task
 
-    async def _run_step(self, tasks: list[Task], wrap: bool, pm: Any) -> list[_Outcome]:
-        if len(tasks) == 1:
-            task = tasks[0]
-            return [await _concurrency.run_one(functools.partial(self._run_task, task, wrap, pm))]
-        results, error = await _concurrency.run_all(
-            [functools.partial(self._run_task, t, wrap, pm) for t in tasks]
+    async def _run_step(
+        self,
+        tasks: list[Task],
+        wrap: bool,
+        pm: Any,
+        done: Mapping[str, PendingWrite],
+        persist: _Persist | None,
+    ) -> list[_Outcome]:
+        if persist is None and not done:
+            if len(tasks) == 1:
+                call = functools.partial(self._run_task, tasks[0], wrap, pm)
+                return [await _concurrency.run_one(call)]
+            results, error = await _concurrency.run_all(
+                [functools.partial(self._run_task, t, wrap, pm) for t in tasks]
+            )
+            if error is not None:
+                raise error[1]
+            return results
+        outcomes: list[_Outcome | None] = [None] * len(tasks)
+        todo = []
+        for i, task in enumerate(tasks):
+            previous = done.get(task.checkpoint_task_id) if task.checkpoint_task_id else None
+            if previous is not None and previous.interrupt is None:
+                # Finished before the step was cut short: reuse its saved result.
+                outcomes[i] = _Outcome(previous.update, previous.goto)
+            else:
+                todo.append(i)
+        run_task = (
+            self._run_task if persist is None else functools.partial(self._run_saved, persist)
         )
-        if error is not None:
-            raise error[1]
-        return results
+        if len(todo) == 1:
+            i = todo[0]
+            outcomes[i] = await _concurrency.run_one(
+                functools.partial(run_task, tasks[i], wrap, pm)
+            )
+        elif todo:
+            results, error = await _concurrency.run_all(
+                [functools.partial(run_task, tasks[i], wrap, pm) for i in todo]
+            )
+            if error is not None:
+                raise error[1]
+            for i, result in zip(todo, results, strict=True):
+                outcomes[i] = result
+        return [o for o in outcomes if o is not None]
+
+    async def _run_saved(self, persist: _Persist, task: Task, wrap: bool, pm: Any) -> _Outcome:
+        outcome = await self._run_task(task, wrap, pm)
+        await persist.save_write(task, outcome)
+        return outcome
 
     async def _run_task(self, task: Task, wrap: bool, pm: Any) -> _Outcome:
         current_task.set(task)
@@ -429,6 +856,14 @@ class CompiledGraph:
             else:
                 out = await self._call_node(task)
             outcome = self._outcome(task.node, out)
+        except GraphInterrupt as paused:
+            if self.checkpointer is None:
+                raise InvalidInputError(
+                    f"Node {task.node!r} called interrupt(), which needs a checkpointer to "
+                    f"resume from: compile graph {self.name!r} with checkpointer='memory:' "
+                    "(or another backend) and run it with a thread_id."
+                ) from None
+            return _Outcome(None, (), paused.interrupt)
         except Exception as exc:
             if streaming:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})

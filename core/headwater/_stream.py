@@ -413,6 +413,13 @@ def open_stream(
     names, single = _modes(pm, stream_mode)
     run = graph.prepare_run(input, config)
     routes = _routes(run, pm.registrations("headwater_stream_modes"), names)
+    if graph.checkpointer is None:
+        for name, mode in (m for modes in routes.values() for m in modes):
+            if mode.needs_checkpointer:
+                raise UnknownStreamModeError(
+                    f"Stream mode {name!r} reports checkpoints, and graph {graph.name!r} has no "
+                    "checkpointer: compile it with checkpointer='memory:' (or sqlite:///…)."
+                )
     return RunStream(graph, run, input, routes, _shaper(single, subgraphs), nested=subgraphs)
 
 

@@ -53,7 +53,9 @@ class Command:
 
     ``update`` is applied like a node's ordinary return value; ``goto`` names the next
     node(s) — a name, a :class:`Send`, or a sequence of them (``END`` is allowed). The
-    node's static edges still apply as well.
+    node's static edges still apply as well. As a run's *input*, ``Command(resume=value)``
+    continues a thread paused by :func:`~headwater.interrupt`: the paused node runs again
+    and its ``interrupt()`` call returns ``value``.
 
     Example::
 
@@ -65,3 +67,4 @@ class Command:
 
     update: Mapping[str, Any] | None = None
     goto: tuple[str | Send, ...] = attrs.field(default=(), converter=_goto)
+    resume: Any = None

@@ -21,9 +21,12 @@ Each message says what was wrong, what was expected and how to fix it::
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CheckpointError",
     "GraphRecursionError",
+    "GraphInterrupt",
     "GraphValidationError",
     "HeadwaterError",
     "InvalidFilterError",
@@ -62,6 +65,25 @@ class GraphValidationError(HeadwaterError, ValueError):
         graph.add_edge("a", "nowhere")
         graph.compile()  # GraphValidationError: Edge 'a' -> 'nowhere' points to unknown node ...
     """
+
+
+class GraphInterrupt(HeadwaterError):
+    """Raised by ``interrupt(value)`` inside a node to pause the run (control flow).
+
+    The scheduler catches it: the step's other tasks finish, their results are saved, and
+    the run stops with the interrupt reported to the stream. Don't catch it in node code
+    (an ``except Exception`` around ``interrupt()`` would swallow the pause).
+
+    Example::
+
+        answer = interrupt("Approve?")   # raises GraphInterrupt the first time
+    """
+
+    def __init__(self, interrupt: Any) -> None:
+        super().__init__(
+            f"Run paused by interrupt({interrupt.value!r}) in node {interrupt.node!r}."
+        )
+        self.interrupt = interrupt
 
 
 class GraphRecursionError(HeadwaterError, RecursionError):

@@ -32,6 +32,8 @@ __all__ = [
     "ON_CUSTOM_EVENT",
     "PUBLIC_KINDS",
     "SKIP",
+    "CHECKPOINT",
+    "ON_INTERRUPT",
     "STEP_END",
     "TASK_END",
     "TASK_START",
@@ -66,8 +68,26 @@ TASK_END: Final = "task_end"
 update); ``error`` is the exception it raised, or ``None``.
 """
 
+CHECKPOINT: Final = "checkpoint"
+"""Bus-internal: a checkpoint was saved. ``data`` is the snapshot dict of ``checkpoints``."""
+ON_INTERRUPT: Final = "on_interrupt"
+"""The run paused: ``interrupt(value)`` or ``interrupt_before/after``.
+
+``data = {"value", "id", "node"}``; continue with ``Command(resume=...)`` or input None.
+"""
+
 CORE_KINDS: Final = frozenset(
-    {ON_CHAIN_START, ON_CHAIN_END, ON_CHAIN_ERROR, ON_CUSTOM_EVENT, STEP_END, TASK_START, TASK_END}
+    {
+        ON_CHAIN_START,
+        ON_CHAIN_END,
+        ON_CHAIN_ERROR,
+        ON_CUSTOM_EVENT,
+        ON_INTERRUPT,
+        STEP_END,
+        TASK_START,
+        TASK_END,
+        CHECKPOINT,
+    }
 )
 """The kinds the core scheduler emits itself (models, tools and retrievers add more)."""
 
@@ -77,6 +97,7 @@ PUBLIC_KINDS: Final = frozenset(
         ON_CHAIN_END,
         ON_CHAIN_ERROR,
         ON_CUSTOM_EVENT,
+        ON_INTERRUPT,
         "on_chat_model_start",
         "on_chat_model_stream",
         "on_chat_model_end",
@@ -195,6 +216,8 @@ class StreamMode:
     data_only: bool = False
     """``True``: ``project`` receives ``event.data`` alone and no :class:`Event` is built
     for it — the cheapest projection, for modes such as ``custom`` and ``values``."""
+    needs_checkpointer: bool = False
+    """``True``: asking for this mode on a graph without a checkpointer is an error."""
 
 
 @attrs.frozen

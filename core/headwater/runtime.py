@@ -30,6 +30,7 @@ from headwater.events import ON_CUSTOM_EVENT, Event, Subscription
 __all__ = [
     "NodeMiddleware",
     "dispatch_event",
+    "interrupt",
     "Run",
     "StreamWriter",
     "Task",
@@ -249,6 +250,9 @@ class Task:
     _writer: StreamWriter | None = attrs.field(default=None, alias="_writer")
     _event_metadata: Mapping[str, Any] | None = attrs.field(default=None, alias="_event_metadata")
     _config: Mapping[str, Any] | None = attrs.field(default=None, alias="_config")
+    checkpoint_task_id: str = ""
+    resume: tuple[Any, ...] = ()
+    _interrupts: int = attrs.field(default=0, alias="_interrupts")
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -392,6 +396,36 @@ def _active_task(what: str) -> Task:
             "Call it from inside a node function (or code a node calls) while the graph runs."
         )
     return task
+
+
+def interrupt(value: Any = None) -> Any:
+    """Pause the run here until a human (or anything) answers; returns the answer.
+
+    The first time, this raises :class:`~headwater.errors.GraphInterrupt`: the run stops
+    and ``value`` reaches the stream (an ``on_interrupt`` event, ``{"__interrupt__": ...}``
+    in ``updates``). Continue the thread with ``Command(resume=answer)`` as input: the
+    node runs again from its start, and this call returns ``answer``. Needs a
+    checkpointer; calls are matched to answers by their order within the node.
+
+    Example::
+
+        from headwater import interrupt
+
+        def review(state):
+            verdict = interrupt({"question": "Publish?", "draft": state["draft"]})
+            return {"published": verdict == "yes"}
+    """
+    from headwater.checkpoint import Interrupt
+    from headwater.errors import GraphInterrupt
+
+    task = _active_task("interrupt()")
+    index = task._interrupts
+    task._interrupts += 1
+    if index < len(task.resume):
+        return task.resume[index]
+    raise GraphInterrupt(
+        Interrupt(value=value, id=f"{task.checkpoint_task_id}:{index}", node=task.node)
+    )
 
 
 def dispatch_event(kind: str, data: Any, *, name: str | None = None) -> None:

@@ -120,7 +120,7 @@ def _load_builtin_types() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from headwater import messages, retrievers
+    from headwater import checkpoint, messages, retrievers
     from headwater._types import Command, Send
 
     for cls in (
@@ -136,6 +136,10 @@ def _load_builtin_types() -> None:
         retrievers.Document,
         Send,
         Command,
+        checkpoint.Checkpoint,
+        checkpoint.PendingTask,
+        checkpoint.PendingWrite,
+        checkpoint.Interrupt,
     ):
         register_type(cls)
     from headwater._plugins import get_plugin_manager

@@ -9,8 +9,10 @@ values     the full state: first the input applied, then after every superstep
 updates    ``{node: update}`` for every finished task (parallel nodes each get one)
 messages   ``(message_chunk, metadata)`` for every chat-model token (not ``nostream``)
 custom     each stream-writer payload, in order
-debug      ``{"type", "step", "timestamp", "payload"}`` for task starts and results
+debug      ``{"type", "step", "timestamp", "payload"}`` for task starts, task results
+           and checkpoints
 tasks      the payloads of ``debug`` alone: task starts and task results
+checkpoints  each saved checkpoint (graphs compiled with a checkpointer only)
 events     the ``astream_events`` v2 dicts (used by ``astream_events``)
 =========  ==============================================================================
 
@@ -26,7 +28,9 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from headwater.checkpoint import StateSnapshot
 from headwater.events import (
+    CHECKPOINT,
     ON_CUSTOM_EVENT,
     PUBLIC_KINDS,
     SKIP,
@@ -104,17 +108,48 @@ def _tasks(run: Run) -> StreamMode:
     return StreamMode(kinds=frozenset({TASK_START, TASK_END}), project=_task_payload)
 
 
-def _project_debug(event: Event) -> Any:
+def _checkpoint_payload(snapshot: StateSnapshot) -> dict[str, Any]:
     return {
-        "type": "task" if event.event == TASK_START else "task_result",
-        "step": event.metadata.get("step"),
+        "config": snapshot.config,
+        "parent_config": snapshot.parent_config,
+        "values": snapshot.values,
+        "metadata": snapshot.metadata,
+        "next": list(snapshot.next),
+        "tasks": [
+            {"id": t.id, "name": t.node, "triggers": list(t.triggers)} for t in snapshot.tasks
+        ],
+    }
+
+
+def _checkpoints(run: Run) -> StreamMode:
+    return StreamMode(
+        kinds=frozenset({CHECKPOINT}),
+        project=_checkpoint_payload,
+        data_only=True,
+        needs_checkpointer=True,
+    )
+
+
+def _project_debug(event: Event) -> Any:
+    if event.event == CHECKPOINT:
+        kind, step, payload = (
+            "checkpoint",
+            event.data.metadata.get("step"),
+            _checkpoint_payload(event.data),
+        )
+    else:
+        kind = "task" if event.event == TASK_START else "task_result"
+        step, payload = event.metadata.get("step"), _task_payload(event)
+    return {
+        "type": kind,
+        "step": step,
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
-        "payload": _task_payload(event),
+        "payload": payload,
     }
 
 
 def _debug(run: Run) -> StreamMode:
-    return StreamMode(kinds=frozenset({TASK_START, TASK_END}), project=_project_debug)
+    return StreamMode(kinds=frozenset({TASK_START, TASK_END, CHECKPOINT}), project=_project_debug)
 
 
 def _events(run: Run) -> StreamMode:
@@ -137,5 +172,6 @@ def headwater_stream_modes() -> Mapping[str, Callable[[Run], StreamMode]]:
         "custom": _custom,
         "debug": _debug,
         "tasks": _tasks,
+        "checkpoints": _checkpoints,
         "events": _events,
     }
