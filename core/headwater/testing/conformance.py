@@ -1,0 +1,268 @@
+"""Conformance suites that every backend runs — and third-party backends can run too.
+
+Subclass :class:`CheckpointerConformance` in your test module and provide the backend;
+pytest collects every check as its own test, on asyncio and trio (through anyio's pytest
+plugin; define an ``anyio_backend`` fixture to choose).
+
+Example::
+
+    from headwater.testing.conformance import CheckpointerConformance
+
+    class TestMyCheckpointer(CheckpointerConformance):
+        async def make_checkpointer(self):
+            return MyCheckpointer(dsn)
+
+        async def write_raw(self, saver, thread_id, checkpoint_id, data):
+            ...  # store `data` as the checkpoint's stored bytes, bypassing serde
+"""
+
+from __future__ import annotations
+
+import operator
+import pickle
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypedDict
+
+import anyio
+import pytest
+
+from headwater._graph import StateGraph
+from headwater._types import END, START, Command, Send
+from headwater.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    Interrupt,
+    PendingTask,
+    PendingWrite,
+    new_checkpoint_id,
+)
+from headwater.errors import CheckpointError
+from headwater.messages import AIMessage, HumanMessage, ToolCall
+from headwater.runtime import interrupt, new_id
+
+__all__ = ["CheckpointerConformance"]
+
+
+def _checkpoint(thread_id: str, step: int = 0, ns: str = "", **values: Any) -> Checkpoint:
+    return Checkpoint(
+        id=new_checkpoint_id(),
+        thread_id=thread_id,
+        ns=ns,
+        step=step,
+        values=values,
+        next=(PendingTask(id="t/0", node="a", triggers=("__start__",), path=("pull", "a")),),
+        metadata={"source": "loop", "step": step},
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+class _Flow(TypedDict):
+    log: Annotated[list[str], operator.add]
+    answer: str
+
+
+class CheckpointerConformance:
+    """The checks every :class:`~headwater.checkpoint.Checkpointer` must pass.
+
+    Override :meth:`make_checkpointer` (required) and :meth:`write_raw` (to run the
+    fail-closed checks on corrupted rows; they are skipped with a reason otherwise).
+
+    Example::
+
+        class TestMemory(CheckpointerConformance):
+            async def make_checkpointer(self):
+                return MemoryCheckpointer()
+    """
+
+    async def make_checkpointer(self) -> Checkpointer:
+        """Return a fresh, empty backend (each test gets its own)."""
+        raise NotImplementedError("Override make_checkpointer() to return your backend.")
+
+    async def write_raw(
+        self, saver: Checkpointer, thread_id: str, checkpoint_id: str, data: bytes
+    ) -> None:
+        """Store ``data`` verbatim as checkpoint ``checkpoint_id`` of ``thread_id``."""
+        pytest.skip(
+            f"{type(self).__name__} does not implement write_raw(); corrupted-row checks skipped"
+        )
+
+    @pytest.fixture
+    async def saver(self) -> AsyncIterator[Checkpointer]:
+        """A fresh backend, closed after the test."""
+        made = await self.make_checkpointer()
+        try:
+            yield made
+        finally:
+            await made.aclose()
+
+    @pytest.mark.anyio
+    async def test_round_trip_of_rich_values(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        values: dict[str, Any] = {
+            "messages": [
+                HumanMessage(content="hi", id="1"),
+                AIMessage(content="", tool_calls=(ToolCall(name="f", args={"x": [1]}, id="c"),)),
+            ],
+            "pair": (1, "two"),
+            "tags": {"a", "b"},
+            "nested": {"k": [None, True, 2.5]},
+        }
+        cp = _checkpoint(thread, **values)
+        await saver.aput(cp)
+        found = await saver.aget(thread)
+        assert found is not None
+        assert found.checkpoint == cp
+        assert found.writes == ()
+
+    @pytest.mark.anyio
+    async def test_latest_by_id_and_missing(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        assert await saver.aget(thread) is None
+        first, second = _checkpoint(thread, 0, n=1), _checkpoint(thread, 1, n=2)
+        await saver.aput(first)
+        await saver.aput(second)
+        latest = await saver.aget(thread)
+        assert latest is not None and latest.checkpoint.id == second.id
+        by_id = await saver.aget(thread, "", first.id)
+        assert by_id is not None and by_id.checkpoint.values == {"n": 1}
+        assert await saver.aget(thread, "", "no-such-checkpoint") is None
+
+    @pytest.mark.anyio
+    async def test_list_newest_first_with_limit_and_before(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        made = [_checkpoint(thread, i, n=i) for i in range(5)]
+        for cp in made:
+            await saver.aput(cp)
+        listed = await saver.alist(thread)
+        assert [c.id for c in listed] == [c.id for c in reversed(made)]
+        assert [c.id for c in await saver.alist(thread, limit=2)] == [made[4].id, made[3].id]
+        before = await saver.alist(thread, before=made[2].id)
+        assert [c.id for c in before] == [made[1].id, made[0].id]
+
+    @pytest.mark.anyio
+    async def test_pending_writes_last_one_wins_per_task(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        cp = _checkpoint(thread)
+        await saver.aput(cp)
+        await saver.aput_writes(
+            thread, "", cp.id, [PendingWrite(task_id="t/0", node="a", update={"n": 1})]
+        )
+        await saver.aput_writes(
+            thread,
+            "",
+            cp.id,
+            [
+                PendingWrite(task_id="t/1", node="b", goto=(Send("c", {"x": 1}),)),
+                PendingWrite(task_id="t/0", node="a", update={"n": 2}),
+            ],
+        )
+        found = await saver.aget(thread)
+        assert found is not None
+        writes = {w.task_id: w for w in found.writes}
+        assert writes["t/0"].update == {"n": 2}
+        assert writes["t/1"].goto == (Send("c", {"x": 1}),)
+        later = _checkpoint(thread, 1)
+        await saver.aput(later)
+        latest = await saver.aget(thread)
+        assert latest is not None and latest.writes == ()
+
+    @pytest.mark.anyio
+    async def test_interrupt_writes_round_trip(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        cp = _checkpoint(thread)
+        await saver.aput(cp)
+        write = PendingWrite(
+            task_id="t/0",
+            node="a",
+            interrupt=Interrupt(value={"q": "ok?"}, id="t/0:0", node="a"),
+            resume=("yes",),
+        )
+        await saver.aput_writes(thread, "", cp.id, [write])
+        found = await saver.aget(thread)
+        assert found is not None and found.writes == (write,)
+
+    @pytest.mark.anyio
+    async def test_threads_and_namespaces_are_isolated(self, saver: Checkpointer) -> None:
+        a, b = new_id(), new_id()
+        await saver.aput(_checkpoint(a, n="a"))
+        await saver.aput(_checkpoint(b, n="b"))
+        await saver.aput(_checkpoint(a, ns="sub", n="a-sub"))
+        got_a, got_b = await saver.aget(a), await saver.aget(b)
+        got_sub = await saver.aget(a, "sub")
+        assert got_a is not None and got_a.checkpoint.values == {"n": "a"}
+        assert got_b is not None and got_b.checkpoint.values == {"n": "b"}
+        assert got_sub is not None and got_sub.checkpoint.values == {"n": "a-sub"}
+        assert len(await saver.alist(a)) == 1
+
+    @pytest.mark.anyio
+    async def test_delete_thread(self, saver: Checkpointer) -> None:
+        a, b = new_id(), new_id()
+        cp = _checkpoint(a)
+        await saver.aput(cp)
+        await saver.aput_writes(a, "", cp.id, [PendingWrite(task_id="t/0", node="a")])
+        await saver.aput(_checkpoint(b))
+        await saver.adelete_thread(a)
+        assert await saver.aget(a) is None
+        assert await saver.alist(a) == []
+        assert await saver.aget(b) is not None
+
+    @pytest.mark.anyio
+    async def test_duplicate_checkpoint_id_is_rejected(self, saver: Checkpointer) -> None:
+        cp = _checkpoint(new_id())
+        await saver.aput(cp)
+        with pytest.raises(CheckpointError):
+            await saver.aput(cp)
+
+    @pytest.mark.anyio
+    async def test_many_concurrent_threads(self, saver: Checkpointer) -> None:
+        threads = [new_id() for _ in range(50)]
+
+        async def one(thread: str) -> None:
+            for step in range(3):
+                await saver.aput(_checkpoint(thread, step, n=step))
+
+        async with anyio.create_task_group() as tg:
+            for thread in threads:
+                tg.start_soon(one, thread)
+        for thread in threads:
+            found = await saver.aget(thread)
+            assert found is not None and found.checkpoint.values == {"n": 2}
+
+    @pytest.mark.anyio
+    async def test_corrupted_rows_fail_closed(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        bad = {
+            "pickle": pickle.dumps({"values": {}}),
+            "unknown type tag": b'{"__type__": "os.system", "command": "echo pwned"}',
+            "wrong field type": b'{"__type__": "Checkpoint", "id": 5, "thread_id": "t"}',
+        }
+        for label, data in bad.items():
+            checkpoint_id = new_checkpoint_id()
+            await self.write_raw(saver, thread, checkpoint_id, data)
+            with pytest.raises(CheckpointError) as caught:
+                await saver.aget(thread, "", checkpoint_id)
+            message = str(caught.value)
+            assert thread in message and checkpoint_id in message, (label, message)
+
+    @pytest.mark.anyio
+    async def test_graph_interrupt_and_resume(self, saver: Checkpointer) -> None:
+        def ask(state: _Flow) -> dict[str, Any]:
+            return {"answer": interrupt("continue?"), "log": ["ask"]}
+
+        async def side(state: _Flow) -> dict[str, Any]:
+            return {"log": ["side"]}
+
+        graph = StateGraph(_Flow)
+        graph.add_node("ask", ask)
+        graph.add_node("side", side)
+        graph.add_edge(START, "ask")
+        graph.add_edge(START, "side")
+        graph.add_edge("ask", END)
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}}
+        paused = await app.ainvoke({"log": []}, config)
+        assert [i.value for i in paused["__interrupt__"]] == ["continue?"]
+        final = await app.ainvoke(Command(resume="yes"), config)
+        assert final == {"log": ["ask", "side"], "answer": "yes"}
+        history = await app.aget_state_history(config)
+        assert [h.metadata["source"] for h in history] == ["loop", "input"]
