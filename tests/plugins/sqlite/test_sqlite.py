@@ -1,0 +1,201 @@
+"""headwater-sqlite: conformance, crash safety across processes, concurrency, bad input."""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Annotated, TypedDict
+
+import anyio
+import anyio.lowlevel
+import pytest
+from headwater_sqlite import SCHEMA_VERSION, SqliteCheckpointer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headwater import START, StateGraph
+from headwater.checkpoint import Checkpointer, checkpointer_from_url
+from headwater.errors import CheckpointError
+from headwater.testing.conformance import CheckpointerConformance
+
+
+class TestSqliteFile(CheckpointerConformance):
+    @pytest.fixture(autouse=True)
+    def _dir(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "checkpoints.db"
+
+    async def make_checkpointer(self) -> Checkpointer:
+        return SqliteCheckpointer(self.path)
+
+    async def write_raw(
+        self, saver: Checkpointer, thread_id: str, checkpoint_id: str, data: bytes
+    ) -> None:
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, '', ?, ?)",
+                (thread_id, checkpoint_id, data),
+            )
+
+
+class TestSqliteMemory(CheckpointerConformance):
+    async def make_checkpointer(self) -> Checkpointer:
+        return checkpointer_from_url("sqlite:///:memory:")
+
+    async def write_raw(
+        self, saver: Checkpointer, thread_id: str, checkpoint_id: str, data: bytes
+    ) -> None:
+        assert isinstance(saver, SqliteCheckpointer)
+        saver._db.execute(
+            "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, '', ?, ?)",
+            (thread_id, checkpoint_id, data),
+        )
+
+
+def test_file_uses_wal_and_records_schema_version(tmp_path: Path) -> None:
+    SqliteCheckpointer(tmp_path / "a.db")
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert (
+            db.execute("SELECT MAX(version) FROM headwater_schema").fetchone()[0] == SCHEMA_VERSION
+        )
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    SqliteCheckpointer(tmp_path / "a.db")
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        db.execute("INSERT INTO headwater_schema (version) VALUES (99)")
+    with pytest.raises(CheckpointError, match="schema version 99"):
+        SqliteCheckpointer(tmp_path / "a.db")
+
+
+@pytest.mark.parametrize("url", ["sqlite://host/x.db", "sqlite:", "sqlite:///"])
+def test_bad_urls_name_the_expected_form(url: str) -> None:
+    with pytest.raises(CheckpointError, match=re.escape("sqlite:///relative/path.db")):
+        checkpointer_from_url(url)
+
+
+def test_misspelled_scheme_suggests_sqlite() -> None:
+    with pytest.raises(CheckpointError, match="Did you mean 'sqlite'"):
+        checkpointer_from_url("sqllite:///x.db")
+
+
+GRAPH = textwrap.dedent(
+    """
+    import operator, os, signal, sys
+    from typing import Annotated, TypedDict
+    import anyio
+    from headwater import END, START, StateGraph, Send
+
+    class State(TypedDict):
+        n: int
+        log: Annotated[list, operator.add]
+
+    KILL_AT = int(os.environ.get("KILL_AT", "-1"))
+
+    def maybe_die(step):
+        if step == KILL_AT and not os.path.exists(os.environ["MARK"]):
+            open(os.environ["MARK"], "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def work(state):
+        maybe_die(state["n"])
+        return {"n": state["n"] + 1, "log": [f"work{state['n']}"]}
+
+    async def fan(item):
+        return {"log": [f"fan{item}"]}
+
+    def route(state):
+        if state["n"] >= 6:
+            return END
+        if state["n"] % 3 == 0:
+            return [Send("fan", state["n"] * 10 + i) for i in range(3)]
+        return "work"
+
+    graph = StateGraph(State)
+    graph.add_node("work", work)
+    graph.add_node("fan", fan)
+    graph.add_edge(START, "work")
+    graph.add_conditional_edges("work", route, ["work", "fan", END])
+    graph.add_edge("fan", "work")
+    app = graph.compile(checkpointer=sys.argv[1])
+    config = {"configurable": {"thread_id": "crash"}}
+    first = None if sys.argv[2] == "resume" else {"n": 0, "log": []}
+    print(repr(anyio.run(app.ainvoke, first, config)))
+    """
+)
+
+
+def _run(
+    script: Path, url: str, mode: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), url, mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kill_at=st.integers(min_value=0, max_value=5))
+def test_sigkill_at_any_step_then_resume_gives_the_uninterrupted_result(
+    tmp_path_factory: pytest.TempPathFactory, kill_at: int
+) -> None:
+    tmp = tmp_path_factory.mktemp("crash")
+    script = tmp / "graph.py"
+    script.write_text(GRAPH)
+    reference = _run(script, f"sqlite:///{tmp / 'ref.db'}", "start", {"MARK": str(tmp / "unused")})
+    assert reference.returncode == 0, reference.stderr
+    url = f"sqlite:///{tmp / 'crash.db'}"
+    env = {"KILL_AT": str(kill_at), "MARK": str(tmp / "killed")}
+    killed = _run(script, url, "start", env)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    resumed = _run(script, url, "resume", env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == reference.stdout
+
+
+class _Counter(TypedDict):
+    n: int
+    log: Annotated[list[int], operator.add]
+
+
+async def _step(state: _Counter) -> dict[str, object]:
+    await anyio.lowlevel.checkpoint()
+    return {"n": state["n"] + 1, "log": [state["n"]]}
+
+
+@pytest.mark.anyio
+async def test_fifty_concurrent_runs_on_one_checkpointer(tmp_path: Path) -> None:
+    graph = StateGraph(_Counter)
+    graph.add_node("a", _step)
+    graph.add_node("b", _step)
+    graph.add_node("c", _step)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "b")
+    graph.add_edge("b", "c")
+    saver = SqliteCheckpointer(tmp_path / "many.db")
+    app = graph.compile(checkpointer=saver)
+    results: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        config = {"configurable": {"thread_id": f"t{i}"}}
+        results[i] = await app.ainvoke({"n": i, "log": []}, config)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert results == {i: {"n": i + 3, "log": [i, i + 1, i + 2]} for i in range(50)}
+    for i in (0, 49):
+        history = await app.aget_state_history({"configurable": {"thread_id": f"t{i}"}})
+        assert [h.metadata["step"] for h in history] == [3, 2, 1, 0]
+    await saver.aclose()
