@@ -152,7 +152,8 @@ class SqliteCheckpointer(Checkpointer):
                 )
             except sqlite3.IntegrityError:
                 raise CheckpointError(
-                    f"Checkpoint {checkpoint.id!r} of thread {checkpoint.thread_id!r} already exists."
+                    f"Checkpoint {checkpoint.id!r} of thread {checkpoint.thread_id!r} "
+                    "already exists."
                 ) from None
 
         await self._run(put)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import operator
-import os
 import re
 import sqlite3
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -23,6 +19,7 @@ from headwater import START, StateGraph
 from headwater.checkpoint import Checkpointer, checkpointer_from_url
 from headwater.errors import CheckpointError
 from headwater.testing.conformance import CheckpointerConformance
+from headwater.testing.crash import MAX_KILL_STEP, check_crash_resume
 
 
 class TestSqliteFile(CheckpointerConformance):
@@ -85,83 +82,15 @@ def test_misspelled_scheme_suggests_sqlite() -> None:
         checkpointer_from_url("sqllite:///x.db")
 
 
-GRAPH = textwrap.dedent(
-    """
-    import operator, os, signal, sys
-    from typing import Annotated, TypedDict
-    import anyio
-    from headwater import END, START, StateGraph, Send
-
-    class State(TypedDict):
-        n: int
-        log: Annotated[list, operator.add]
-
-    KILL_AT = int(os.environ.get("KILL_AT", "-1"))
-
-    def maybe_die(step):
-        if step == KILL_AT and not os.path.exists(os.environ["MARK"]):
-            open(os.environ["MARK"], "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    async def work(state):
-        maybe_die(state["n"])
-        return {"n": state["n"] + 1, "log": [f"work{state['n']}"]}
-
-    async def fan(item):
-        return {"log": [f"fan{item}"]}
-
-    def route(state):
-        if state["n"] >= 6:
-            return END
-        if state["n"] % 3 == 0:
-            return [Send("fan", state["n"] * 10 + i) for i in range(3)]
-        return "work"
-
-    graph = StateGraph(State)
-    graph.add_node("work", work)
-    graph.add_node("fan", fan)
-    graph.add_edge(START, "work")
-    graph.add_conditional_edges("work", route, ["work", "fan", END])
-    graph.add_edge("fan", "work")
-    app = graph.compile(checkpointer=sys.argv[1])
-    config = {"configurable": {"thread_id": "crash"}}
-    first = None if sys.argv[2] == "resume" else {"n": 0, "log": []}
-    print(repr(anyio.run(app.ainvoke, first, config)))
-    """
-)
-
-
-def _run(
-    script: Path, url: str, mode: str, env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(script), url, mode],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )
-
-
 @settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(kill_at=st.integers(min_value=0, max_value=5))
+@given(kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP))
 def test_sigkill_at_any_step_then_resume_gives_the_uninterrupted_result(
     tmp_path_factory: pytest.TempPathFactory, kill_at: int
 ) -> None:
     tmp = tmp_path_factory.mktemp("crash")
-    script = tmp / "graph.py"
-    script.write_text(GRAPH)
-    reference = _run(script, f"sqlite:///{tmp / 'ref.db'}", "start", {"MARK": str(tmp / "unused")})
-    assert reference.returncode == 0, reference.stderr
-    url = f"sqlite:///{tmp / 'crash.db'}"
-    env = {"KILL_AT": str(kill_at), "MARK": str(tmp / "killed")}
-    killed = _run(script, url, "start", env)
-    assert killed.returncode == -9, (killed.returncode, killed.stderr)
-    resumed = _run(script, url, "resume", env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout == reference.stdout
+    check_crash_resume(f"sqlite:///{tmp / 'crash.db'}", kill_at, tmp)
 
 
 class _Counter(TypedDict):

@@ -1,0 +1,137 @@
+"""headwater-postgres against the PostgreSQL on 127.0.0.1:5432: conformance, crash
+safety, concurrency across processes, bad input."""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from pathlib import Path
+from typing import Annotated, TypedDict
+
+import anyio
+import anyio.lowlevel
+import psycopg
+import pytest
+from headwater_postgres import SCHEMA_VERSION, PostgresCheckpointer, redact
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headwater import START, StateGraph
+from headwater.checkpoint import Checkpointer, checkpointer_from_url
+from headwater.errors import CheckpointError
+from headwater.testing.conformance import CheckpointerConformance
+from headwater.testing.crash import MAX_KILL_STEP, check_crash_resume
+from headwater.testing.services import service_url
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _ping(url: str) -> None:
+    with psycopg.connect(url, connect_timeout=3) as db:
+        db.execute("SELECT 1")
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> str:
+    return service_url("HEADWATER_TEST_POSTGRES_URL", DEFAULT_URL, _ping)
+
+
+class TestPostgresCheckpointer(CheckpointerConformance):
+    @pytest.fixture(autouse=True)
+    def _url(self, pg_url: str) -> None:
+        self.url = pg_url
+
+    async def make_checkpointer(self) -> Checkpointer:
+        return await anyio.to_thread.run_sync(lambda: PostgresCheckpointer(self.url, max_size=4))
+
+    async def write_raw(
+        self, saver: Checkpointer, thread_id: str, checkpoint_id: str, data: bytes
+    ) -> None:
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(
+                "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
+                "VALUES (%s, '', %s, %s)",
+                (thread_id, checkpoint_id, data),
+            )
+
+
+def test_url_scheme_and_schema_version(pg_url: str) -> None:
+    saver = checkpointer_from_url(pg_url)
+    assert isinstance(saver, PostgresCheckpointer)
+    with psycopg.connect(pg_url) as db:
+        row = db.execute("SELECT MAX(version) FROM headwater_schema").fetchone()
+    assert row is not None and row[0] == SCHEMA_VERSION
+    anyio.run(saver.aclose)
+
+
+def test_unreachable_server_is_a_clear_error_not_a_hang() -> None:
+    url = "postgresql://someone:hunter2@127.0.0.1:1/nowhere"
+    with pytest.raises(CheckpointError) as caught:
+        PostgresCheckpointer(url, connect_timeout=1)
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message and "hunter2" not in message and "***" in message
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("postgresql://me:pw@db:5432/app") == "postgresql://me:***@db:5432/app"
+    assert redact("postgresql://me@db/app") == "postgresql://me@db/app"
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP))
+def test_sigkill_at_any_step_then_resume_gives_the_uninterrupted_result(
+    pg_url: str, tmp_path_factory: pytest.TempPathFactory, kill_at: int
+) -> None:
+    check_crash_resume(pg_url, kill_at, tmp_path_factory.mktemp("pgcrash"))
+
+
+class _Counter(TypedDict):
+    n: int
+    log: Annotated[list[int], operator.add]
+
+
+async def _step(state: _Counter) -> dict[str, object]:
+    await anyio.lowlevel.checkpoint()
+    return {"n": state["n"] + 1, "log": [state["n"]]}
+
+
+@pytest.mark.anyio
+async def test_fifty_concurrent_runs_on_one_checkpointer(pg_url: str) -> None:
+    graph = StateGraph(_Counter)
+    for name in "abc":
+        graph.add_node(name, _step)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "b")
+    graph.add_edge("b", "c")
+    saver = await anyio.to_thread.run_sync(lambda: PostgresCheckpointer(pg_url, max_size=8))
+    app = graph.compile(checkpointer=saver)
+    prefix = uuid.uuid4().hex
+    results: dict[int, object] = {}
+
+    async def one(i: int) -> None:
+        config = {"configurable": {"thread_id": f"{prefix}-{i}"}}
+        results[i] = await app.ainvoke({"n": i, "log": []}, config)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert results == {i: {"n": i + 3, "log": [i, i + 1, i + 2]} for i in range(50)}
+    await saver.aclose()
+
+
+def test_migration_is_safe_when_many_processes_start_at_once(pg_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from headwater_postgres import PostgresCheckpointer as P; "
+        "P(sys.argv[1]); print('ok')"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert outputs == ["ok"] * 4
