@@ -290,6 +290,7 @@ class RunStream(AsyncIterator[Any]):
         return None
 
     def _end(self) -> None:
+        self._receive.close()
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -320,6 +321,9 @@ class RunStream(AsyncIterator[Any]):
         done = self._done
         if done is not None and not done.is_set() and threading.get_ident() == self._thread:
             self._cancel()
+        elif done is None:  # never iterated: nothing runs, just release the queue
+            self._send.close()
+            self._receive.close()
 
     async def next_batch(self) -> list[Any] | None:
         """Wait for at least one item and return everything already available.
