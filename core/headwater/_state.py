@@ -55,21 +55,42 @@ class Field:
     name: str
     reducer: Reducer | None
     default: Any = _MISSING
+    empty: Callable[[], Any] | None = None  # the value a reducer starts from (list(), 0 …)
 
     def fold(self, current: Any, values: list[Any]) -> Any:
-        """Apply ``values`` (already in deterministic order) on top of ``current``."""
+        """Apply ``values`` (already in deterministic order) on top of ``current``.
+
+        An unset key starts from its type's empty value (``list()`` for ``list[...]``,
+        ``0`` for ``int`` …) so every write goes through the reducer; for a type with
+        no such value the first write is taken as it is.
+        """
         reducer = self.reducer
         assert reducer is not None
         if current is _MISSING:
-            current, values = values[0], values[1:]
-            if not values:
-                return current
+            if self.empty is not None:
+                current = self.empty()
+            else:
+                current, values = values[0], values[1:]
+                if not values:
+                    return current
         bulk = _BULK.get(reducer)
         if bulk is not None and len(values) > 1:
             return bulk(current, values)
         for value in values:
             current = reducer(current, value)
         return current
+
+
+_EMPTY_TYPES = (list, dict, set, frozenset, tuple, int, float, str)
+
+
+def _empty_of(hint: Any) -> Callable[[], Any] | None:
+    """``list`` for ``Annotated[list[X], r]``, ``int`` for ``Annotated[int, r]`` …"""
+    if typing.get_origin(hint) is not typing.Annotated:
+        return None
+    base = typing.get_args(hint)[0]
+    origin = typing.get_origin(base) or base
+    return origin if origin in _EMPTY_TYPES else None
 
 
 def _reducer_of(key: str, hint: Any, owner: str) -> Reducer | None:
@@ -206,7 +227,13 @@ def describe_schema(schema: Any) -> Schema:
     if not names:
         raise GraphValidationError(f"State schema {name} has no keys; add at least one field.")
     fields = {
-        n: Field(n, _reducer_of(n, hints.get(n), name), defaults.get(n, _MISSING)) for n in names
+        n: Field(
+            n,
+            _reducer_of(n, hints.get(n), name),
+            defaults.get(n, _MISSING),
+            _empty_of(hints.get(n)),
+        )
+        for n in names
     }
     return Schema(name=name, kind=kind, cls=schema, fields=fields, keys=frozenset(fields))
 
