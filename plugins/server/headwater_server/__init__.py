@@ -1,0 +1,27 @@
+"""headwater-server: stream runs over SSE and WebSocket, with a runs API and a browser page.
+
+* :func:`create_app` — the ASGI app (Starlette), served by uvicorn or mounted into an
+  existing Starlette/FastAPI app.
+* ``headwater serve module:graph`` — serve graphs (the browser page is at ``/``).
+* ``headwater run module:graph --input JSON`` — run a graph and render its stream in the
+  terminal: tokens inline as they arrive, a progress line per node, readable errors.
+
+Wire format: SSE ``event:`` is the event type (``on_chat_model_stream`` …) or the stream
+mode; ``id:`` numbers events so ``Last-Event-ID`` resumes; ``data:`` is JSON through
+headwater's serde — an event's ``data`` fields at the top level (so the spec's browser
+code ``JSON.parse(e.data).chunk.content`` works) plus ``_event`` with the event's type,
+name, run id, tags and metadata.
+
+Example::
+
+    from headwater_server import create_app
+
+    app = create_app({"chat": chat_graph}, api_keys=["s3cret"])
+"""
+
+from __future__ import annotations
+
+from ._app import ApiError, create_app
+from ._cli import headwater_cli_commands, load_graph
+
+__all__ = ["ApiError", "create_app", "headwater_cli_commands", "load_graph"]

@@ -1,0 +1,197 @@
+"""``headwater serve`` and ``headwater run``, added through ``headwater_cli_commands``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from typing import Any
+
+import anyio
+import click
+
+from headwater import CompiledGraph
+from headwater.errors import HeadwaterError
+from headwater.hookspecs import hookimpl
+
+__all__ = ["headwater_cli_commands", "load_graph", "render_run"]
+
+
+def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
+    """Import ``module:attribute`` (a compiled graph, a StateGraph, or a function making one).
+
+    Example::
+
+        load_graph("headwater._demo:build_demo")
+    """
+    from headwater import StateGraph
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected module:graph, e.g. app.graphs:chat; got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        target: Any = getattr(module, attribute)
+    except AttributeError:
+        raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(target) and not isinstance(target, CompiledGraph | StateGraph):
+        target = target()
+    if isinstance(target, StateGraph):
+        target = target.compile(checkpointer=checkpointer)
+    elif checkpointer is not None:
+        raise click.BadParameter(
+            f"{spec!r} is already compiled; --checkpointer applies to a StateGraph target "
+            "(or compile the graph with checkpointer=... yourself)"
+        )
+    if not isinstance(target, CompiledGraph):
+        raise click.BadParameter(f"{spec!r} is {type(target).__name__}, not a graph")
+    return target
+
+
+async def render_run(
+    app: CompiledGraph, input: Any, config: dict[str, Any], modes: list[str]
+) -> Any:
+    """Stream a run to the terminal: tokens inline, a line per finished node, errors readable."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    start = time.perf_counter()
+    in_tokens = False
+    final: Any = None
+
+    def stamp() -> str:
+        return f"[dim]{time.perf_counter() - start:6.2f}s[/dim]"
+
+    async for event in app.astream_events(input, config):
+        kind = event["event"]
+        if kind == "on_chat_model_stream":
+            text = getattr(event["data"]["chunk"], "content", "")
+            if text:
+                if not in_tokens:
+                    console.print(f"{stamp()}  [cyan]{event['name']}[/cyan] ", end="")
+                    in_tokens = True
+                console.print(text, end="", markup=False)
+            continue
+        if in_tokens and kind != "on_chat_model_stream":
+            console.print()
+            in_tokens = False
+        node = event["metadata"].get("node")
+        if kind == "on_chain_start" and node == event["name"]:
+            console.print(f"{stamp()}  [yellow]…[/yellow] {node}")
+        elif kind == "on_chain_end" and node == event["name"]:
+            console.print(f"{stamp()}  [green]✓[/green] {node}")
+        elif kind == "on_chain_end" and not node:
+            final = event["data"]["output"]
+        elif kind == "on_custom_event" and "custom" in modes:
+            console.print(f"{stamp()}    [magenta]{event['name']}[/magenta] {event['data']}")
+        elif kind == "on_interrupt":
+            console.print(
+                f"{stamp()}  [bold yellow]paused[/bold yellow] at {event['name']}: "
+                f"{event['data']['value']!r}"
+            )
+    return final
+
+
+@hookimpl
+def headwater_cli_commands(cli: click.Group) -> None:
+    """Add ``headwater serve`` and ``headwater run``."""
+
+    @cli.command()
+    @click.argument("graphs", nargs=-1, required=True)
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", default=8000, show_default=True, type=int)
+    @click.option(
+        "--api-key", "api_keys", multiple=True, help="Require this bearer token (repeatable)."
+    )
+    @click.option(
+        "--checkpointer",
+        default=None,
+        help="Checkpointer URL for StateGraph targets, e.g. sqlite:///runs.db.",
+    )
+    @click.option(
+        "--on-disconnect",
+        type=click.Choice(["cancel", "continue"]),
+        default="cancel",
+        show_default=True,
+    )
+    def serve(
+        graphs: tuple[str, ...],
+        host: str,
+        port: int,
+        api_keys: tuple[str, ...],
+        checkpointer: str | None,
+        on_disconnect: str,
+    ) -> None:
+        """Serve graphs (module:graph …) over HTTP: SSE, WebSocket, runs API, browser page."""
+        import uvicorn
+
+        from ._app import create_app
+
+        loaded = {}
+        for spec in graphs:
+            graph = load_graph(spec, checkpointer)
+            loaded[graph.name if graph.name not in loaded else spec] = graph
+        app = create_app(loaded, api_keys=api_keys or None, on_disconnect=on_disconnect)  # type: ignore[arg-type]
+        click.echo(f"headwater: serving {', '.join(sorted(loaded))} on http://{host}:{port}/")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    @cli.command()
+    @click.argument("graph")
+    @click.option(
+        "--input",
+        "input_json",
+        default="{}",
+        show_default=True,
+        help="The input state as JSON ('null' resumes).",
+    )
+    @click.option("--thread-id", default=None, help="Thread to run on (with a checkpointer).")
+    @click.option("--checkpointer", default=None, help="Checkpointer URL for a StateGraph target.")
+    @click.option(
+        "--stream-mode",
+        "modes",
+        multiple=True,
+        default=("custom",),
+        show_default=True,
+        help="Extra output: custom.",
+    )
+    def run(
+        graph: str,
+        input_json: str,
+        thread_id: str | None,
+        checkpointer: str | None,
+        modes: tuple[str, ...],
+    ) -> None:
+        """Run a graph once and render its stream in the terminal."""
+        app = load_graph(graph, checkpointer)
+        try:
+            input = json.loads(input_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
+        config: dict[str, Any] = {}
+        if thread_id is not None:
+            config["configurable"] = {"thread_id": thread_id}
+        try:
+            final = anyio.run(render_run, app, input, config, list(modes))
+        except HeadwaterError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            notes = "".join(f"\n  {n}" for n in getattr(exc, "__notes__", ()))
+            click.secho(
+                f"error in the graph: {type(exc).__name__}: {exc}{notes}", fg="red", err=True
+            )
+            sys.exit(1)
+        click.echo(json.dumps(_plain(final), indent=2, default=str))
+
+
+def _plain(value: Any) -> Any:
+    from headwater import serde
+
+    try:
+        return serde.encode(value)
+    except HeadwaterError:
+        return repr(value)
