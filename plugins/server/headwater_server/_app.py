@@ -57,8 +57,10 @@ class _Server:
         on_disconnect: str,
         max_body_bytes: int,
         heartbeat: float,
+        max_runs: int = 1000,
     ) -> None:
         self.graphs = dict(graphs)
+        self.max_runs = max_runs
         self.api_keys = api_keys
         self.on_disconnect = on_disconnect
         self.max_body_bytes = max_body_bytes
@@ -183,7 +185,16 @@ class _Server:
             raise ApiError(400, type(exc).__name__, str(exc)) from None
         record = RunRecord(graph=name, thread_id=thread_id, owner=owner)
         self.runs[record.run_id] = record
+        self.evict()
         return record, stream
+
+    def evict(self) -> None:
+        """Forget the oldest finished runs beyond ``max_runs`` (memory stays bounded)."""
+        excess = len(self.runs) - self.max_runs
+        if excess <= 0:
+            return
+        for run_id in [r for r, record in self.runs.items() if record.finished][:excess]:
+            del self.runs[run_id]
 
     async def start(self, body: Mapping[str, Any], owner: str | None) -> RunRecord:
         record, stream = self.open_stream(body, owner)
@@ -270,12 +281,14 @@ def create_app(
     on_disconnect: Literal["cancel", "continue"] = "cancel",
     max_body_bytes: int = 1_048_576,
     heartbeat: float = 15.0,
+    max_runs: int = 1000,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
     ``api_keys`` turns on bearer-token auth (a thread belongs to the key that created it);
     ``on_disconnect`` says what happens to a run whose streaming client goes away;
-    ``max_body_bytes`` caps request bodies; ``heartbeat`` is the SSE keep-alive interval.
+    ``max_body_bytes`` caps request bodies; ``heartbeat`` is the SSE keep-alive interval;
+    ``max_runs`` bounds how many finished runs are kept for late joiners.
     Mount it into an existing Starlette or FastAPI app with ``app.mount("/hw", create_app(...))``.
 
     Example::
@@ -290,7 +303,7 @@ def create_app(
     if on_disconnect not in ("cancel", "continue"):
         raise ValueError(f"on_disconnect must be 'cancel' or 'continue'; got {on_disconnect!r}.")
     keys = frozenset(api_keys) if api_keys is not None else None
-    server = _Server(graphs, keys, on_disconnect, max_body_bytes, heartbeat)
+    server = _Server(graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs)
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:

@@ -1,0 +1,130 @@
+"""The browser page in real Chromium (Debian's, driven by Playwright) against `headwater serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from headwater.testing.services import require_services
+
+CHROMIUM = os.environ.get("HEADWATER_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "headwater",
+            "serve",
+            "headwater._demo:build_demo",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(url + "graphs", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "headwater serve did not come up"
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if require_services():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def test_page_streams_a_run_live(served: str, browser: object, tmp_path: Path) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(served)
+    page.wait_for_selector("#graph option[value='demo']", state="attached")
+    page.fill("#input", '{"topic": "glaciers", "delay": 0.2, "findings": []}')
+    page.click("#start")
+    # Progress is visible while the run is still going:
+    page.wait_for_selector("#nodes li.done:text('plan')")
+    assert page.text_content("#status").startswith("running")
+    page.wait_for_function(
+        "document.querySelector('#status').textContent === 'done'", timeout=20000
+    )
+    assert page.text_content("#tokens").strip() == "A short report on glaciers from 3 findings."
+    assert page.eval_on_selector_all("#nodes li.done", "els => els.map(e => e.textContent)") == [
+        "plan",
+        "research",
+        "write",
+    ]
+    state = page.text_content("#state")
+    assert '"report": "A short report on glaciers from 3 findings."' in state
+    total = page.eval_on_selector_all("#log div", "els => els.length")
+    page.fill("#filter", "on_custom_event")
+    visible = page.eval_on_selector_all(
+        "#log div", "els => els.filter(e => e.style.display !== 'none').length"
+    )
+    assert 0 < visible < total
+    page.screenshot(
+        path=str(os.environ.get("HEADWATER_SCREENSHOT", tmp_path / "page.png")), full_page=True
+    )
+
+
+def test_page_shows_a_bad_input_error(served: str, browser: object) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(served)
+    page.wait_for_selector("#graph option[value='demo']", state="attached")
+    page.fill("#input", '{"nonsense": true}')
+    page.click("#start")
+    page.wait_for_selector("#status.error")
+    assert "unknown key(s) ['nonsense']" in page.text_content("#status")
