@@ -388,10 +388,8 @@ async def test_tool_node_runs_calls_concurrently_and_reports_errors_as_messages(
     events = [
         e async for e in app.astream_events({"messages": ["hi"]}, include_types=["on_tool_*"])
     ]
-    assert [(e["event"], e["name"]) for e in events if e["event"] == "on_tool_start"] == [
-        ("on_tool_start", "add"),
-        ("on_tool_start", "lookup"),
-    ]
+    started = [e["name"] for e in events if e["event"] == "on_tool_start"]
+    assert sorted(started) == ["add", "lookup"]  # concurrent: trio randomises start order
     starts = {e["name"]: e["data"]["input"] for e in events if e["event"] == "on_tool_start"}
     assert starts == {"add": {"a": 2, "b": 3}, "lookup": {"query": "rivers"}}
     ends = {e["name"]: e["data"]["output"] for e in events if e["event"] == "on_tool_end"}
