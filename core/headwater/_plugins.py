@@ -24,6 +24,7 @@ _REGISTRATION_LABELS = {
     "headwater_event_filters": "Event filter",
     "headwater_checkpointers": "Checkpointer scheme",
     "headwater_chat_models": "Chat model provider",
+    "headwater_brokers": "Broker scheme",
     "headwater_sinks": "Sink",
 }
 

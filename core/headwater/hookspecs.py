@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "hookimpl",
     "hookspec",
+    "headwater_brokers",
     "headwater_chat_models",
     "headwater_checkpointers",
     "headwater_cli_commands",
@@ -148,6 +149,28 @@ def headwater_checkpointers() -> Mapping[str, Any] | None:
         @headwater.hookimpl
         def headwater_checkpointers():
             return {"sqlite": SqliteCheckpointer.from_url}
+    """
+
+
+@hookspec
+def headwater_brokers() -> Mapping[str, Any] | None:
+    """Register event brokers by URL scheme (``memory``, ``redis``).
+
+    A broker carries runs' event logs between API servers and workers
+    (``headwater serve --broker redis://…``).
+
+    **Called:** once per plugin manager; the merged result is cached.
+
+    **Returns:** a mapping of URL scheme to a factory ``factory(url: str) -> Broker``
+    (:class:`headwater.broker.Broker`); or ``None``.
+
+    **Async:** no (the broker's own methods are async).
+
+    Example::
+
+        @headwater.hookimpl
+        def headwater_brokers():
+            return {"redis": RedisBroker.from_url}
     """
 
 

@@ -28,6 +28,7 @@ import pytest
 
 from headwater._graph import StateGraph
 from headwater._types import END, START, Command, Send
+from headwater.broker import Broker, ExpiredPositionError
 from headwater.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -40,7 +41,7 @@ from headwater.errors import CheckpointError
 from headwater.messages import AIMessage, HumanMessage, ToolCall
 from headwater.runtime import interrupt, new_id
 
-__all__ = ["CheckpointerConformance"]
+__all__ = ["BrokerConformance", "CheckpointerConformance"]
 
 
 def _checkpoint(thread_id: str, step: int = 0, ns: str = "", **values: Any) -> Checkpoint:
@@ -266,3 +267,95 @@ class CheckpointerConformance:
         assert final == {"log": ["ask", "side"], "answer": "yes"}
         history = await app.aget_state_history(config)
         assert [h.metadata["source"] for h in history] == ["loop", "input"]
+
+
+class BrokerConformance:
+    """The checks every :class:`~headwater.broker.Broker` must pass.
+
+    Override :meth:`make_broker` to return a fresh backend keeping about ``retention``
+    entries per run.
+
+    Example::
+
+        class TestMyBroker(BrokerConformance):
+            async def make_broker(self, retention):
+                return MyBroker(maxlen=retention)
+    """
+
+    async def make_broker(self, retention: int) -> Broker:
+        """Return a fresh backend keeping about ``retention`` entries per run."""
+        raise NotImplementedError("Override make_broker(retention) to return your backend.")
+
+    @pytest.mark.anyio
+    async def test_publish_and_read_in_order(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        ids = [await broker.publish(run, f"e{i}", f'{{"i": {i}}}') for i in range(5)]
+        entries = await broker.read(run, None, block=0)
+        assert [(e.id, e.event, e.data) for e in entries] == [
+            (ids[i], f"e{i}", f'{{"i": {i}}}') for i in range(5)
+        ]
+        assert all(broker.valid_id(i) for i in ids) and not broker.valid_id("not an id!")
+        after = await broker.read(run, ids[2], block=0)
+        assert [e.id for e in after] == ids[3:]
+        assert await broker.read(run, ids[-1], block=0) == []
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_runs_are_isolated_and_deletable(self) -> None:
+        broker = await self.make_broker(1000)
+        a, b = new_id(), new_id()
+        await broker.publish(a, "x", "1")
+        await broker.publish(b, "y", "2")
+        assert [e.event for e in await broker.read(a, None, block=0)] == ["x"]
+        await broker.delete(a)
+        assert await broker.read(a, None, block=0) == []
+        assert [e.event for e in await broker.read(b, None, block=0)] == ["y"]
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_blocking_read_wakes_on_publish(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        first = await broker.publish(run, "start", "{}")
+        got: list[Any] = []
+
+        async def reader() -> None:
+            got.extend(await broker.read(run, first, block=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.sleep(0.05)
+            await broker.publish(run, "later", "{}")
+        assert [e.event for e in got] == ["later"]
+        assert await broker.read(run, first, block=0.01) != []
+        assert await broker.read(new_id(), None, block=0.01) == []
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_expired_position_is_reported(self) -> None:
+        broker = await self.make_broker(3)
+        run = new_id()
+        ids = [await broker.publish(run, "e", str(i)) for i in range(400)]
+        with pytest.raises(ExpiredPositionError, match="restart from the thread's state"):
+            await broker.read(run, ids[0], block=0)
+        recent = await broker.read(run, ids[-3], block=0)
+        assert [e.data for e in recent] == ["398", "399"]
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_many_readers_see_the_same_log(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        for i in range(20):
+            await broker.publish(run, "e", str(i))
+        seen: list[list[str]] = []
+
+        async def reader() -> None:
+            seen.append([e.data for e in await broker.read(run, None, block=0)])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(reader)
+        assert seen == [[str(i) for i in range(20)]] * 10
+        await broker.aclose()

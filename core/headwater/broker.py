@@ -1,0 +1,185 @@
+"""Event brokers: carry a run's event log between processes (API servers and workers).
+
+A broker keeps, per run, an ordered log of ``(id, event, data)`` entries: the worker
+executing the run publishes, any server instance reads from any position, so a client
+can join a run in progress or reconnect with ``Last-Event-ID``. Backends are chosen by
+URL through the ``headwater_brokers`` hook: ``memory:`` (built in, one process) and
+``redis://…`` (headwater-redis).
+
+Example::
+
+    broker = broker_from_url("redis://127.0.0.1:6379/0")
+    entry_id = await broker.publish(run_id, "on_chain_start", '{"input": {}}')
+    entries = await broker.read(run_id, after=None, block=1.0)
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import attrs
+
+from headwater.errors import HeadwaterError
+
+__all__ = [
+    "Broker",
+    "BrokerEntry",
+    "BrokerError",
+    "ExpiredPositionError",
+    "MemoryBroker",
+    "broker_from_url",
+]
+
+
+class BrokerError(HeadwaterError):
+    """A broker could not be reached or answered with an error.
+
+    Example::
+
+        broker_from_url("redis://127.0.0.1:1/0")  # BrokerError naming the URL
+    """
+
+
+class ExpiredPositionError(BrokerError):
+    """A reader asked for entries after an id the broker no longer keeps.
+
+    The client must restart from the thread's state (``GET /threads/{id}/state``).
+
+    Example::
+
+        await broker.read(run_id, after="1-0", block=0)  # raises if 1-0 was trimmed
+    """
+
+
+@attrs.frozen
+class BrokerEntry:
+    """One entry of a run's log: ``id`` (ordered, opaque), SSE ``event`` and JSON ``data``.
+
+    Example::
+
+        BrokerEntry(id="1700000000000-0", event="on_chain_end", data='{"output": {}}')
+    """
+
+    id: str
+    event: str
+    data: str
+
+
+class Broker(abc.ABC):
+    """The interface every broker backend implements.
+
+    Example::
+
+        class MyBroker(Broker):
+            async def publish(self, run_id, event, data): ...
+            async def read(self, run_id, after, *, block): ...
+            async def delete(self, run_id): ...
+    """
+
+    @abc.abstractmethod
+    async def publish(self, run_id: str, event: str, data: str) -> str:
+        """Append an entry to the run's log; return its id."""
+
+    @abc.abstractmethod
+    async def read(self, run_id: str, after: str | None, *, block: float) -> list[BrokerEntry]:
+        """Entries after ``after`` (``None``: from the start), waiting up to ``block``
+        seconds for the first one. Raises :class:`ExpiredPositionError` when ``after`` is
+        older than what the broker still keeps."""
+
+    @abc.abstractmethod
+    async def delete(self, run_id: str) -> None:
+        """Forget a run's log."""
+
+    def valid_id(self, entry_id: str) -> bool:
+        """Whether ``entry_id`` has this broker's id syntax (for Last-Event-ID checks)."""
+        return bool(entry_id)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook with a default
+        """Release connections (default: nothing to do)."""
+
+
+class MemoryBroker(Broker):
+    """Run logs in this process (``memory:``): ids are ``1``, ``2`` …; ``retention`` per run.
+
+    Example::
+
+        broker = MemoryBroker(retention=10_000)
+    """
+
+    def __init__(self, retention: int = 10_000) -> None:
+        self.retention = retention
+        self._logs: dict[str, list[BrokerEntry]] = {}
+        self._next: dict[str, int] = {}
+        self._changed: dict[str, anyio.Event] = {}
+
+    async def publish(self, run_id: str, event: str, data: str) -> str:
+        """Append an entry."""
+        number = self._next.get(run_id, 1)
+        self._next[run_id] = number + 1
+        log = self._logs.setdefault(run_id, [])
+        log.append(BrokerEntry(str(number), event, data))
+        if len(log) > self.retention:
+            del log[: len(log) - self.retention]
+        changed = self._changed.pop(run_id, None)
+        if changed is not None:
+            changed.set()
+        return str(number)
+
+    def valid_id(self, entry_id: str) -> bool:
+        """Memory ids are positive integers."""
+        return entry_id.isdigit()
+
+    async def read(self, run_id: str, after: str | None, *, block: float) -> list[BrokerEntry]:
+        """Entries after ``after``, waiting up to ``block`` seconds."""
+        position = int(after) if after else 0
+        log = self._logs.get(run_id, [])
+        if log and position and position < int(log[0].id) - 1:
+            raise ExpiredPositionError(
+                f"Entry {after} of run {run_id!r} is no longer kept (oldest: {log[0].id}); "
+                "restart from the thread's state."
+            )
+        found = [e for e in log if int(e.id) > position]
+        if found or block <= 0:
+            return found
+        changed = self._changed.setdefault(run_id, anyio.Event())
+        with anyio.move_on_after(block):
+            await changed.wait()
+        return [e for e in self._logs.get(run_id, []) if int(e.id) > position]
+
+    async def delete(self, run_id: str) -> None:
+        """Forget a run."""
+        self._logs.pop(run_id, None)
+        self._next.pop(run_id, None)
+
+
+def broker_from_url(url: str, plugin_manager: Any = None) -> Broker:
+    """Make a broker from a URL through the installed plugins.
+
+    Example::
+
+        broker_from_url("memory:")
+        broker_from_url("redis://127.0.0.1:6379/0")   # needs headwater-redis
+    """
+    from headwater._plugins import get_plugin_manager
+
+    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+    pm = plugin_manager or get_plugin_manager()
+    registry = pm.registrations("headwater_brokers")
+    factory = registry.get(scheme)
+    if factory is None:
+        installed = sorted(registry)
+        close = difflib.get_close_matches(scheme, sorted({*installed, "redis"}), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close and close[0] != scheme else ""
+        extra = " For redis:// install headwater-redis." if scheme in ("redis", "rediss") else ""
+        raise BrokerError(
+            f"Unknown broker scheme {scheme!r} in {url!r}.{hint} Installed: "
+            f"{', '.join(installed) or '(none)'}.{extra}"
+        )
+    made = factory(url)
+    if not isinstance(made, Broker):
+        raise BrokerError(f"Broker factory for {scheme!r} returned {type(made).__name__}.")
+    return made
