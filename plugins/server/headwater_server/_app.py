@@ -18,10 +18,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from headwater import CompiledGraph, serde
+from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_from_url
 from headwater.errors import HeadwaterError
 from headwater.runtime import new_id
 
-from ._runs import RunRecord, encode_event, encode_json, execute
+from ._runs import RunRecord, encode_event, encode_json, execute, follow
 
 __all__ = ["ApiError", "create_app"]
 
@@ -57,8 +58,10 @@ class _Server:
         on_disconnect: str,
         max_body_bytes: int,
         heartbeat: float,
-        max_runs: int = 1000,
+        max_runs: int,
+        broker: Broker,
     ) -> None:
+        self.broker = broker
         self.graphs = dict(graphs)
         self.max_runs = max_runs
         self.api_keys = api_keys
@@ -199,59 +202,35 @@ class _Server:
     async def start(self, body: Mapping[str, Any], owner: str | None) -> RunRecord:
         record, stream = self.open_stream(body, owner)
         assert self.tg is not None, "the app's lifespan has not started"
-        await self.tg.start(execute, record, stream)
+        await self.tg.start(execute, record, stream, self.broker)
         return record
 
     # -- SSE -----------------------------------------------------------------------------
 
     def sse(
-        self, record: RunRecord, after: int, *, cancel_on_disconnect: bool
+        self, run_id: str, after: str | None, *, cancel: RunRecord | None = None
     ) -> StreamingResponse:
-        if after and after < record.oldest_id() - 1:
-            detail = (
-                f"Events after id {after} are no longer kept (oldest kept: {record.oldest_id()}); "
-                "restart from the thread's state."
-            )
-
-            async def expired() -> AsyncIterator[str]:
-                data = encode_json({"type": "expired", "message": detail})
-                yield f"event: error\ndata: {data}\n\n"
-
-            return StreamingResponse(
-                expired(), media_type="text/event-stream", headers=_SSE_HEADERS
-            )
+        """Stream a run's log after ``after``; cancel ``cancel`` if the client goes away."""
 
         async def frames() -> AsyncIterator[str]:
-            yield f"retry: 2000\n: run {record.run_id}\n\n"
+            yield f"retry: 2000\n: run {run_id}\n\n"
             try:
-                async for chunk in _with_heartbeat(record.follow(after), self.heartbeat):
-                    if chunk is None:
+                async for entry in follow(self.broker, run_id, after, self.heartbeat):
+                    if entry is None:
                         yield ": ping\n\n"
                     else:
-                        yield f"id: {chunk.id}\nevent: {chunk.event}\ndata: {chunk.data}\n\n"
+                        yield f"id: {entry.id}\nevent: {entry.event}\ndata: {entry.data}\n\n"
+            except ExpiredPositionError as exc:
+                data = encode_json({"type": "expired", "message": str(exc)})
+                yield f"event: error\ndata: {data}\n\n"
             finally:
-                if cancel_on_disconnect and not record.finished:
-                    record.cancel()
+                if cancel is not None and not cancel.finished:
+                    cancel.cancel()
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
-
-async def _with_heartbeat(entries: AsyncIterator[Any], every: float) -> AsyncIterator[Any]:
-    """``entries`` with ``None`` whenever nothing arrived for ``every`` seconds."""
-    iterator = entries.__aiter__()
-    while True:
-        with anyio.move_on_after(every) as timer:
-            try:
-                entry = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-        if timer.cancelled_caught:
-            yield None
-        else:
-            yield entry
 
 
 async def _events(stream: Any) -> AsyncIterator[tuple[str, Any]]:
@@ -282,13 +261,16 @@ def create_app(
     max_body_bytes: int = 1_048_576,
     heartbeat: float = 15.0,
     max_runs: int = 1000,
+    broker: Broker | str | None = None,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
     ``api_keys`` turns on bearer-token auth (a thread belongs to the key that created it);
     ``on_disconnect`` says what happens to a run whose streaming client goes away;
     ``max_body_bytes`` caps request bodies; ``heartbeat`` is the SSE keep-alive interval;
-    ``max_runs`` bounds how many finished runs are kept for late joiners.
+    ``max_runs`` bounds how many finished runs this process remembers; ``broker`` (an
+    instance or a URL such as ``redis://…``) carries run logs: in-process by default,
+    shared with other server instances through Redis.
     Mount it into an existing Starlette or FastAPI app with ``app.mount("/hw", create_app(...))``.
 
     Example::
@@ -303,7 +285,11 @@ def create_app(
     if on_disconnect not in ("cancel", "continue"):
         raise ValueError(f"on_disconnect must be 'cancel' or 'continue'; got {on_disconnect!r}.")
     keys = frozenset(api_keys) if api_keys is not None else None
-    server = _Server(graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs)
+    if broker is None:
+        broker = MemoryBroker()
+    elif isinstance(broker, str):
+        broker = broker_from_url(broker)
+    server = _Server(graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs, broker)
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -357,7 +343,8 @@ def create_app(
     async def stream_workflow(request: Request, owner: str | None) -> Response:
         body = await server.body(request)
         record = await server.start(body, owner)
-        return server.sse(record, 0, cancel_on_disconnect=server.on_disconnect == "cancel")
+        cancel = record if server.on_disconnect == "cancel" else None
+        return server.sse(record.run_id, None, cancel=cancel)
 
     async def create_run(request: Request, owner: str | None) -> Response:
         body = await server.body(request)
@@ -381,16 +368,14 @@ def create_app(
 
     async def run_stream(request: Request, owner: str | None) -> Response:
         record = server.run_of(request.path_params["run_id"], owner)
-        last = (
-            request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        )
-        if not last.isdigit():
+        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        if last is not None and not server.broker.valid_id(last):
             raise ApiError(
                 400,
                 "bad_last_event_id",
-                f"Last-Event-ID must be a non-negative integer; got {last!r}.",
+                f"Last-Event-ID {last!r} is not an event id of this server.",
             )
-        return server.sse(record, int(last), cancel_on_disconnect=False)
+        return server.sse(record.run_id, last)
 
     async def cancel_run(request: Request, owner: str | None) -> Response:
         record = server.run_of(request.path_params["run_id"], owner)
@@ -436,22 +421,9 @@ def create_app(
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
             try:
-                async for entry in record.follow():
-                    raw = entry.raw
-                    if isinstance(raw, Mapping) and "_event" in raw:
-                        event = {
-                            **raw["_event"],
-                            "data": {k: v for k, v in raw.items() if k != "_event"},
-                        }
-                        await websocket.send_json(encode_event(event))
-                    else:
-                        await websocket.send_json(
-                            {
-                                "type": entry.event,
-                                "data": json.loads(entry.data),
-                                "run_id": record.run_id,
-                            }
-                        )
+                async for entry in follow(server.broker, record.run_id, None, server.heartbeat):
+                    if entry is not None:
+                        await websocket.send_json(encode_event(entry, record.run_id))
                 await websocket.close()
             except WebSocketDisconnect:
                 pass
@@ -466,6 +438,8 @@ def create_app(
                 yield
             finally:
                 tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await server.broker.aclose()
 
     routes = [
         Route("/", guarded(index)),

@@ -1,16 +1,16 @@
-"""Runs the server executes: a run streams into a bounded, replayable event log.
+"""Runs the server streams: each run's events go to a broker log that clients follow.
 
-Every streamed request (SSE, WebSocket, ``POST /runs``) becomes a :class:`RunRecord`
-executed in the app's task group. Clients read the record's log from any position
-(``Last-Event-ID``), so a client can join late, reconnect, or leave while the run
-continues (``on_disconnect="continue"``).
+Every streamed request (SSE, WebSocket, ``POST /runs``) becomes a run whose events are
+published to a :class:`~headwater.broker.Broker` (in-process ``memory:`` by default,
+Redis across instances). Clients read the log from any position (``Last-Event-ID``), so
+a client can join late, reconnect to any server, or leave while the run continues.
+A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -18,12 +18,13 @@ import anyio.abc
 import attrs
 
 from headwater import serde
+from headwater.broker import Broker, BrokerEntry
 from headwater.runtime import new_id
 
-__all__ = ["Entry", "RunRecord", "encode_event", "encode_json"]
+__all__ = ["TERMINAL", "RunRecord", "encode_event", "encode_json", "execute", "follow"]
 
-RETENTION = 10_000
-"""Events kept per run for late joiners and reconnects; older ones are dropped."""
+TERMINAL = frozenset({"end", "error", "cancelled"})
+"""Entry events that end a run's log."""
 
 
 def encode_json(value: Any) -> str:
@@ -31,32 +32,27 @@ def encode_json(value: Any) -> str:
     return json.dumps(serde.encode(value), separators=(",", ":"), allow_nan=False)
 
 
-def encode_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """An ``astream_events`` dict as plain JSON data (for WebSocket messages)."""
+def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
+    """A log entry as the spec's WebSocket message ``{"type", "name", "data", ...}``."""
+    data = json.loads(entry.data)
+    meta = data.pop("_event", None) if isinstance(data, dict) else None
+    if meta is None:
+        return {"type": entry.event, "data": data, "run_id": run_id, "id": entry.id}
     return {
-        "type": event["event"],
-        "name": event["name"],
-        "data": serde.encode(event["data"]),
-        "run_id": event["run_id"],
-        "parent_ids": event["parent_ids"],
-        "tags": event["tags"],
-        "metadata": serde.encode(event["metadata"]),
+        "type": entry.event,
+        "name": meta["name"],
+        "data": data,
+        "run_id": meta["run_id"],
+        "parent_ids": meta["parent_ids"],
+        "tags": meta["tags"],
+        "metadata": meta["metadata"],
+        "id": entry.id,
     }
-
-
-@attrs.frozen
-class Entry:
-    """One log entry: ``id`` (1, 2, …), SSE ``event`` name and the JSON ``data`` text."""
-
-    id: int
-    event: str
-    data: str
-    raw: Any = attrs.field(eq=False, repr=False)
 
 
 @attrs.define(eq=False)
 class RunRecord:
-    """A run executed by the server, with its event log and status."""
+    """A run executed by this server process: its status and cancel scope."""
 
     graph: str
     thread_id: str | None
@@ -64,80 +60,69 @@ class RunRecord:
     run_id: str = attrs.field(factory=new_id)
     status: str = "pending"  # pending | running | done | error | cancelled
     error: str | None = None
-    result: Any = None
-    log: collections.deque[Entry] = attrs.field(factory=lambda: collections.deque(maxlen=RETENTION))
-    next_id: int = 1
     scope: anyio.CancelScope | None = None
-    _changed: anyio.Event = attrs.field(factory=anyio.Event, alias="_changed")
     done: anyio.Event = attrs.field(factory=anyio.Event)
 
     @property
     def finished(self) -> bool:
         """Whether the run has ended (successfully or not)."""
-        return self.status in ("done", "error", "cancelled")
-
-    def append(self, event: str, data: str, raw: Any = None) -> None:
-        """Add an entry and wake readers."""
-        self.log.append(Entry(self.next_id, event, data, raw))
-        self.next_id += 1
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        """Mark the run ended and wake readers."""
-        self.status = status
-        self.error = error
-        self._changed.set()
-        self.done.set()
+        return self.status in TERMINAL or self.status == "done"
 
     def cancel(self) -> None:
         """Cancel the run (no-op once finished)."""
         if self.scope is not None and not self.finished:
             self.scope.cancel()
 
-    def oldest_id(self) -> int:
-        """The id of the oldest entry still kept (``next_id`` when empty)."""
-        return self.log[0].id if self.log else self.next_id
-
-    async def follow(self, after: int = 0) -> AsyncIterator[Entry]:
-        """Yield entries with id > ``after``, waiting for new ones until the run ends."""
-        position = after
-        while True:
-            changed = self._changed
-            for entry in list(self.log):
-                if entry.id > position:
-                    position = entry.id
-                    yield entry
-            if self.finished and position >= self.next_id - 1:
-                return
-            await changed.wait()
-
 
 async def execute(
     record: RunRecord,
     stream: AsyncIterator[tuple[str, Any]],
+    broker: Broker,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Drive ``stream`` of ``(sse_event, payload)`` into ``record`` until it ends."""
+    """Drive ``stream`` of ``(event, payload)`` into the run's broker log until it ends."""
+    run_id = record.run_id
     with anyio.CancelScope() as scope:
         record.scope = scope
         record.status = "running"
         task_status.started()
         try:
             async for name, payload in stream:
-                record.append(name, encode_json(payload), payload)
+                await broker.publish(run_id, name, encode_json(payload))
         except Exception as exc:
-            record.append("error", encode_json({"type": type(exc).__name__, "message": str(exc)}))
-            record.finish("error", f"{type(exc).__name__}: {exc}")
+            with anyio.CancelScope(shield=True):
+                body = {"type": type(exc).__name__, "message": str(exc)}
+                await broker.publish(run_id, "error", encode_json(body))
+            record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
+            record.done.set()
             return
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
-    if scope.cancelled_caught:
-        record.append("cancelled", encode_json({"run_id": record.run_id}))
-        record.finish("cancelled")
-    else:
-        record.append("end", encode_json({"run_id": record.run_id, "status": "done"}))
-        record.finish("done")
+    with anyio.CancelScope(shield=True):
+        if scope.cancelled_caught:
+            record.status = "cancelled"
+            await broker.publish(run_id, "cancelled", encode_json({"run_id": run_id}))
+        else:
+            record.status = "done"
+            await broker.publish(run_id, "end", encode_json({"run_id": run_id, "status": "done"}))
+    record.done.set()
+
+
+async def follow(
+    broker: Broker, run_id: str, after: str | None, heartbeat: float
+) -> AsyncIterator[BrokerEntry | None]:
+    """Yield the run's entries after ``after`` as they come (``None`` as a heartbeat)."""
+    position = after
+    while True:
+        entries = await broker.read(run_id, position, block=heartbeat)
+        if not entries:
+            yield None
+            continue
+        for entry in entries:
+            position = entry.id
+            yield entry
+            if entry.event in TERMINAL:
+                return

@@ -20,6 +20,7 @@ from headwater_server import create_app
 from httpx_ws import connect_ws
 
 from headwater import END, START, StateGraph, get_stream_writer
+from headwater.broker import MemoryBroker
 from headwater.messages import add_messages
 from headwater.testing.fake import FakeChatModel
 
@@ -175,16 +176,10 @@ def test_runs_can_be_joined_late_and_resumed_with_last_event_id(app_url: str) ->
         assert bad.status_code == 400 and bad.json()["error"] == "bad_last_event_id"
 
 
-def test_expired_last_event_id_tells_the_client_to_restart(
-    app_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import headwater_server._runs as runs
-
-    monkeypatch.setattr(runs, "RETENTION", 3)
-    with httpx.Client(base_url=app_url, timeout=10) as client:
-        run_id = client.post("/runs", json={"graph": "chat", "input": {"messages": ["hi"]}}).json()[
-            "run_id"
-        ]
+def test_expired_last_event_id_tells_the_client_to_restart() -> None:
+    app = create_app({"chat": chat_graph()}, broker=MemoryBroker(retention=3))
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        run_id = client.post("/runs", json={"input": {"messages": ["hi"]}}).json()["run_id"]
         sse(client, "GET", f"/runs/{run_id}/stream")
         late = sse(client, "GET", f"/runs/{run_id}/stream", headers={"Last-Event-ID": "1"})
     assert late[0]["event"] == "error"
