@@ -25,6 +25,7 @@ _REGISTRATION_LABELS = {
     "headwater_checkpointers": "Checkpointer scheme",
     "headwater_chat_models": "Chat model provider",
     "headwater_brokers": "Broker scheme",
+    "headwater_run_queues": "Run queue scheme",
     "headwater_sinks": "Sink",
 }
 

@@ -177,7 +177,12 @@ class _Persist:
                 for p in pending
             ),
             joins=tuple(tuple(sorted(j)) for j in joins),
-            metadata={"source": source, "step": step, "writes": dict(writes)},
+            metadata={
+                "source": source,
+                "step": step,
+                "writes": dict(writes),
+                "run_id": self.run.run_id,
+            },
             created_at=datetime.datetime.now(datetime.UTC).isoformat(),
         )
         await self.saver.aput(checkpoint)
@@ -537,7 +542,10 @@ class CompiledGraph:
         """Make the :class:`Run` record for one execution (subscriptions are added to it)."""
         config = _check_config(config)
         if parent is None:
-            return Run(graph_name=self.name, config=config, input=input)
+            run_id = config.get("run_id")
+            if run_id is not None and not isinstance(run_id, str):
+                raise InvalidInputError(f"config['run_id'] must be a string; got {run_id!r:.40}.")
+            return Run(graph_name=self.name, config=config, input=input, run_id=run_id)
         outer = parent.run
         return Run(
             graph_name=self.name,

@@ -54,6 +54,7 @@ __all__ = [
     "headwater_event_filters",
     "headwater_event_subscribers",
     "headwater_run_end",
+    "headwater_run_queues",
     "headwater_run_start",
     "headwater_serde_types",
     "headwater_sinks",
@@ -171,6 +172,28 @@ def headwater_brokers() -> Mapping[str, Any] | None:
         @headwater.hookimpl
         def headwater_brokers():
             return {"redis": RedisBroker.from_url}
+    """
+
+
+@hookspec
+def headwater_run_queues() -> Mapping[str, Any] | None:
+    """Register run queues by URL scheme (``postgresql``) for servers and workers.
+
+    ``headwater serve --queue URL`` enqueues runs there; ``headwater worker --queue URL``
+    claims and executes them.
+
+    **Called:** once per plugin manager; the merged result is cached.
+
+    **Returns:** a mapping of URL scheme to a factory ``factory(url: str) -> RunQueue``
+    (:class:`headwater.queue.RunQueue`); or ``None``.
+
+    **Async:** no (the queue's own methods are async).
+
+    Example::
+
+        @headwater.hookimpl
+        def headwater_run_queues():
+            return {"postgresql": PostgresRunQueue.from_url}
     """
 
 

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio.to_thread
 import psycopg
 import psycopg_pool
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from headwater.checkpoint import (
     Checkpoint,
@@ -33,10 +35,18 @@ from headwater.checkpoint import (
 )
 from headwater.errors import CheckpointError
 from headwater.hookspecs import hookimpl
+from headwater.queue import QueueError, RunJob, RunQueue
 
-__all__ = ["SCHEMA_VERSION", "PostgresCheckpointer", "headwater_checkpointers", "redact"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresCheckpointer",
+    "PostgresRunQueue",
+    "headwater_checkpointers",
+    "headwater_run_queues",
+    "redact",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The table layout this version writes; older databases are migrated on first use."""
 
 _LOCK_KEY = 0x68656164  # advisory lock id for migrations ("head")
@@ -58,6 +68,26 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             data BYTEA NOT NULL,
             PRIMARY KEY (thread_id, ns, checkpoint_id, task_id)
         )""",
+    ),
+    2: (
+        """CREATE TABLE headwater_runs (
+            run_id TEXT PRIMARY KEY,
+            graph TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            owner TEXT,
+            input JSONB,
+            config JSONB NOT NULL,
+            stream JSONB NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            worker TEXT,
+            lease_until TIMESTAMPTZ,
+            error TEXT,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        "CREATE INDEX headwater_runs_claim ON headwater_runs (status, created_at)",
     ),
 }
 
@@ -94,6 +124,13 @@ class PostgresCheckpointer(Checkpointer):
         self, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
     ) -> None:
         self.url = url
+        try:  # one direct attempt first: a refused connection fails now, with its cause
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
+        except psycopg.Error as exc:
+            raise CheckpointError(
+                f"Cannot connect to PostgreSQL at {redact(url)}: {str(exc).strip()}. Check that "
+                "the server is running and that the URL's host, port, database and user are right."
+            ) from exc
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=min_size,
@@ -254,6 +291,142 @@ class PostgresCheckpointer(Checkpointer):
     async def aclose(self) -> None:
         """Close the pool."""
         await anyio.to_thread.run_sync(self._pool.close)
+
+
+_JOB_COLUMNS = (
+    "run_id, graph, thread_id, owner, input, config, stream, status, attempts, worker, "
+    "error, cancel_requested"
+)
+
+
+def _job(row: Mapping[str, Any]) -> RunJob:
+    return RunJob(
+        run_id=row["run_id"],
+        graph=row["graph"],
+        thread_id=row["thread_id"],
+        owner=row["owner"],
+        input=row["input"],
+        config=row["config"],
+        stream=row["stream"],
+        status=row["status"],
+        attempts=row["attempts"],
+        worker=row["worker"],
+        error=row["error"],
+        cancel_requested=row["cancel_requested"],
+    )
+
+
+class PostgresRunQueue(RunQueue):
+    """A :class:`~headwater.queue.RunQueue` in PostgreSQL.
+
+    Workers claim runs with ``SELECT … FOR UPDATE SKIP LOCKED`` and hold them under a
+    lease they renew by heartbeat; a run whose lease expired is claimed again (its
+    ``attempts`` grows) and resumed from its last checkpoint by the new worker.
+
+    Example::
+
+        queue = PostgresRunQueue("postgresql://postgres@127.0.0.1:5432/test")
+    """
+
+    def __init__(self, url: str, *, max_size: int = 10, connect_timeout: float = 10.0) -> None:
+        self._store = PostgresCheckpointer(url, max_size=max_size, connect_timeout=connect_timeout)
+        self.url = url
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresRunQueue:
+        """Factory for ``postgresql://`` URLs (the ``headwater_run_queues`` hook)."""
+        try:
+            return cls(url)
+        except CheckpointError as exc:
+            raise QueueError(str(exc)) from exc
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> RunJob | None:
+        def query(db: psycopg.Connection[Any]) -> RunJob | None:
+            with db.cursor(row_factory=dict_row) as cursor:
+                row = cursor.execute(sql, args).fetchone()
+                return _job(row) if row else None
+
+        try:
+            return await self._store._run(query)
+        except CheckpointError as exc:
+            raise QueueError(str(exc)) from exc
+
+    async def enqueue(self, job: RunJob) -> None:
+        """Add a run."""
+        await self._one(
+            "INSERT INTO headwater_runs (run_id, graph, thread_id, owner, input, config, stream, "
+            f"status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued') RETURNING {_JOB_COLUMNS}",
+            (
+                job.run_id,
+                job.graph,
+                job.thread_id,
+                job.owner,
+                Jsonb(job.input),
+                Jsonb(dict(job.config)),
+                Jsonb(dict(job.stream)),
+            ),
+        )
+
+    async def claim(self, worker: str, lease: float) -> RunJob | None:
+        """Take the oldest claimable run."""
+        return await self._one(
+            "UPDATE headwater_runs SET status = 'running', worker = %s, attempts = attempts + 1, "
+            "lease_until = now() + make_interval(secs => %s), updated_at = now() "
+            "WHERE run_id = (SELECT run_id FROM headwater_runs WHERE "
+            "(status = 'queued' AND NOT cancel_requested) OR "
+            "(status = 'running' AND lease_until < now()) "
+            "ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) "
+            f"RETURNING {_JOB_COLUMNS}",
+            (worker, lease),
+        )
+
+    async def renew(self, run_id: str, worker: str, lease: float) -> RunJob | None:
+        """Extend the lease (``None``: lost)."""
+        return await self._one(
+            "UPDATE headwater_runs SET lease_until = now() + make_interval(secs => %s), "
+            "updated_at = now() WHERE run_id = %s AND worker = %s AND status = 'running' "
+            f"RETURNING {_JOB_COLUMNS}",
+            (lease, run_id, worker),
+        )
+
+    async def finish(self, run_id: str, worker: str, status: str, error: str | None = None) -> None:
+        """Record the end of a run."""
+        await self._one(
+            "UPDATE headwater_runs SET status = %s, error = %s, lease_until = NULL, "
+            "updated_at = now() WHERE run_id = %s AND worker = %s "
+            f"RETURNING {_JOB_COLUMNS}",
+            (status, error, run_id, worker),
+        )
+
+    async def cancel(self, run_id: str) -> None:
+        """Request cancellation."""
+        await self._one(
+            "UPDATE headwater_runs SET cancel_requested = TRUE, status = CASE WHEN "
+            "status = 'queued' THEN 'cancelled' ELSE status END, updated_at = now() "
+            f"WHERE run_id = %s RETURNING {_JOB_COLUMNS}",
+            (run_id,),
+        )
+
+    async def get(self, run_id: str) -> RunJob | None:
+        """A run's record."""
+        return await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE run_id = %s", (run_id,)
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await self._store.aclose()
+
+
+@hookimpl
+def headwater_run_queues() -> Mapping[str, Callable[[str], Any]]:
+    """``postgresql://…`` and ``postgres://…``.
+
+    Example::
+
+        headwater.queue.queue_from_url("postgresql://postgres@127.0.0.1/test")
+    """
+    return {"postgresql": PostgresRunQueue.from_url, "postgres": PostgresRunQueue.from_url}
 
 
 @hookimpl

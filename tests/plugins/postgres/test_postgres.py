@@ -135,3 +135,61 @@ def test_migration_is_safe_when_many_processes_start_at_once(pg_url: str, tmp_pa
     ]
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert outputs == ["ok"] * 4
+
+
+# -- the run queue ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_queue_claim_lease_takeover_and_cancel(pg_url: str) -> None:
+    from headwater_postgres import PostgresRunQueue
+
+    from headwater.queue import RunJob, queue_from_url
+
+    queue = await anyio.to_thread.run_sync(lambda: queue_from_url(pg_url))
+    assert isinstance(queue, PostgresRunQueue)
+    run = uuid.uuid4().hex
+    await queue.enqueue(
+        RunJob(run_id=run, graph="g", thread_id="t", input={"n": 1}, config={"a": 1})
+    )
+    job = await queue.get(run)
+    assert job is not None and job.status == "queued" and job.input == {"n": 1}
+
+    # Claim it (other tests may have left claimable runs: skip past them).
+    claimed = None
+    for _ in range(50):
+        claimed = await queue.claim("w1", lease=0.5)
+        if claimed is None or claimed.run_id == run:
+            break
+        await queue.finish(claimed.run_id, "w1", "error", "left over by another test")
+    assert claimed is not None and claimed.run_id == run and claimed.attempts == 1
+    assert (await queue.renew(run, "w1", lease=0.5)) is not None
+    assert await queue.renew(run, "w2", lease=0.5) is None  # not w2's lease
+
+    await anyio.sleep(1.0)  # w1 "dies": its lease expires
+    taken = await queue.claim("w2", lease=30)
+    assert (
+        taken is not None and taken.run_id == run and taken.attempts == 2 and taken.worker == "w2"
+    )
+    assert await queue.renew(run, "w1", lease=30) is None  # w1 lost it
+
+    await queue.cancel(run)
+    renewed = await queue.renew(run, "w2", lease=30)
+    assert renewed is not None and renewed.cancel_requested
+    await queue.finish(run, "w2", "cancelled")
+    final = await queue.get(run)
+    assert final is not None and final.status == "cancelled"
+
+    queued = uuid.uuid4().hex
+    await queue.enqueue(RunJob(run_id=queued, graph="g", thread_id="t"))
+    await queue.cancel(queued)
+    cancelled = await queue.get(queued)
+    assert cancelled is not None and cancelled.status == "cancelled"
+    await queue.aclose()
+
+
+def test_unreachable_queue_names_the_url() -> None:
+    from headwater.queue import QueueError, queue_from_url
+
+    with pytest.raises(QueueError, match=r"127\.0\.0\.1:1"):
+        queue_from_url("postgresql://127.0.0.1:1/nowhere")
