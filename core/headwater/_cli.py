@@ -8,8 +8,15 @@ from typing import Any
 
 import click
 
-from headwater._plugins import PluginManager, create_plugin_manager, get_plugin_manager
+from headwater._plugins import (
+    REGISTRATION_HOOKS,
+    PluginManager,
+    create_plugin_manager,
+    get_plugin_manager,
+)
 from headwater.errors import PluginConflictError, PluginError
+
+BUILTIN = "headwater (built in)"
 
 
 @click.group()
@@ -20,18 +27,47 @@ def cli() -> None:
 
 @cli.command("plugins")
 def plugins_command() -> None:
-    """Print the installed plugins as JSON (exit 1 if one failed to load)."""
+    """Print the installed plugins as JSON (exit 1 if one failed to load or conflicts)."""
     pm = create_plugin_manager(raise_errors=False)
-    click.echo(json.dumps(describe_plugins(pm), indent=2))
-    if pm.load_errors:
+    errors = list(pm.load_errors)
+    for hook_name in REGISTRATION_HOOKS:  # conflicts surface here, not at the first run
+        try:
+            pm.registrations(hook_name)
+        except PluginError as exc:
+            errors.append(exc)
+    try:
+        build_cli(pm)
+    except PluginError as exc:
+        errors.append(exc)
+    click.echo(json.dumps(describe_plugins(pm, errors), indent=2))
+    if errors:
         sys.exit(1)
 
 
-def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
-    """One JSON-ready row per plugin: name, version, module, hooks, error."""
+def describe_plugins(
+    pm: PluginManager, errors: list[PluginError] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON-ready row per plugin: name, distribution, version, module, hooks, error.
+
+    An error about a registered plugin goes into its row; a plugin that failed to load
+    gets a row of its own (``module`` ``None``, no hooks).
+    """
+    if errors is None:
+        errors = list(pm.load_errors)
+    by_plugin: dict[str | None, list[str]] = {}
+    for error in errors:
+        by_plugin.setdefault(getattr(error, "plugin_name", None), []).append(str(error))
     rows: list[dict[str, Any]] = []
+    dist: str | None
+    version: str | None
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        dist, version = pm.distributions.get(name, ("headwater-core", _core_version()))
+        if name in pm.distributions:
+            dist, version = pm.distributions[name]
+        elif name.startswith("headwater."):
+            dist, version = "headwater-core", _core_version()
+        else:  # registered by the embedder, not installed
+            dist = version = None
+        messages = by_plugin.pop(name, [])
         rows.append(
             {
                 "name": name,
@@ -39,13 +75,16 @@ def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
                 "version": version,
                 "module": getattr(plugin, "__name__", type(plugin).__name__),
                 "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or ()),
-                "error": None,
+                "error": "\n".join(messages) or None,
             }
         )
-    for error in pm.load_errors:
+    for error in errors:
+        failed = getattr(error, "plugin_name", None)
+        if failed not in by_plugin:  # already reported in its plugin's row
+            continue
         rows.append(
             {
-                "name": getattr(error, "plugin_name", None),
+                "name": failed,
                 "distribution": getattr(error, "distribution", None),
                 "version": getattr(error, "version", None),
                 "module": None,
@@ -63,32 +102,39 @@ def _core_version() -> str:
 
 
 def build_cli(pm: PluginManager) -> click.Group:
-    """The root group with every plugin's commands added (conflicts raise)."""
+    """The root group with every plugin's commands added (a name taken twice raises)."""
     group = click.Group(name="headwater", commands=dict(cli.commands), help=cli.help)
     group.params = list(cli.params)
-    for impl in reversed(pm.hook.headwater_cli_commands.get_hookimpls()):
-        staging = click.Group()
-        impl.function(cli=staging)
+    owners = {name: BUILTIN for name in group.commands}
+    staging = click.Group()
+    for plugin_name, _ in pm.call_each("headwater_cli_commands", cli=staging):
         for name, command in staging.commands.items():
             if name in group.commands:
                 raise PluginConflictError(
-                    f"CLI command {name!r} of plugin {impl.plugin_name!r} is already defined "
-                    "(built in or by another plugin). Uninstall or block one of them."
+                    f"CLI command {name!r} is added by both {owners[name]} and "
+                    f"{pm.describe(plugin_name)}. Uninstall or block one of them "
+                    "(HEADWATER_LOAD_PLUGINS=<the plugins to load>)."
                 )
             group.add_command(command, name)
+            owners[name] = pm.describe(plugin_name)
+        staging.commands.clear()
     return group
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``headwater`` console script."""
+    """Entry point of the ``headwater`` console script.
+
+    A broken or conflicting plugin ends any command (but ``plugins``) with a one-line
+    error naming it, and exit status 1.
+    """
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["plugins"]:
         cli.main(args=args, prog_name="headwater")
         return
     try:
         group = build_cli(get_plugin_manager())
+        group.main(args=args, prog_name="headwater")
     except PluginError as exc:
         click.echo(f"headwater: {exc}", err=True)
         click.echo("Run `headwater plugins` to see every plugin's status.", err=True)
         sys.exit(1)
-    group.main(args=args, prog_name="headwater")

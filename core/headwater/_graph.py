@@ -198,7 +198,9 @@ class StateGraph:
             raise GraphValidationError(
                 f"Node {name!r} is already in the graph; node names must be unique."
             )
-        if fn is None or not callable(fn):
+        from headwater._pregel import CompiledGraph
+
+        if fn is None or not (callable(fn) or isinstance(fn, CompiledGraph)):
             raise GraphValidationError(
                 f"Node {name!r} needs a callable (a function, async function or compiled "
                 f"graph); got {type(fn).__name__}: {fn!r:.80}."
@@ -209,8 +211,6 @@ class StateGraph:
             raise GraphValidationError(
                 f"Tags of node {name!r} must be a list of strings; got {tags!r:.80}."
             )
-        from headwater._pregel import CompiledGraph
-
         if isinstance(fn, CompiledGraph):
             subgraph: CompiledGraph | None = fn
             calling = Calling(is_async=True, config="positional", writer=False)

@@ -7,7 +7,7 @@ import functools
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pluggy
@@ -15,7 +15,13 @@ import pluggy
 from headwater import hookspecs
 from headwater.errors import PluginConflictError, PluginError, PluginLoadError
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginManager", "create_plugin_manager", "get_plugin_manager"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "REGISTRATION_HOOKS",
+    "PluginManager",
+    "create_plugin_manager",
+    "get_plugin_manager",
+]
 
 ENTRY_POINT_GROUP = "headwater"
 
@@ -28,6 +34,9 @@ _REGISTRATION_LABELS = {
     "headwater_run_queues": "Run queue scheme",
     "headwater_sinks": "Sink",
 }
+
+REGISTRATION_HOOKS = tuple(sorted(_REGISTRATION_LABELS))
+"""The hooks merged by :meth:`PluginManager.registrations` (``headwater plugins`` checks them)."""
 
 
 class PluginManager(pluggy.PluginManager):
@@ -47,21 +56,87 @@ class PluginManager(pluggy.PluginManager):
         self._registrations: dict[str, dict[str, Any]] = {}
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:
-        """Register ``plugin``; a second plugin under a taken name is a conflict."""
+        """Register ``plugin``; a second plugin under a taken name is a conflict.
+
+        Example::
+
+            pm.register(MyPlugin(), name="mine")
+            pm.register(OtherPlugin(), name="mine")  # PluginConflictError naming both
+        """
         plugin_name = name or self.get_canonical_name(plugin)
         existing = self.get_plugin(plugin_name)
         if existing is not None and existing is not plugin:
-            raise PluginConflictError(
-                f"Two plugins are both named {plugin_name!r}: {_describe(existing)} and "
+            error = PluginConflictError(
+                f"Two plugins are both named {plugin_name!r}: {self.describe(plugin_name)} and "
                 f"{_describe(plugin)}. Uninstall or block one of them."
             )
+            _tag(error, plugin_name, *self.distributions.get(plugin_name, (None, None)))
+            raise error
         self._registrations.clear()
         return super().register(plugin, name=name)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
-        """Unregister a plugin (and forget cached registrations)."""
+        """Unregister a plugin (and forget cached registrations).
+
+        Example::
+
+            pm.unregister(name="mine")
+        """
         self._registrations.clear()
         return super().unregister(plugin, name)
+
+    def describe(self, plugin_name: str) -> str:
+        """How error messages name a plugin: its name, and its distribution when known.
+
+        Example::
+
+            pm.describe("sqlite")  # "plugin 'sqlite' (distribution headwater-sqlite 0.1.0)"
+        """
+        if plugin_name in self.distributions:
+            dist, version = self.distributions[plugin_name]
+            return f"plugin {plugin_name!r} (distribution {dist} {version})"
+        plugin = self.get_plugin(plugin_name)
+        if plugin is not None and plugin_name == str(id(plugin)):  # registered without a name
+            return f"plugin {_describe(plugin)}"
+        return f"plugin {plugin_name!r}"
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        """Call each implementation of a hook in registration order: ``(plugin, result)``.
+
+        For hooks whose results must be told apart by plugin (registrations, CLI
+        commands). Calls are traced like pluggy's own (``HEADWATER_TRACE_PLUGINS=1``); an
+        exception from an implementation becomes a ``PluginLoadError`` naming the plugin.
+
+        Example::
+
+            for plugin_name, modes in pm.call_each("headwater_stream_modes"):
+                print(plugin_name, sorted(modes or {}))
+        """
+        caller = getattr(self.hook, hook_name)
+        trace = self.trace.root.get("hook")
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            self.trace.root.indent += 1
+            trace(hook_name, {"plugin": impl.plugin_name, **kwargs})
+            try:
+                result = impl.function(**kwargs)
+            except PluginError:
+                raise
+            except Exception as exc:
+                error = PluginLoadError(
+                    f"{_upper_first(self.describe(impl.plugin_name))} failed in {hook_name}(): "
+                    f"{type(exc).__name__}: {exc}. Fix or uninstall it, or leave it out with "
+                    "HEADWATER_LOAD_PLUGINS=<the plugins to load>."
+                )
+                _tag(
+                    error, impl.plugin_name, *self.distributions.get(impl.plugin_name, (None, None))
+                )
+                raise error from exc
+            finally:
+                self.trace.root.indent -= 1
+            trace("finish", hook_name, "-->", result)
+            yield impl.plugin_name, result
 
     def registrations(self, hook_name: str) -> dict[str, Any]:
         """Merged ``{name: thing}`` of a registration hook, cached; conflicts raise.
@@ -74,50 +149,91 @@ class PluginManager(pluggy.PluginManager):
             return self._registrations[hook_name]
         except KeyError:
             pass
-        caller = getattr(self.hook, hook_name)
         label = _REGISTRATION_LABELS.get(hook_name, hook_name)
         merged: dict[str, Any] = {}
         owners: dict[str, str] = {}
-        for impl in reversed(caller.get_hookimpls()):  # registration order
-            result = impl.function()
+        for plugin_name, result in self.call_each(hook_name):
             if result is None:
                 continue
             if not isinstance(result, Mapping):
-                raise PluginLoadError(
-                    f"Plugin {impl.plugin_name!r}: {hook_name}() must return a mapping of name "
-                    f"to factory (or None); got {type(result).__name__}."
+                error: PluginError = PluginLoadError(
+                    f"{_upper_first(self.describe(plugin_name))}: {hook_name}() must return a "
+                    f"mapping of name to factory (or None); got {type(result).__name__}."
                 )
+                _tag(error, plugin_name, *self.distributions.get(plugin_name, (None, None)))
+                raise error
             for key, value in result.items():
                 if key in merged:
-                    raise PluginConflictError(
-                        f"{label} {key!r} is registered by both plugin {owners[key]!r} and "
-                        f"plugin {impl.plugin_name!r}. Uninstall or block one of them "
+                    error = PluginConflictError(
+                        f"{label} {key!r} is registered by both {self.describe(owners[key])} "
+                        f"and {self.describe(plugin_name)}. Uninstall or block one of them "
                         f"(HEADWATER_LOAD_PLUGINS, or create_plugin_manager(block=...))."
                     )
+                    _tag(error, plugin_name, *self.distributions.get(plugin_name, (None, None)))
+                    raise error
                 merged[key] = value
-                owners[key] = impl.plugin_name
+                owners[key] = plugin_name
         self._registrations[hook_name] = merged
         return merged
 
     def check_pending(self) -> None:
-        """Fail loudly when a plugin implements a hook headwater does not have (a typo)."""
-        specs = [n for n in dir(hookspecs) if n.startswith("headwater_")]
-        for name, caller in vars(self.hook).items():
+        """Fail loudly when a plugin implements a hook headwater does not have (a typo).
+
+        Raises :class:`~headwater.errors.PluginLoadError` naming the plugin and the hook,
+        with the closest real hook name as a suggestion.
+
+        Example::
+
+            pm.check_pending()  # PluginLoadError: ... unknown hook 'headwater_stream_mode'.
+                                # Did you mean 'headwater_stream_modes'? ...
+        """
+        for error in self.pending_errors():
+            raise error
+
+    def pending_errors(self) -> list[PluginLoadError]:
+        """One error per implementation of an unknown hook (what ``check_pending`` raises).
+
+        Example::
+
+            for error in pm.pending_errors():
+                print(error)
+        """
+        specs = sorted(n for n in dir(hookspecs) if n.startswith("headwater_"))
+        errors: list[PluginLoadError] = []
+        for name, caller in sorted(vars(self.hook).items()):
             if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
                 continue
-            for impl in caller.get_hookimpls():
+            for impl in reversed(caller.get_hookimpls()):
                 if impl.optionalhook:
                     continue
                 close = difflib.get_close_matches(name, specs, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise PluginLoadError(
-                    f"Plugin {impl.plugin_name!r} implements unknown hook {name!r}.{hint} "
-                    f"headwater's hooks: {', '.join(specs)}."
+                error = PluginLoadError(
+                    f"{_upper_first(self.describe(impl.plugin_name))} implements unknown hook "
+                    f"{name!r}.{hint} headwater's hooks: {', '.join(specs)}."
                 )
+                _tag(
+                    error, impl.plugin_name, *self.distributions.get(impl.plugin_name, (None, None))
+                )
+                errors.append(error)
+        return errors
 
 
 def _describe(plugin: Any) -> str:
     return getattr(plugin, "__name__", None) or repr(plugin)
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _tag(
+    error: PluginError, plugin_name: str | None, distribution: str | None, version: str | None
+) -> None:
+    """Attach the plugin an error is about, for ``headwater plugins`` to report it."""
+    error.plugin_name = plugin_name  # type: ignore[attr-defined]
+    error.distribution = distribution  # type: ignore[attr-defined]
+    error.version = version  # type: ignore[attr-defined]
 
 
 def _selected(env: str | None) -> set[str] | None:
@@ -143,9 +259,11 @@ def create_plugin_manager(
 
     ``autoload`` loads the ``headwater`` entry points (filtered by
     ``HEADWATER_LOAD_PLUGINS``), sorted by name; ``plugins`` are registered first, after
-    the core's built-ins; ``block`` names plugins never to load. With
-    ``raise_errors=False`` a plugin that fails to load is recorded in ``load_errors``
-    instead of raising :class:`~headwater.errors.PluginLoadError`.
+    the core's built-ins; ``block`` names plugins never to load (entry-point names, or
+    ``headwater.cli`` / ``headwater.checkpointers`` for the built-ins). With
+    ``raise_errors=False`` a plugin that fails to load, or implements an unknown hook, is
+    recorded in ``load_errors`` instead of raising :class:`~headwater.errors.PluginError`.
+    ``HEADWATER_TRACE_PLUGINS=1`` prints every hook call to stderr.
 
     Example::
 
@@ -161,12 +279,10 @@ def create_plugin_manager(
         pm.register(plugin)
     if autoload:
         _load_entry_points(pm, raise_errors=raise_errors)
-    try:
-        pm.check_pending()
-    except PluginLoadError as exc:
-        if raise_errors:
-            raise
-        pm.load_errors.append(exc)
+    pending = pm.pending_errors()
+    if pending and raise_errors:
+        raise pending[0]
+    pm.load_errors.extend(pending)
     if os.environ.get("HEADWATER_TRACE_PLUGINS") == "1":
         pm.trace.root.setwriter(lambda message: sys.stderr.write(message))
         pm.enable_tracing()
@@ -176,6 +292,27 @@ def create_plugin_manager(
 def _load_entry_points(pm: PluginManager, *, raise_errors: bool) -> None:
     only = _selected(os.environ.get("HEADWATER_LOAD_PLUGINS"))
     eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+
+    def fail(error: PluginError, name: str | None, dist: str | None, version: str | None) -> None:
+        _tag(error, name, dist, version)
+        if raise_errors:
+            raise error
+        pm.load_errors.append(error)
+
+    if only is not None:
+        installed = sorted({ep.name for ep in eps})
+        for name in sorted(only.difference(installed)):
+            close = difflib.get_close_matches(name, installed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            fail(
+                PluginLoadError(
+                    f"HEADWATER_LOAD_PLUGINS names plugin {name!r}, which is not installed.{hint} "
+                    f"Installed plugins: {', '.join(installed) or '(none)'}."
+                ),
+                name,
+                None,
+                None,
+            )
     seen: dict[str, importlib.metadata.EntryPoint] = {}
     for ep in eps:
         if only is not None and ep.name not in only:
@@ -187,18 +324,21 @@ def _load_entry_points(pm: PluginManager, *, raise_errors: bool) -> None:
         if ep.name in seen:
             other = seen[ep.name]
             other_dist = other.dist.name if other.dist is not None else "?"
-            conflict = PluginConflictError(
-                f"Two plugins are both named {ep.name!r}: entry point {other.value!r} from "
-                f"{other_dist} and entry point {ep.value!r} from {dist}. Uninstall one of them."
+            other_version = other.dist.version if other.dist is not None else "?"
+            fail(
+                PluginConflictError(
+                    f"Two plugins are both named {ep.name!r}: entry point {other.value!r} from "
+                    f"distribution {other_dist} {other_version} and entry point {ep.value!r} "
+                    f"from distribution {dist} {version}. Uninstall one of them."
+                ),
+                ep.name,
+                dist,
+                version,
             )
-            if raise_errors:
-                raise conflict
-            pm.load_errors.append(conflict)
             continue
         seen[ep.name] = ep
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
         except Exception as exc:
             error = PluginLoadError(
                 f"Plugin {ep.name!r} (entry point {ep.name} = {ep.value}, from distribution "
@@ -206,13 +346,23 @@ def _load_entry_points(pm: PluginManager, *, raise_errors: bool) -> None:
                 f"uninstall it (pip uninstall {dist}), or leave it out with "
                 "HEADWATER_LOAD_PLUGINS=<the plugins to load>."
             )
-            error.plugin_name = ep.name  # type: ignore[attr-defined]
-            error.distribution = dist  # type: ignore[attr-defined]
-            error.version = version  # type: ignore[attr-defined]
-            if raise_errors:
-                raise error from exc
             error.__cause__ = exc
-            pm.load_errors.append(error)
+            fail(error, ep.name, dist, version)
+            continue
+        if pm.is_registered(plugin):  # also passed in plugins=[...]: keep that registration
+            continue
+        try:
+            pm.register(plugin, name=ep.name)
+        except PluginConflictError as exc:
+            fail(exc, ep.name, dist, version)
+            continue
+        except Exception as exc:  # pluggy's validation: a hook implemented with a bad signature
+            error = PluginLoadError(
+                f"Plugin {ep.name!r} (entry point {ep.name} = {ep.value}, from distribution "
+                f"{dist} {version}) could not be registered: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            fail(error, ep.name, dist, version)
             continue
         pm.distributions[ep.name] = (dist, version)
 

@@ -74,6 +74,7 @@ class RunQueue(abc.ABC):
             async def finish(self, run_id, worker, status, error=None): ...
             async def cancel(self, run_id): ...
             async def get(self, run_id): ...
+            async def thread_owner(self, thread_id): ...
     """
 
     @abc.abstractmethod
@@ -99,6 +100,10 @@ class RunQueue(abc.ABC):
     @abc.abstractmethod
     async def get(self, run_id: str) -> RunJob | None:
         """A run's current record."""
+
+    @abc.abstractmethod
+    async def thread_owner(self, thread_id: str) -> tuple[bool, str | None]:
+        """``(known, owner)``: whether any run used the thread, and the owner of its runs."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook with a default
         """Release connections."""

@@ -413,6 +413,15 @@ class PostgresRunQueue(RunQueue):
             f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE run_id = %s", (run_id,)
         )
 
+    async def thread_owner(self, thread_id: str) -> tuple[bool, str | None]:
+        """Whether a run used the thread, and its owner."""
+        job = await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE thread_id = %s "
+            "ORDER BY created_at LIMIT 1",
+            (thread_id,),
+        )
+        return (job is not None, job.owner if job is not None else None)
+
     async def aclose(self) -> None:
         """Close the pool."""
         await self._store.aclose()

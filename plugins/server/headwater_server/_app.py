@@ -20,9 +20,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from headwater import CompiledGraph, serde
 from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_from_url
 from headwater.errors import HeadwaterError
+from headwater.queue import RunJob, RunQueue, queue_from_url
 from headwater.runtime import new_id
 
-from ._runs import RunRecord, encode_event, encode_json, execute, follow
+from ._runs import TERMINAL, RunRecord, encode_event, encode_json, execute, follow
 
 __all__ = ["ApiError", "create_app"]
 
@@ -60,8 +61,10 @@ class _Server:
         heartbeat: float,
         max_runs: int,
         broker: Broker,
+        queue: RunQueue | None = None,
     ) -> None:
         self.broker = broker
+        self.queue = queue
         self.graphs = dict(graphs)
         self.max_runs = max_runs
         self.api_keys = api_keys
@@ -126,35 +129,69 @@ class _Server:
             )
         return name, self.graphs[name]
 
-    def claim_thread(self, thread_id: Any, owner: str | None) -> str:
+    async def claim_thread(self, thread_id: Any, owner: str | None) -> str:
         if thread_id is None:
             thread_id = new_id()
         if not isinstance(thread_id, str) or not thread_id or len(thread_id) > 200:
             raise ApiError(
                 400, "bad_thread_id", "thread_id must be a non-empty string (≤ 200 chars)."
             )
-        known = self.thread_owner.get(thread_id, owner)
-        if thread_id in self.thread_owner and known != owner:
+        known, known_owner = await self.owner_of_thread(thread_id)
+        if known and known_owner != owner:
             raise ApiError(404, "unknown_thread", f"Thread {thread_id!r} not found.")
         self.thread_owner[thread_id] = owner
         return thread_id
 
-    def thread_of(self, thread_id: str, owner: str | None) -> str:
-        if thread_id not in self.thread_owner or self.thread_owner[thread_id] != owner:
+    async def owner_of_thread(self, thread_id: str) -> tuple[bool, str | None]:
+        if thread_id in self.thread_owner:
+            return True, self.thread_owner[thread_id]
+        if self.queue is not None:  # another server instance may have created it
+            return await self.queue.thread_owner(thread_id)
+        return False, None
+
+    async def thread_of(self, thread_id: str, owner: str | None) -> str:
+        known, known_owner = await self.owner_of_thread(thread_id)
+        if not known or known_owner != owner:
             raise ApiError(404, "unknown_thread", f"Thread {thread_id!r} not found.")
         return thread_id
 
-    def run_of(self, run_id: str, owner: str | None) -> RunRecord:
+    async def run_of(self, run_id: str, owner: str | None) -> RunRecord:
         record = self.runs.get(run_id)
+        if record is None and self.queue is not None:
+            job = await self.queue.get(run_id)
+            if job is not None:
+                record = RunRecord(
+                    graph=job.graph,
+                    thread_id=job.thread_id,
+                    owner=job.owner,
+                    run_id=job.run_id,
+                    status=job.status,
+                    error=job.error,
+                )
         if record is None or record.owner != owner:
             raise ApiError(404, "unknown_run", f"Run {run_id!r} not found.")
         return record
 
+    async def cancel(self, record: RunRecord) -> str:
+        """Cancel a run here or, in queue mode, ask its worker to; return the status."""
+        if self.queue is not None and record.run_id not in self.runs:
+            await self.queue.cancel(record.run_id)
+            for _ in range(50):
+                job = await self.queue.get(record.run_id)
+                if job is None or job.status in ("cancelled", "done", "error"):
+                    break
+                await anyio.sleep(0.1)
+            return job.status if job is not None else "unknown"
+        record.cancel()
+        with anyio.move_on_after(5):
+            await record.done.wait()
+        return record.status
+
     # -- starting runs -----------------------------------------------------------------
 
-    def open_stream(
+    async def open_stream(
         self, body: Mapping[str, Any], owner: str | None
-    ) -> tuple[RunRecord, AsyncIterator[tuple[str, Any]]]:
+    ) -> tuple[RunRecord, AsyncIterator[tuple[str, Any]], dict[str, Any]]:
         """Validate a run request and return its record and the (not yet started) stream."""
         name, graph = self.graph(body.get("graph"))
         input = body.get("input", body.get("state"))
@@ -163,10 +200,11 @@ class _Server:
             raise ApiError(400, "bad_config", f"config may only hold {sorted(_CONFIG_KEYS)}.")
         thread_id = None
         if "thread_id" in body or graph.checkpointer is not None:
-            thread_id = self.claim_thread(body.get("thread_id"), owner)
+            thread_id = await self.claim_thread(body.get("thread_id"), owner)
             configurable = dict(config.get("configurable") or {})
             configurable["thread_id"] = thread_id
             config = {**config, "configurable": configurable}
+        spec: dict[str, Any] = {}
         try:
             if input is not None:
                 graph.schema.coerce_input(input, name)
@@ -174,6 +212,7 @@ class _Server:
             if mode is not None:
                 source = graph.astream(input, config, stream_mode=mode)
                 stream = _modes(source, single=isinstance(mode, str), name=mode)
+                spec["stream_mode"] = mode
             else:
                 filters = {k: body[k] for k in _FILTER_KEYS if body.get(k) is not None}
                 named = body.get("filters")
@@ -184,12 +223,12 @@ class _Server:
                         400, "bad_filter", "filters must be a list of installed filter names."
                     )
                 stream = _events(graph.astream_events(input, config, filters=named, **filters))
+                spec.update(filters, filters=named)
         except HeadwaterError as exc:
             raise ApiError(400, type(exc).__name__, str(exc)) from None
         record = RunRecord(graph=name, thread_id=thread_id, owner=owner)
-        self.runs[record.run_id] = record
-        self.evict()
-        return record, stream
+        spec["input"], spec["config"] = input, config
+        return record, stream, spec
 
     def evict(self) -> None:
         """Forget the oldest finished runs beyond ``max_runs`` (memory stays bounded)."""
@@ -200,7 +239,31 @@ class _Server:
             del self.runs[run_id]
 
     async def start(self, body: Mapping[str, Any], owner: str | None) -> RunRecord:
-        record, stream = self.open_stream(body, owner)
+        record, stream, spec = await self.open_stream(body, owner)
+        if self.queue is not None:  # a worker executes it; this server only streams
+            input, config = spec.pop("input"), spec.pop("config")
+            config = {k: v for k, v in config.items() if k != "configurable"} | {
+                "configurable": {
+                    k: v for k, v in (config.get("configurable") or {}).items() if k != "thread_id"
+                }
+            }
+            thread_id = record.thread_id or new_id()
+            record.thread_id = thread_id
+            await self.queue.enqueue(
+                RunJob(
+                    run_id=record.run_id,
+                    graph=record.graph,
+                    thread_id=thread_id,
+                    input=input,
+                    config=config,
+                    stream=spec,
+                    owner=record.owner,
+                )
+            )
+            record.status = "queued"
+            return record
+        self.runs[record.run_id] = record
+        self.evict()
         assert self.tg is not None, "the app's lifespan has not started"
         await self.tg.start(execute, record, stream, self.broker)
         return record
@@ -213,19 +276,22 @@ class _Server:
         """Stream a run's log after ``after``; cancel ``cancel`` if the client goes away."""
 
         async def frames() -> AsyncIterator[str]:
+            ended = False
             yield f"retry: 2000\n: run {run_id}\n\n"
             try:
                 async for entry in follow(self.broker, run_id, after, self.heartbeat):
                     if entry is None:
                         yield ": ping\n\n"
                     else:
+                        ended = entry.event in TERMINAL
                         yield f"id: {entry.id}\nevent: {entry.event}\ndata: {entry.data}\n\n"
             except ExpiredPositionError as exc:
                 data = encode_json({"type": "expired", "message": str(exc)})
                 yield f"event: error\ndata: {data}\n\n"
             finally:
-                if cancel is not None and not cancel.finished:
-                    cancel.cancel()
+                if cancel is not None and not ended and not cancel.finished:
+                    with anyio.CancelScope(shield=True):
+                        await self.cancel(cancel)
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -262,6 +328,7 @@ def create_app(
     heartbeat: float = 15.0,
     max_runs: int = 1000,
     broker: Broker | str | None = None,
+    queue: RunQueue | str | None = None,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
@@ -270,7 +337,9 @@ def create_app(
     ``max_body_bytes`` caps request bodies; ``heartbeat`` is the SSE keep-alive interval;
     ``max_runs`` bounds how many finished runs this process remembers; ``broker`` (an
     instance or a URL such as ``redis://…``) carries run logs: in-process by default,
-    shared with other server instances through Redis.
+    shared with other server instances through Redis. With ``queue`` (an instance or a
+    URL such as ``postgresql://…``) this server executes nothing itself: it enqueues runs
+    for ``headwater worker`` processes and streams them from the broker.
     Mount it into an existing Starlette or FastAPI app with ``app.mount("/hw", create_app(...))``.
 
     Example::
@@ -289,7 +358,16 @@ def create_app(
         broker = MemoryBroker()
     elif isinstance(broker, str):
         broker = broker_from_url(broker)
-    server = _Server(graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs, broker)
+    if isinstance(queue, str):
+        queue = queue_from_url(queue)
+    if queue is not None and isinstance(broker, MemoryBroker):
+        raise ValueError(
+            "A run queue needs a shared broker (e.g. broker='redis://…'): workers publish "
+            "events in other processes."
+        )
+    server = _Server(
+        graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs, broker, queue
+    )
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -317,11 +395,11 @@ def create_app(
     async def create_thread(request: Request, owner: str | None) -> Response:
         body = await server.body(request)
         return JSONResponse(
-            {"thread_id": server.claim_thread(body.get("thread_id"), owner)}, status_code=201
+            {"thread_id": await server.claim_thread(body.get("thread_id"), owner)}, status_code=201
         )
 
     async def thread_state(request: Request, owner: str | None) -> Response:
-        thread_id = server.thread_of(request.path_params["thread_id"], owner)
+        thread_id = await server.thread_of(request.path_params["thread_id"], owner)
         name, graph = server.graph(request.query_params.get("graph"))
         if graph.checkpointer is None:
             raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no thread state.")
@@ -329,7 +407,7 @@ def create_app(
         return JSONResponse(serde.encode(_snapshot(snap)))
 
     async def thread_history(request: Request, owner: str | None) -> Response:
-        thread_id = server.thread_of(request.path_params["thread_id"], owner)
+        thread_id = await server.thread_of(request.path_params["thread_id"], owner)
         name, graph = server.graph(request.query_params.get("graph"))
         if graph.checkpointer is None:
             raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no thread state.")
@@ -355,7 +433,7 @@ def create_app(
         )
 
     async def run_status(request: Request, owner: str | None) -> Response:
-        record = server.run_of(request.path_params["run_id"], owner)
+        record = await server.run_of(request.path_params["run_id"], owner)
         return JSONResponse(
             {
                 "run_id": record.run_id,
@@ -367,7 +445,7 @@ def create_app(
         )
 
     async def run_stream(request: Request, owner: str | None) -> Response:
-        record = server.run_of(request.path_params["run_id"], owner)
+        record = await server.run_of(request.path_params["run_id"], owner)
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if last is not None and not server.broker.valid_id(last):
             raise ApiError(
@@ -378,11 +456,9 @@ def create_app(
         return server.sse(record.run_id, last)
 
     async def cancel_run(request: Request, owner: str | None) -> Response:
-        record = server.run_of(request.path_params["run_id"], owner)
-        record.cancel()
-        with anyio.move_on_after(5):
-            await record.done.wait()
-        return JSONResponse({"run_id": record.run_id, "status": record.status})
+        record = await server.run_of(request.path_params["run_id"], owner)
+        status = await server.cancel(record)
+        return JSONResponse({"run_id": record.run_id, "status": status})
 
     async def openapi(request: Request, owner: str | None) -> Response:
         return JSONResponse(_OPENAPI)
@@ -414,9 +490,10 @@ def create_app(
                     message = await websocket.receive_text()
                     with contextlib.suppress(ValueError):
                         if json.loads(message).get("type") == "cancel":
-                            record.cancel()
-            if server.on_disconnect == "cancel":
-                record.cancel()
+                            await server.cancel(record)
+            if server.on_disconnect == "cancel" and not record.finished:
+                with anyio.CancelScope(shield=True):
+                    await server.cancel(record)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
@@ -440,6 +517,8 @@ def create_app(
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await server.broker.aclose()
+                    if server.queue is not None:
+                        await server.queue.aclose()
 
     routes = [
         Route("/", guarded(index)),

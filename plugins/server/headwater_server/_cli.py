@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
@@ -41,7 +42,7 @@ def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
     if callable(target) and not isinstance(target, CompiledGraph | StateGraph):
         target = target()
     if isinstance(target, StateGraph):
-        target = target.compile(checkpointer=checkpointer)
+        target = target.compile(checkpointer=checkpointer, name=attribute)
     elif checkpointer is not None:
         raise click.BadParameter(
             f"{spec!r} is already compiled; --checkpointer applies to a StateGraph target "
@@ -96,6 +97,14 @@ async def render_run(
     return final
 
 
+def _load_all(specs: tuple[str, ...], checkpointer: str | None) -> dict[str, CompiledGraph]:
+    loaded: dict[str, CompiledGraph] = {}
+    for spec in specs:
+        graph = load_graph(spec, checkpointer)
+        loaded[graph.name if graph.name not in loaded else spec] = graph
+    return loaded
+
+
 @hookimpl
 def headwater_cli_commands(cli: click.Group) -> None:
     """Add ``headwater serve`` and ``headwater run``."""
@@ -118,6 +127,12 @@ def headwater_cli_commands(cli: click.Group) -> None:
         default="cancel",
         show_default=True,
     )
+    @click.option(
+        "--broker", default=None, help="Event broker URL shared by servers, e.g. redis://…"
+    )
+    @click.option(
+        "--queue", default=None, help="Run queue URL (postgresql://…): workers execute the runs."
+    )
     def serve(
         graphs: tuple[str, ...],
         host: str,
@@ -125,19 +140,65 @@ def headwater_cli_commands(cli: click.Group) -> None:
         api_keys: tuple[str, ...],
         checkpointer: str | None,
         on_disconnect: str,
+        broker: str | None,
+        queue: str | None,
     ) -> None:
         """Serve graphs (module:graph …) over HTTP: SSE, WebSocket, runs API, browser page."""
         import uvicorn
 
         from ._app import create_app
 
-        loaded = {}
-        for spec in graphs:
-            graph = load_graph(spec, checkpointer)
-            loaded[graph.name if graph.name not in loaded else spec] = graph
-        app = create_app(loaded, api_keys=api_keys or None, on_disconnect=on_disconnect)  # type: ignore[arg-type]
+        loaded = _load_all(graphs, checkpointer)
+        try:
+            app = create_app(
+                loaded,
+                api_keys=api_keys or None,
+                on_disconnect=on_disconnect,  # type: ignore[arg-type]
+                broker=broker,
+                queue=queue,
+            )
+        except (HeadwaterError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"headwater: serving {', '.join(sorted(loaded))} on http://{host}:{port}/")
         uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    @cli.command()
+    @click.argument("graphs", nargs=-1, required=True)
+    @click.option("--queue", required=True, help="Run queue URL, e.g. postgresql://…")
+    @click.option("--broker", required=True, help="Event broker URL, e.g. redis://…")
+    @click.option("--checkpointer", default=None, help="Checkpointer URL for StateGraph targets.")
+    @click.option(
+        "--lease", default=30.0, show_default=True, help="Lease seconds (renewed at 1/3)."
+    )
+    @click.option("--poll", default=0.5, show_default=True, help="Seconds between empty claims.")
+    @click.option("--name", default=None, help="Worker name (default: host and a random id).")
+    def worker(
+        graphs: tuple[str, ...],
+        queue: str,
+        broker: str,
+        checkpointer: str | None,
+        lease: float,
+        poll: float,
+        name: str | None,
+    ) -> None:
+        """Claim queued runs and execute them, publishing their events to the broker."""
+        from headwater.broker import broker_from_url
+        from headwater.queue import queue_from_url
+
+        from ._worker import work
+
+        loaded = _load_all(graphs, checkpointer)
+        try:
+            the_queue = queue_from_url(queue)
+            the_broker = broker_from_url(broker)
+        except HeadwaterError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"headwater: worker for {', '.join(sorted(loaded))} on {queue.split('@')[-1]}")
+        anyio.run(
+            functools.partial(
+                work, loaded, the_queue, the_broker, lease=lease, poll=poll, worker=name
+            )
+        )
 
     @cli.command()
     @click.argument("graph")

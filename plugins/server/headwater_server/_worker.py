@@ -1,0 +1,162 @@
+"""``headwater worker``: claim queued runs, execute them, publish their events.
+
+A worker claims a run under a lease and renews it by heartbeat. If the lease is lost
+(another worker took the run over after this one stalled) or the run's cancellation
+was requested, the worker stops the run. A worker that claims a run another worker
+had started (``attempts > 1``) resumes it from its last checkpoint: it first publishes
+a ``resumed`` entry ``{"attempt": n}``, and every event of the new attempt carries
+``_event.attempt = n`` — so a UI can drop the partial output of the step that was cut.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+
+from headwater import CompiledGraph
+from headwater.broker import Broker
+from headwater.queue import RunJob, RunQueue
+from headwater.runtime import new_id
+
+from ._runs import encode_json
+
+__all__ = ["job_stream", "run_job", "work"]
+
+_FILTER_KEYS = (
+    "include_names",
+    "include_types",
+    "include_tags",
+    "exclude_names",
+    "exclude_types",
+    "exclude_tags",
+)
+
+
+def job_stream(
+    graph: CompiledGraph, input: Any, config: Mapping[str, Any], spec: Mapping[str, Any]
+) -> Any:
+    """Open the stream a job asked for: stream modes, or ``astream_events`` with filters."""
+    mode = spec.get("stream_mode")
+    if mode is not None:
+        return graph.astream(input, config, stream_mode=mode)
+    filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
+    return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
+
+
+async def _entries(
+    stream: Any, spec: Mapping[str, Any], attempt: int
+) -> AsyncIterator[tuple[str, Any]]:
+    mode = spec.get("stream_mode")
+    async with stream:
+        async for item in stream:
+            if mode is None:
+                data = item["data"]
+                payload = dict(data) if isinstance(data, Mapping) else {"value": data}
+                meta = {
+                    k: item[k]
+                    for k in ("event", "name", "run_id", "parent_ids", "tags", "metadata")
+                }
+                payload["_event"] = {**meta, "attempt": attempt}
+                yield item["event"], payload
+            elif isinstance(mode, str):
+                yield mode, item
+            else:
+                yield item[0], item[1]
+
+
+async def run_job(
+    job: RunJob, graph: CompiledGraph, queue: RunQueue, broker: Broker, worker: str, lease: float
+) -> str:
+    """Execute one claimed job to its end; returns the final status."""
+    configurable = {**(job.config.get("configurable") or {}), "thread_id": job.thread_id}
+    config = {**job.config, "configurable": configurable, "run_id": job.run_id}
+    input = job.input
+    if job.attempts > 1:
+        await broker.publish(job.run_id, "resumed", encode_json({"attempt": job.attempts}))
+        if graph.checkpointer is not None:
+            snapshot = await graph.aget_state({"configurable": {"thread_id": job.thread_id}})
+            if snapshot.metadata.get("run_id") == job.run_id:
+                if not snapshot.next and not snapshot.interrupts:
+                    await broker.publish(
+                        job.run_id, "end", encode_json({"run_id": job.run_id, "status": "done"})
+                    )
+                    await queue.finish(job.run_id, worker, "done")
+                    return "done"
+                input = None  # the run had checkpointed: continue from there
+    status, error = "done", None
+    stopped_by: list[str] = []
+    with anyio.CancelScope() as scope:
+
+        async def heartbeat() -> None:
+            while True:
+                await anyio.sleep(lease / 3)
+                renewed = await queue.renew(job.run_id, worker, lease)
+                if renewed is None:
+                    stopped_by.append("lease lost")
+                    scope.cancel()
+                elif renewed.cancel_requested:
+                    stopped_by.append("cancelled")
+                    scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat)
+            try:
+                stream = job_stream(graph, input, config, job.stream)
+                async for name, payload in _entries(stream, job.stream, job.attempts):
+                    await broker.publish(job.run_id, name, encode_json(payload))
+            except Exception as exc:
+                status, error = "error", f"{type(exc).__name__}: {exc}"
+                with anyio.CancelScope(shield=True):
+                    body = {"type": type(exc).__name__, "message": str(exc)}
+                    await broker.publish(job.run_id, "error", encode_json(body))
+            tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        if stopped_by == ["lease lost"]:
+            return "lost"  # another worker owns the run now; it publishes the rest
+        if stopped_by:
+            status = "cancelled"
+            await broker.publish(job.run_id, "cancelled", encode_json({"run_id": job.run_id}))
+        elif status == "done":
+            await broker.publish(
+                job.run_id, "end", encode_json({"run_id": job.run_id, "status": "done"})
+            )
+        await queue.finish(job.run_id, worker, status, error)
+    return status
+
+
+async def work(
+    graphs: Mapping[str, CompiledGraph],
+    queue: RunQueue,
+    broker: Broker,
+    *,
+    lease: float = 30.0,
+    poll: float = 0.5,
+    worker: str | None = None,
+    max_runs: int | None = None,
+) -> None:
+    """Claim and execute runs until cancelled (or ``max_runs`` runs were done).
+
+    Example::
+
+        anyio.run(work, {"chat": app}, queue, broker)
+    """
+    worker = worker or f"{socket.gethostname()}-{new_id()[:8]}"
+    done = 0
+    while max_runs is None or done < max_runs:
+        job = await queue.claim(worker, lease)
+        if job is None:
+            await anyio.sleep(poll)
+            continue
+        graph = graphs.get(job.graph)
+        if graph is None:
+            message = f"This worker has no graph {job.graph!r}; it serves {sorted(graphs)}."
+            await broker.publish(
+                job.run_id, "error", encode_json({"type": "unknown_graph", "message": message})
+            )
+            await queue.finish(job.run_id, worker, "error", message)
+        else:
+            await run_job(job, graph, queue, broker, worker, lease)
+        done += 1
