@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any, Literal
 
@@ -172,6 +172,20 @@ class _Server:
             raise ApiError(404, "unknown_run", f"Run {run_id!r} not found.")
         return record
 
+    def ended_probe(self, run_id: str) -> Callable[[], Awaitable[str | None]] | None:
+        """In queue mode: ask the queue whether a quiet run has in fact ended."""
+        queue = self.queue
+        if queue is None:
+            return None
+
+        async def ended() -> str | None:
+            job = await queue.get(run_id)
+            if job is not None and job.status in ("done", "error", "cancelled"):
+                return job.status
+            return None
+
+        return ended
+
     async def cancel(self, record: RunRecord) -> str:
         """Cancel a run here or, in queue mode, ask its worker to; return the status."""
         if self.queue is not None and record.run_id not in self.runs:
@@ -279,12 +293,15 @@ class _Server:
             ended = False
             yield f"retry: 2000\n: run {run_id}\n\n"
             try:
-                async for entry in follow(self.broker, run_id, after, self.heartbeat):
+                async for entry in follow(
+                    self.broker, run_id, after, self.heartbeat, self.ended_probe(run_id)
+                ):
                     if entry is None:
                         yield ": ping\n\n"
                     else:
                         ended = entry.event in TERMINAL
-                        yield f"id: {entry.id}\nevent: {entry.event}\ndata: {entry.data}\n\n"
+                        head = f"id: {entry.id}\n" if entry.id else ""
+                        yield f"{head}event: {entry.event}\ndata: {entry.data}\n\n"
             except ExpiredPositionError as exc:
                 data = encode_json({"type": "expired", "message": str(exc)})
                 yield f"event: error\ndata: {data}\n\n"
@@ -498,7 +515,13 @@ def create_app(
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
             try:
-                async for entry in follow(server.broker, record.run_id, None, server.heartbeat):
+                async for entry in follow(
+                    server.broker,
+                    record.run_id,
+                    None,
+                    server.heartbeat,
+                    server.ended_probe(record.run_id),
+                ):
                     if entry is not None:
                         await websocket.send_json(encode_event(entry, record.run_id))
                 await websocket.close()

@@ -10,7 +10,7 @@ A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -18,10 +18,18 @@ import anyio.abc
 import attrs
 
 from headwater import serde
-from headwater.broker import Broker, BrokerEntry
+from headwater.broker import Broker, BrokerEntry, BrokerError
 from headwater.runtime import new_id
 
-__all__ = ["TERMINAL", "RunRecord", "encode_event", "encode_json", "execute", "follow"]
+__all__ = [
+    "TERMINAL",
+    "RunRecord",
+    "encode_event",
+    "encode_json",
+    "execute",
+    "follow",
+    "publish",
+]
 
 TERMINAL = frozenset({"end", "error", "cancelled"})
 """Entry events that end a run's log."""
@@ -48,6 +56,32 @@ def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
         "metadata": meta["metadata"],
         "id": entry.id,
     }
+
+
+PUBLISH_BUDGET = 15.0
+"""Seconds a publish keeps retrying through a broker outage before the event is dropped."""
+
+
+async def publish(
+    broker: Broker, run_id: str, event: str, data: str, *, must: bool = False
+) -> None:
+    """Publish, retrying with backoff through a broker outage (a Redis restart).
+
+    The run does not stop for the broker: after :data:`PUBLISH_BUDGET` seconds an event
+    is dropped (its effect on the state is safe in the checkpointer), except a terminal
+    entry (``must``), which keeps retrying so followers learn that the run ended.
+    """
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            await broker.publish(run_id, event, data)
+            return
+        except BrokerError:
+            if not must and waited >= PUBLISH_BUDGET:
+                return
+            await anyio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
 
 
 @attrs.define(eq=False)
@@ -88,11 +122,11 @@ async def execute(
         task_status.started()
         try:
             async for name, payload in stream:
-                await broker.publish(run_id, name, encode_json(payload))
+                await publish(broker, run_id, name, encode_json(payload))
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 body = {"type": type(exc).__name__, "message": str(exc)}
-                await broker.publish(run_id, "error", encode_json(body))
+                await publish(broker, run_id, "error", encode_json(body), must=True)
             record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
             record.done.set()
             return
@@ -104,21 +138,37 @@ async def execute(
     with anyio.CancelScope(shield=True):
         if scope.cancelled_caught:
             record.status = "cancelled"
-            await broker.publish(run_id, "cancelled", encode_json({"run_id": run_id}))
+            await publish(broker, run_id, "cancelled", encode_json({"run_id": run_id}), must=True)
         else:
             record.status = "done"
-            await broker.publish(run_id, "end", encode_json({"run_id": run_id, "status": "done"}))
+            done = encode_json({"run_id": run_id, "status": "done"})
+            await publish(broker, run_id, "end", done, must=True)
     record.done.set()
 
 
 async def follow(
-    broker: Broker, run_id: str, after: str | None, heartbeat: float
+    broker: Broker,
+    run_id: str,
+    after: str | None,
+    heartbeat: float,
+    ended: Callable[[], Awaitable[str | None]] | None = None,
 ) -> AsyncIterator[BrokerEntry | None]:
-    """Yield the run's entries after ``after`` as they come (``None`` as a heartbeat)."""
+    """Yield the run's entries after ``after`` as they come (``None`` as a heartbeat).
+
+    ``ended()`` (queue mode) returns the run's final status once it has one: if the log
+    stays quiet and the run ended, its terminal entry was lost (a broker restart) and is
+    synthesised so the follower does not wait forever.
+    """
     position = after
     while True:
         entries = await broker.read(run_id, position, block=heartbeat)
         if not entries:
+            status = await ended() if ended is not None else None
+            if status is not None:
+                event = "end" if status == "done" else status
+                body = encode_json({"run_id": run_id, "status": status, "synthesised": True})
+                yield BrokerEntry(id="", event=event, data=body)
+                return
             yield None
             continue
         for entry in entries:

@@ -21,7 +21,7 @@ from headwater.broker import Broker
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
-from ._runs import encode_json
+from ._runs import encode_json, publish
 
 __all__ = ["job_stream", "run_job", "work"]
 
@@ -75,14 +75,13 @@ async def run_job(
     config = {**job.config, "configurable": configurable, "run_id": job.run_id}
     input = job.input
     if job.attempts > 1:
-        await broker.publish(job.run_id, "resumed", encode_json({"attempt": job.attempts}))
+        await publish(broker, job.run_id, "resumed", encode_json({"attempt": job.attempts}))
         if graph.checkpointer is not None:
             snapshot = await graph.aget_state({"configurable": {"thread_id": job.thread_id}})
             if snapshot.metadata.get("run_id") == job.run_id:
                 if not snapshot.next and not snapshot.interrupts:
-                    await broker.publish(
-                        job.run_id, "end", encode_json({"run_id": job.run_id, "status": "done"})
-                    )
+                    done = encode_json({"run_id": job.run_id, "status": "done"})
+                    await publish(broker, job.run_id, "end", done, must=True)
                     await queue.finish(job.run_id, worker, "done")
                     return "done"
                 input = None  # the run had checkpointed: continue from there
@@ -106,23 +105,23 @@ async def run_job(
             try:
                 stream = job_stream(graph, input, config, job.stream)
                 async for name, payload in _entries(stream, job.stream, job.attempts):
-                    await broker.publish(job.run_id, name, encode_json(payload))
+                    await publish(broker, job.run_id, name, encode_json(payload))
             except Exception as exc:
                 status, error = "error", f"{type(exc).__name__}: {exc}"
                 with anyio.CancelScope(shield=True):
                     body = {"type": type(exc).__name__, "message": str(exc)}
-                    await broker.publish(job.run_id, "error", encode_json(body))
+                    await publish(broker, job.run_id, "error", encode_json(body), must=True)
             tg.cancel_scope.cancel()
     with anyio.CancelScope(shield=True):
         if stopped_by == ["lease lost"]:
             return "lost"  # another worker owns the run now; it publishes the rest
         if stopped_by:
             status = "cancelled"
-            await broker.publish(job.run_id, "cancelled", encode_json({"run_id": job.run_id}))
+            cancelled = encode_json({"run_id": job.run_id})
+            await publish(broker, job.run_id, "cancelled", cancelled, must=True)
         elif status == "done":
-            await broker.publish(
-                job.run_id, "end", encode_json({"run_id": job.run_id, "status": "done"})
-            )
+            done = encode_json({"run_id": job.run_id, "status": "done"})
+            await publish(broker, job.run_id, "end", done, must=True)
         await queue.finish(job.run_id, worker, status, error)
     return status
 
@@ -153,9 +152,8 @@ async def work(
         graph = graphs.get(job.graph)
         if graph is None:
             message = f"This worker has no graph {job.graph!r}; it serves {sorted(graphs)}."
-            await broker.publish(
-                job.run_id, "error", encode_json({"type": "unknown_graph", "message": message})
-            )
+            body = {"type": "unknown_graph", "message": message}
+            await publish(broker, job.run_id, "error", encode_json(body), must=True)
             await queue.finish(job.run_id, worker, "error", message)
         else:
             await run_job(job, graph, queue, broker, worker, lease)
