@@ -1,7 +1,7 @@
 """headwater-server: stream runs over SSE and WebSocket, with a runs API and a browser page.
 
-* :func:`create_app` — the ASGI app (Starlette), served by uvicorn or mounted into an
-  existing Starlette/FastAPI app.
+* :func:`create_app` — the ASGI app (Starlette), served by uvicorn; :func:`mount` puts
+  it into an existing Starlette or FastAPI app.
 * ``headwater serve module:graph`` — serve graphs (the browser page is at ``/``).
 * ``headwater run module:graph --input JSON`` — run a graph and render its stream in the
   terminal: tokens inline as they arrive, a progress line per node, readable errors.
@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-from ._app import ApiError, create_app
+from ._app import ApiError, create_app, mount
 from ._cli import headwater_cli_commands, load_graph
 
-__all__ = ["ApiError", "create_app", "headwater_cli_commands", "load_graph"]
+__all__ = ["ApiError", "create_app", "headwater_cli_commands", "load_graph", "mount"]

@@ -25,7 +25,7 @@ from headwater.runtime import new_id
 
 from ._runs import TERMINAL, RunRecord, encode_event, encode_json, execute, follow
 
-__all__ = ["ApiError", "create_app"]
+__all__ = ["ApiError", "create_app", "mount"]
 
 _CONFIG_KEYS = frozenset({"recursion_limit", "tags", "metadata", "configurable"})
 _FILTER_KEYS = (
@@ -633,3 +633,33 @@ _OPENAPI: dict[str, Any] = {
         }
     },
 }
+
+
+def mount(
+    app: Starlette, path: str, graphs: CompiledGraph | Mapping[str, CompiledGraph], **options: Any
+) -> Starlette:
+    """Mount headwater into an existing Starlette or FastAPI ``app`` at ``path``.
+
+    Starlette does not run a mounted app's lifespan, so this also wraps ``app``'s own
+    lifespan to start headwater's (its task group for runs, the broker). ``options`` are
+    :func:`create_app`'s. Returns the headwater app.
+
+    Example::
+
+        from fastapi import FastAPI
+        from headwater_server import mount
+
+        api = FastAPI()
+        mount(api, "/headwater", {"chat": chat_graph}, api_keys=["s3cret"])
+    """
+    served = create_app(graphs, **options)
+    app.mount(path, served)
+    outer = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def both(parent: Any) -> AsyncIterator[Any]:
+        async with served.router.lifespan_context(served), outer(parent) as state:
+            yield state
+
+    app.router.lifespan_context = both
+    return served

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from headwater_server import create_app
+from headwater_server import create_app, mount
 from httpx_ws import connect_ws
 
 from headwater import END, START, StateGraph, get_stream_writer
@@ -397,3 +397,22 @@ def test_headwater_run_errors_are_readable() -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: Input of graph 'demo' has unknown key(s) ['nope']")
     assert "Traceback" not in done.stderr
+
+
+def test_mount_into_an_existing_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello from the host app")
+
+    host = Starlette(routes=[Route("/hello", hello)])
+    mount(host, "/hw", {"chat": chat_graph()})
+    with serving(host) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/hello").text == "hello from the host app"
+        assert client.get("/hw/graphs").json()[0]["name"] == "chat"
+        got = sse(client, "POST", "/hw/workflow/stream", json={"input": {"messages": ["hi"]}})
+        assert got[-1]["event"] == "end"
+        run = client.post("/hw/runs", json={"input": {"messages": ["hi"]}}).json()["run_id"]
+        assert sse(client, "GET", f"/hw/runs/{run}/stream")[-1]["event"] == "end"
