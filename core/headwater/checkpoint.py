@@ -222,28 +222,41 @@ class Checkpointer(abc.ABC):
 
 
 def encode_record(value: Any) -> bytes:
-    """Serialise a checkpoint or write for storage."""
+    """Serialise a checkpoint or write for storage, stamped with the format version.
+
+    Raises :class:`~headwater.errors.SerdeError` naming the key and type of a value that
+    cannot be stored — before anything is written.
+    """
     from headwater import serde
 
-    return serde.dumps(value)
+    return serde.dumps({"headwater": serde.FORMAT_VERSION, "record": value})
 
 
 def decode_record(data: bytes | str, thread_id: str, checkpoint_id: str, expected: type) -> Any:
     """Read back a stored record; anything unexpected is a CheckpointError (fail closed)."""
     from headwater import serde
 
+    where = f"Checkpoint {checkpoint_id!r} of thread {thread_id!r}"
     try:
-        value = serde.loads(data)
+        envelope = serde.loads(data)
+        version = envelope.get("headwater") if isinstance(envelope, dict) else None
+        if isinstance(version, int) and version > serde.FORMAT_VERSION:
+            raise CheckpointError(
+                f"{where} was written in headwater format version {version}, newer than this "
+                f"headwater's ({serde.FORMAT_VERSION}); upgrade headwater-core to read it."
+            )
+        if version != serde.FORMAT_VERSION or "record" not in envelope:
+            raise SerdeError("the record has no headwater format version")
+        value = envelope["record"]
     except SerdeError as exc:
         raise CheckpointError(
-            f"Checkpoint {checkpoint_id!r} of thread {thread_id!r} cannot be read: {exc} "
-            "It was not written by headwater or is corrupted; nothing was executed. Delete "
-            "the thread or restore the record from a backup."
+            f"{where} cannot be read: {exc} It was not written by headwater or is corrupted; "
+            "nothing was executed. Delete the thread or restore the record from a backup."
         ) from exc
     if not isinstance(value, expected):
         raise CheckpointError(
-            f"Checkpoint {checkpoint_id!r} of thread {thread_id!r} holds a "
-            f"{type(value).__name__}, not a {expected.__name__}; the record is corrupted."
+            f"{where} holds a {type(value).__name__}, not a {expected.__name__}; the record is "
+            "corrupted."
         )
     return value
 

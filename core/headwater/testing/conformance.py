@@ -37,7 +37,7 @@ from headwater.checkpoint import (
     PendingWrite,
     new_checkpoint_id,
 )
-from headwater.errors import CheckpointError
+from headwater.errors import CheckpointError, SerdeError
 from headwater.messages import AIMessage, HumanMessage, ToolCall
 from headwater.runtime import interrupt, new_id
 
@@ -235,7 +235,11 @@ class CheckpointerConformance:
         bad = {
             "pickle": pickle.dumps({"values": {}}),
             "unknown type tag": b'{"__type__": "os.system", "command": "echo pwned"}',
-            "wrong field type": b'{"__type__": "Checkpoint", "id": 5, "thread_id": "t"}',
+            "wrong field type": (
+                b'{"headwater": 1, "record": {"__type__": "Checkpoint", "id": 5, "thread_id": "t"}}'
+            ),
+            "no format version": b'{"__type__": "Checkpoint", "id": "x", "thread_id": "t"}',
+            "newer format": b'{"headwater": 999, "record": null}',
         }
         for label, data in bad.items():
             checkpoint_id = new_checkpoint_id()
@@ -244,6 +248,27 @@ class CheckpointerConformance:
                 await saver.aget(thread, "", checkpoint_id)
             message = str(caught.value)
             assert thread in message and checkpoint_id in message, (label, message)
+            if label == "newer format":
+                assert "format version 999" in message and "upgrade" in message
+
+    @pytest.mark.anyio
+    async def test_unserialisable_state_names_the_key_and_writes_nothing(
+        self, saver: Checkpointer
+    ) -> None:
+        async def bad(state: _Flow) -> dict[str, Any]:
+            return {"answer": object()}
+
+        graph = StateGraph(_Flow)
+        graph.add_node("bad", bad)
+        graph.add_edge(START, "bad")
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}}
+        with pytest.raises(SerdeError, match=r"builtins\.object at \$\.record\.update\.answer"):
+            await app.ainvoke({"log": []}, config)
+        history = await app.aget_state_history(config)
+        assert [h.metadata["source"] for h in history] == ["input"]  # nothing half-written
+        found = await saver.aget(config["configurable"]["thread_id"])
+        assert found is not None and found.writes == ()
 
     @pytest.mark.anyio
     async def test_graph_interrupt_and_resume(self, saver: Checkpointer) -> None:
