@@ -1,13 +1,16 @@
-"""The demo graph behind ``headwater demo``: plan, research in parallel, write.
+"""The demo graph behind ``headwater demo`` (and ``./run demo``, which then serves it).
 
-It shows the pieces a user meets first: a typed state with a reducer, a ``Send``
-fan-out, a join, sync and async nodes, custom progress events, and ``astream`` with
-two stream modes at once, printed as each step completes.
+A small agent: a router decides whether the question needs the notes; a retriever finds
+them (BM25); an LLM with a tool answers, calling the tool first; a summariser condenses
+the answer. State is checkpointed in SQLite. The LLM is a scripted ``FakeChatModel``
+unless ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (then ``init_chat_model`` with
+``HEADWATER_DEMO_MODEL``, default ``openai:gpt-4o-mini``, through headwater-openai).
 """
 
 from __future__ import annotations
 
-import operator
+import os
+import tempfile
 import time
 from typing import Annotated, Any, TypedDict
 
@@ -16,95 +19,165 @@ import click
 
 from headwater._graph import StateGraph
 from headwater._pregel import CompiledGraph
-from headwater._types import END, START, Send
-from headwater.runtime import StreamWriter
+from headwater._types import END, START
+from headwater.messages import AIMessage, HumanMessage, SystemMessage, ToolCall, add_messages
+from headwater.models import ChatModel, init_chat_model
+from headwater.retrievers import Document, InMemoryRetriever
+from headwater.runtime import get_stream_writer
+from headwater.testing.fake import FakeChatModel
+from headwater.tools import ToolNode, tool
+
+NOTES = [
+    "Rivers start in mountains and hills, fed by rain, snowmelt and springs.",
+    "Most rivers flow into the sea; some end in lakes or dry up in deserts.",
+    "A river delta forms where a river drops its sediment as it meets the sea.",
+    "Salmon swim upstream to spawn in the rivers where they hatched.",
+    "Glaciers carve U-shaped valleys; rivers carve V-shaped ones.",
+]
+
+TOKEN_DELAY = 0.03
 
 
-class DemoState(TypedDict):
-    """The demo's state: a topic, the questions about it, findings and a report."""
+class AgentState(TypedDict):
+    """The demo agent's state."""
 
-    topic: str
-    delay: float
-    questions: list[str]
-    findings: Annotated[list[str], operator.add]
-    report: str
-
-
-_ANGLES = ("where it starts", "what lives in it", "how people use it")
+    question: str
+    route: str
+    documents: list[Document]
+    messages: Annotated[list[Any], add_messages]
+    summary: str
 
 
-def plan(state: DemoState) -> dict[str, Any]:
-    """Sync node (runs in a worker thread): split the topic into questions."""
-    time.sleep(state["delay"])
-    return {"questions": [f"{state['topic']}: {angle}" for angle in _ANGLES]}
+@tool
+def count_words(text: str) -> int:
+    """Count the words in a text."""
+    return len(text.split())
 
 
-def fan_out(state: DemoState) -> list[Send]:
-    """Router: one ``research`` task per question, all in the same superstep."""
-    return [Send("research", {"question": q, "delay": state["delay"]}) for q in state["questions"]]
+def _models() -> tuple[ChatModel, ChatModel]:
+    if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
+        spec = os.environ.get("HEADWATER_DEMO_MODEL", "openai:gpt-4o-mini")
+        agent, summariser = (
+            init_chat_model(spec, name="agent"),
+            init_chat_model(spec, name="summarise"),
+        )
+        bind = getattr(agent, "bind_tools", None)
+        return (bind([count_words]) if bind else agent), summariser
+    agent = FakeChatModel(
+        [
+            AIMessage(
+                content="Let me measure the notes first.",
+                tool_calls=(
+                    ToolCall(name="count_words", args={"text": " ".join(NOTES[:2])}, id="call_1"),
+                ),
+            ),
+            "Rivers begin in mountains and hills, fed by rain, snowmelt and springs, and most "
+            "of them flow downhill into the sea, where many build a delta from their sediment.",
+        ],
+        token_delay=TOKEN_DELAY,
+        cycle=True,
+        name="agent",
+    )
+    summariser = FakeChatModel(
+        ["In short: rivers run from the hills to the sea."], token_delay=TOKEN_DELAY, cycle=True
+    )
+    return agent, summariser
 
 
-async def research(item: dict[str, Any], *, writer: StreamWriter) -> dict[str, Any]:
-    """Async node run once per question; reports progress through the stream writer."""
-    for percent in (50, 100):
-        await anyio.sleep(item["delay"] / 2)
-        writer({"question": item["question"], "progress": percent})
-    return {"findings": [f"notes on {item['question']}"]}
-
-
-async def write(state: DemoState, *, writer: StreamWriter) -> dict[str, Any]:
-    """Join point: write the report word by word, streaming each word."""
-    words = f"A short report on {state['topic']} from {len(state['findings'])} findings.".split()
-    for word in words:
-        await anyio.sleep(state["delay"] / len(words))
-        writer({"token": word + " "})
-    return {"report": " ".join(words)}
-
-
-def build_demo() -> CompiledGraph:
-    """The demo graph, compiled.
+def build_demo(checkpointer: str | None = None) -> CompiledGraph:
+    """The demo agent, compiled (SQLite checkpoints in the temp directory by default).
 
     Example::
 
-        app = build_demo()
-        app.invoke({"topic": "rivers", "delay": 0.0, "findings": []})["report"]
+        app = build_demo("memory:")
+        app.invoke({"question": "Where do rivers flow?"}, {"configurable": {"thread_id": "1"}})
     """
-    graph = StateGraph(DemoState)
-    graph.add_node("plan", plan)
-    graph.add_node("research", research, tags=["parallel"])
-    graph.add_node("write", write)
-    graph.add_edge(START, "plan")
-    graph.add_conditional_edges("plan", fan_out, ["research"])
-    graph.add_edge("research", "write")
-    graph.add_edge("write", END)
-    return graph.compile(name="demo")
+    agent_model, summary_model = _models()
+    retriever = InMemoryRetriever.from_texts(NOTES, k=2)
+
+    def router(state: AgentState) -> dict[str, Any]:
+        words = set(state["question"].lower().replace("?", "").split())
+        route = (
+            "retrieve"
+            if words & {"river", "rivers", "sea", "delta", "glacier", "salmon"}
+            else "agent"
+        )
+        get_stream_writer()({"route": route})
+        return {"route": route, "messages": [HumanMessage(content=state["question"])]}
+
+    async def retrieve(state: AgentState) -> dict[str, Any]:
+        documents = await retriever.ainvoke(state["question"])
+        return {"documents": documents}
+
+    async def agent(state: AgentState) -> dict[str, Any]:
+        notes = "\n".join(d.page_content for d in state.get("documents") or [])
+        system = SystemMessage(
+            content=f"Answer from these notes:\n{notes}" if notes else "Answer briefly."
+        )
+        return {"messages": [await agent_model.ainvoke([system, *state["messages"]])]}
+
+    def after_agent(state: AgentState) -> str:
+        last = state["messages"][-1]
+        return "tools" if isinstance(last, AIMessage) and last.tool_calls else "summarise"
+
+    async def summarise(state: AgentState) -> dict[str, Any]:
+        answer = state["messages"][-1].text
+        reply = await summary_model.ainvoke(
+            [SystemMessage(content="Summarise in one line."), answer]
+        )
+        return {"summary": reply.text}
+
+    graph = StateGraph(AgentState)
+    graph.add_node("router", router)
+    graph.add_node("retrieve", retrieve)
+    graph.add_node("agent", agent, tags=["llm"])
+    graph.add_node("tools", ToolNode([count_words]))
+    graph.add_node("summarise", summarise, tags=["llm"])
+    graph.add_edge(START, "router")
+    graph.add_conditional_edges("router", lambda s: s["route"], ["retrieve", "agent"])
+    graph.add_edge("retrieve", "agent")
+    graph.add_conditional_edges("agent", after_agent, ["tools", "summarise"])
+    graph.add_edge("tools", "agent")
+    graph.add_edge("summarise", END)
+    if checkpointer is None:
+        checkpointer = f"sqlite:///{os.path.join(tempfile.gettempdir(), 'headwater-demo.db')}"
+    return graph.compile(checkpointer=checkpointer, name="demo")
 
 
-async def _stream_demo(topic: str, delay: float) -> None:
+async def _stream_demo(question: str) -> None:
     app = build_demo()
+    config = {"configurable": {"thread_id": f"demo-{time.time_ns()}"}}
     start = time.perf_counter()
-    state = {"topic": topic, "delay": delay, "findings": []}
-    streaming_tokens = False
-    async for mode, chunk in app.astream(state, stream_mode=["updates", "custom"]):
-        elapsed = f"{time.perf_counter() - start:6.2f}s"
-        if mode == "custom" and "token" in chunk:
-            if not streaming_tokens:
-                click.echo(f"{elapsed}  write      ", nl=False)
-                streaming_tokens = True
-            click.echo(chunk["token"], nl=False)
+    streaming = False
+
+    def stamp() -> str:
+        return f"{time.perf_counter() - start:6.2f}s"
+
+    async for event in app.astream_events({"question": question}, config):
+        kind, name = event["event"], event["name"]
+        if kind == "on_chat_model_stream":
+            if not streaming:
+                click.echo(f"{stamp()}  {name:<10} ", nl=False)
+                streaming = True
+            click.echo(event["data"]["chunk"].content, nl=False)
             continue
-        if streaming_tokens:
+        if streaming and kind in ("on_chain_end", "on_chat_model_end"):
             click.echo()
-            streaming_tokens = False
-        if mode == "custom":
-            click.echo(f"{elapsed}  research   {chunk['progress']:3d}%  {chunk['question']}")
-        else:
-            ((node, update),) = chunk.items()
-            summary = ", ".join(f"{k}={v!r}" for k, v in (update or {}).items())
-            click.echo(click.style(f"{elapsed}  {node:<10} done: {summary}", bold=True))
+            streaming = False
+        node = event["metadata"].get("node")
+        if kind == "on_chain_end" and node == name:
+            click.echo(click.style(f"{stamp()}  ✓ {name}", bold=True))
+        elif kind == "on_custom_event":
+            click.echo(f"{stamp()}    {name}: {event['data']}")
+        elif kind == "on_retriever_end":
+            click.echo(f"{stamp()}    retrieved {len(event['data']['documents'])} notes")
+        elif kind == "on_tool_end":
+            click.echo(f"{stamp()}    tool {name} -> {event['data']['output']!r}")
+        elif kind == "on_chain_end" and not node:
+            click.echo(f"\nsummary: {event['data']['output']['summary']}")
 
 
-def run_demo(topic: str = "rivers", delay: float = 0.15) -> None:
-    """Run the demo graph and print each step as it completes."""
-    click.echo(f"headwater demo: plan -> research x{len(_ANGLES)} (parallel) -> write\n")
-    anyio.run(_stream_demo, topic, delay)
+def run_demo(question: str = "Where do rivers flow?") -> None:
+    """Run the demo agent once, streaming every step and token to the terminal."""
+    click.echo("headwater demo: router -> retriever -> LLM with tools -> summariser\n")
+    anyio.run(_stream_demo, question)

@@ -13,11 +13,10 @@ def headwater_cli_commands(cli: click.Group) -> None:
 
     @cli.command()
     @click.option(
-        "--topic", default="rivers", show_default=True, help="What the demo writes about."
+        "--question", default="Where do rivers flow?", show_default=True, help="What to ask."
     )
-    @click.option("--delay", default=0.15, show_default=True, help="Seconds each node works.")
-    def demo(topic: str, delay: float) -> None:
-        """Run the demo graph and print each step as it completes."""
+    def demo(question: str) -> None:
+        """Run the demo agent once, streaming each step and token to the terminal."""
         from headwater._demo import run_demo
 
-        run_demo(topic=topic, delay=delay)
+        run_demo(question=question)

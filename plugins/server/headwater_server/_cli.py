@@ -15,6 +15,7 @@ import click
 from headwater import CompiledGraph
 from headwater.errors import HeadwaterError
 from headwater.hookspecs import hookimpl
+from headwater.runtime import new_id
 
 __all__ = ["headwater_cli_commands", "load_graph", "render_run"]
 
@@ -233,6 +234,9 @@ def headwater_cli_commands(cli: click.Group) -> None:
         except ValueError as exc:
             raise click.BadParameter(f"--input is not valid JSON: {exc}") from None
         config: dict[str, Any] = {}
+        if thread_id is None and app.checkpointer is not None:
+            thread_id = new_id()
+            click.echo(f"thread: {thread_id}", err=True)
         if thread_id is not None:
             config["configurable"] = {"thread_id": thread_id}
         try:

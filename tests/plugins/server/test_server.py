@@ -380,12 +380,14 @@ def test_openapi_and_index(app_url: str) -> None:
 def test_headwater_run_renders_the_stream() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "headwater", "run", "headwater._demo:build_demo",
-         "--input", json.dumps({"topic": "lakes", "delay": 0.0, "findings": []})],
+         "--input", json.dumps({"question": "Where do rivers flow?"})],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "✓ plan" in done.stdout and "✓ write" in done.stdout
-    assert '"report": "A short report on lakes from 3 findings."' in done.stdout
+    assert "✓ router" in done.stdout and "✓ summarise" in done.stdout
+    assert "Rivers begin in mountains" in done.stdout  # tokens rendered inline
+    assert '"summary": "In short: rivers run from the hills to the sea."' in done.stdout
+    assert done.stderr.startswith("thread: ")
 
 
 def test_headwater_run_errors_are_readable() -> None:
@@ -395,7 +397,7 @@ def test_headwater_run_errors_are_readable() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.startswith("error: Input of graph 'demo' has unknown key(s) ['nope']")
+    assert "error: Input of graph 'demo' has unknown key(s) ['nope']" in done.stderr
     assert "Traceback" not in done.stderr
 
 
