@@ -103,7 +103,8 @@ class Broker(abc.ABC):
 
 
 class MemoryBroker(Broker):
-    """Run logs in this process (``memory:``): ids are ``1``, ``2`` …; ``retention`` per run.
+    """Run logs in this process (``memory:``): ids are ``1``, ``2`` …; at least the last
+    ``retention`` entries of each run are kept (trimmed in chunks, at most twice that).
 
     Example::
 
@@ -122,7 +123,7 @@ class MemoryBroker(Broker):
         self._next[run_id] = number + 1
         log = self._logs.setdefault(run_id, [])
         log.append(BrokerEntry(str(number), event, data))
-        if len(log) > self.retention:
+        if len(log) > self.retention * 2:  # trim in chunks: amortised O(1) per entry
             del log[: len(log) - self.retention]
         changed = self._changed.pop(run_id, None)
         if changed is not None:
@@ -133,27 +134,36 @@ class MemoryBroker(Broker):
         """Memory ids are positive integers."""
         return entry_id.isdigit()
 
+    def _after(self, run_id: str, position: int) -> list[BrokerEntry]:
+        log = self._logs.get(run_id)
+        if not log:
+            return []
+        first = int(log[0].id)  # ids are consecutive: entry n sits at index n - first
+        if position and position < first - 1:
+            raise ExpiredPositionError(
+                f"Entry {position} of run {run_id!r} is no longer kept (oldest: {first}); "
+                "restart from the thread's state."
+            )
+        return log[max(0, position - first + 1) :]
+
     async def read(self, run_id: str, after: str | None, *, block: float) -> list[BrokerEntry]:
         """Entries after ``after``, waiting up to ``block`` seconds."""
         position = int(after) if after else 0
-        log = self._logs.get(run_id, [])
-        if log and position and position < int(log[0].id) - 1:
-            raise ExpiredPositionError(
-                f"Entry {after} of run {run_id!r} is no longer kept (oldest: {log[0].id}); "
-                "restart from the thread's state."
-            )
-        found = [e for e in log if int(e.id) > position]
+        found = self._after(run_id, position)
         if found or block <= 0:
             return found
         changed = self._changed.setdefault(run_id, anyio.Event())
         with anyio.move_on_after(block):
             await changed.wait()
-        return [e for e in self._logs.get(run_id, []) if int(e.id) > position]
+        return self._after(run_id, position)
 
     async def delete(self, run_id: str) -> None:
         """Forget a run."""
         self._logs.pop(run_id, None)
         self._next.pop(run_id, None)
+        changed = self._changed.pop(run_id, None)
+        if changed is not None:
+            changed.set()
 
 
 def broker_from_url(url: str, plugin_manager: Any = None) -> Broker:

@@ -62,7 +62,9 @@ class _Server:
         max_runs: int,
         broker: Broker,
         queue: RunQueue | None = None,
+        first_message_timeout: float = 30.0,
     ) -> None:
+        self.first_message_timeout = first_message_timeout
         self.broker = broker
         self.queue = queue
         self.graphs = dict(graphs)
@@ -251,6 +253,8 @@ class _Server:
             return
         for run_id in [r for r, record in self.runs.items() if record.finished][:excess]:
             del self.runs[run_id]
+            if self.tg is not None:
+                self.tg.start_soon(self.broker.delete, run_id)  # its log goes too
 
     async def start(self, body: Mapping[str, Any], owner: str | None) -> RunRecord:
         record, stream, spec = await self.open_stream(body, owner)
@@ -277,10 +281,20 @@ class _Server:
             record.status = "queued"
             return record
         self.runs[record.run_id] = record
-        self.evict()
         assert self.tg is not None, "the app's lifespan has not started"
-        await self.tg.start(execute, record, stream, self.broker)
+        await self.tg.start(self._execute, record, stream)
         return record
+
+    async def _execute(
+        self,
+        record: RunRecord,
+        stream: AsyncIterator[tuple[str, Any]],
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await execute(record, stream, self.broker, task_status)
+        finally:
+            self.evict()
 
     # -- SSE -----------------------------------------------------------------------------
 
@@ -293,16 +307,22 @@ class _Server:
             ended = False
             yield f"retry: 2000\n: run {run_id}\n\n"
             try:
-                async for entry in follow(
+                async for batch in follow(
                     self.broker, run_id, after, self.heartbeat, self.ended_probe(run_id)
                 ):
-                    if entry is None:
+                    if not batch:
                         yield ": ping\n\n"
-                    else:
-                        ended = entry.event in TERMINAL
-                        head = f"id: {entry.id}\n" if entry.id else ""
-                        yield f"{head}event: {entry.event}\ndata: {entry.data}\n\n"
+                        continue
+                    ended = batch[-1].event in TERMINAL
+                    yield "".join(  # one write per batch of entries, not per event
+                        f"{'id: ' + e.id + chr(10) if e.id else ''}event: {e.event}\n"
+                        f"data: {e.data}\n\n"
+                        for e in batch
+                    )
             except ExpiredPositionError as exc:
+                # A client too slow for the log's retention: the server ends its stream,
+                # the run goes on (a slow client never holds a run or memory hostage).
+                ended = True
                 data = encode_json({"type": "expired", "message": str(exc)})
                 yield f"event: error\ndata: {data}\n\n"
             finally:
@@ -346,6 +366,7 @@ def create_app(
     max_runs: int = 1000,
     broker: Broker | str | None = None,
     queue: RunQueue | str | None = None,
+    first_message_timeout: float = 30.0,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
@@ -356,7 +377,8 @@ def create_app(
     instance or a URL such as ``redis://…``) carries run logs: in-process by default,
     shared with other server instances through Redis. With ``queue`` (an instance or a
     URL such as ``postgresql://…``) this server executes nothing itself: it enqueues runs
-    for ``headwater worker`` processes and streams them from the broker.
+    for ``headwater worker`` processes and streams them from the broker. A WebSocket
+    client must send its first message within ``first_message_timeout`` seconds.
     Mount it into an existing Starlette or FastAPI app with ``app.mount("/hw", create_app(...))``.
 
     Example::
@@ -383,7 +405,15 @@ def create_app(
             "events in other processes."
         )
     server = _Server(
-        graphs, keys, on_disconnect, max_body_bytes, heartbeat, max_runs, broker, queue
+        graphs,
+        keys,
+        on_disconnect,
+        max_body_bytes,
+        heartbeat,
+        max_runs,
+        broker,
+        queue,
+        first_message_timeout,
     )
 
     def guarded(handler: Any) -> Any:
@@ -484,7 +514,22 @@ def create_app(
         await websocket.accept()
         try:
             owner = server.authenticate(websocket.headers, websocket.query_params)
-            first = await websocket.receive_text()
+            with anyio.move_on_after(server.first_message_timeout) as waited:
+                message = await websocket.receive()
+            if waited.cancelled_caught:
+                raise ApiError(
+                    408,
+                    "timeout",
+                    f"No first message within {server.first_message_timeout:g} s; send "
+                    '{"thread_id": ..., "state": {...}} right after connecting.',
+                )
+            if message["type"] == "websocket.disconnect":
+                return
+            first = message.get("text")
+            if first is None:
+                raise ApiError(
+                    400, "binary_frame", "Send the first message as a JSON text frame, not binary."
+                )
             try:
                 body = json.loads(first)
             except ValueError:
@@ -504,9 +549,11 @@ def create_app(
         async def listen() -> None:
             with contextlib.suppress(WebSocketDisconnect):
                 while True:
-                    message = await websocket.receive_text()
-                    with contextlib.suppress(ValueError):
-                        if json.loads(message).get("type") == "cancel":
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    with contextlib.suppress(ValueError, AttributeError, TypeError):
+                        if json.loads(message.get("text") or "null").get("type") == "cancel":
                             await server.cancel(record)
             if server.on_disconnect == "cancel" and not record.finished:
                 with anyio.CancelScope(shield=True):
@@ -515,14 +562,14 @@ def create_app(
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen)
             try:
-                async for entry in follow(
+                async for batch in follow(
                     server.broker,
                     record.run_id,
                     None,
                     server.heartbeat,
                     server.ended_probe(record.run_id),
                 ):
-                    if entry is not None:
+                    for entry in batch:
                         await websocket.send_json(encode_event(entry, record.run_id))
                 await websocket.close()
             except WebSocketDisconnect:

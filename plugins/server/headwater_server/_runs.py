@@ -152,12 +152,12 @@ async def follow(
     after: str | None,
     heartbeat: float,
     ended: Callable[[], Awaitable[str | None]] | None = None,
-) -> AsyncIterator[BrokerEntry | None]:
-    """Yield the run's entries after ``after`` as they come (``None`` as a heartbeat).
+) -> AsyncIterator[list[BrokerEntry]]:
+    """Yield the run's entries after ``after`` in batches as they come (``[]``: heartbeat).
 
-    ``ended()`` (queue mode) returns the run's final status once it has one: if the log
-    stays quiet and the run ended, its terminal entry was lost (a broker restart) and is
-    synthesised so the follower does not wait forever.
+    The log ends with a terminal entry. ``ended()`` (queue mode) returns the run's final
+    status once it has one: if the log stays quiet and the run ended, its terminal entry
+    was lost (a broker restart) and is synthesised so the follower does not wait forever.
     """
     position = after
     while True:
@@ -167,12 +167,13 @@ async def follow(
             if status is not None:
                 event = "end" if status == "done" else status
                 body = encode_json({"run_id": run_id, "status": status, "synthesised": True})
-                yield BrokerEntry(id="", event=event, data=body)
+                yield [BrokerEntry(id="", event=event, data=body)]
                 return
-            yield None
+            yield []
             continue
-        for entry in entries:
-            position = entry.id
-            yield entry
+        for i, entry in enumerate(entries):
             if entry.event in TERMINAL:
+                yield entries[: i + 1]
                 return
+        position = entries[-1].id
+        yield entries
