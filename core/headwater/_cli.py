@@ -11,6 +11,7 @@ import click
 from headwater._plugins import (
     REGISTRATION_HOOKS,
     PluginManager,
+    _tag,
     create_plugin_manager,
     get_plugin_manager,
 )
@@ -61,6 +62,8 @@ def describe_plugins(
     dist: str | None
     version: str | None
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        if plugin is None:  # a blocked name
+            continue
         if name in pm.distributions:
             dist, version = pm.distributions[name]
         elif name.startswith("headwater."):
@@ -110,11 +113,13 @@ def build_cli(pm: PluginManager) -> click.Group:
     for plugin_name, _ in pm.call_each("headwater_cli_commands", cli=staging):
         for name, command in staging.commands.items():
             if name in group.commands:
-                raise PluginConflictError(
+                error = PluginConflictError(
                     f"CLI command {name!r} is added by both {owners[name]} and "
                     f"{pm.describe(plugin_name)}. Uninstall or block one of them "
                     "(HEADWATER_LOAD_PLUGINS=<the plugins to load>)."
                 )
+                _tag(error, plugin_name, *pm.distributions.get(plugin_name, (None, None)))
+                raise error
             group.add_command(command, name)
             owners[name] = pm.describe(plugin_name)
         staging.commands.clear()
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         group = build_cli(get_plugin_manager())
         group.main(args=args, prog_name="headwater")
     except PluginError as exc:
-        click.echo(f"headwater: {exc}", err=True)
-        click.echo("Run `headwater plugins` to see every plugin's status.", err=True)
+        message = " ".join(str(exc).split())  # one line, whatever the cause's text
+        click.echo(
+            f"headwater: {message} Run `headwater plugins` to see every plugin's status.",
+            err=True,
+        )
         sys.exit(1)

@@ -96,9 +96,16 @@ class PluginManager(pluggy.PluginManager):
             dist, version = self.distributions[plugin_name]
             return f"plugin {plugin_name!r} (distribution {dist} {version})"
         plugin = self.get_plugin(plugin_name)
-        if plugin is not None and plugin_name == str(id(plugin)):  # registered without a name
-            return f"plugin {_describe(plugin)}"
-        return f"plugin {plugin_name!r}"
+        if plugin is None:
+            return f"plugin {plugin_name!r}"
+        label = _describe(plugin)
+        if plugin_name == str(id(plugin)):  # an object registered without a name
+            return f"plugin {label}"
+        return (
+            f"plugin {plugin_name!r}"
+            if label == plugin_name
+            else f"plugin {plugin_name!r} ({label})"
+        )
 
     def call_each(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
         """Call each implementation of a hook in registration order: ``(plugin, result)``.
@@ -114,7 +121,9 @@ class PluginManager(pluggy.PluginManager):
         """
         caller = getattr(self.hook, hook_name)
         trace = self.trace.root.get("hook")
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        # get_hookimpls() lists plain implementations in registration order (pluggy
+        # *calls* them in reverse, last registered first).
+        for impl in caller.get_hookimpls():
             if impl.hookwrapper or impl.wrapper:
                 continue
             self.trace.root.indent += 1
@@ -133,9 +142,10 @@ class PluginManager(pluggy.PluginManager):
                     error, impl.plugin_name, *self.distributions.get(impl.plugin_name, (None, None))
                 )
                 raise error from exc
+            else:
+                trace("finish", hook_name, "-->", result)
             finally:
                 self.trace.root.indent -= 1
-            trace("finish", hook_name, "-->", result)
             yield impl.plugin_name, result
 
     def registrations(self, hook_name: str) -> dict[str, Any]:
@@ -203,7 +213,7 @@ class PluginManager(pluggy.PluginManager):
         for name, caller in sorted(vars(self.hook).items()):
             if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
                 continue
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
                 if impl.optionalhook:
                     continue
                 close = difflib.get_close_matches(name, specs, n=1)

@@ -66,7 +66,14 @@ __all__ = [
 PROJECT_NAME = "headwater"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-"""Marker for hook specifications of project ``"headwater"`` (used in this module only)."""
+"""Marker for hook specifications of project ``"headwater"`` (used in this module only).
+
+Example::
+
+    @hookspec
+    def headwater_stream_modes() -> Mapping[str, Any] | None:
+        ...  # the docstring documents the hook
+"""
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marker for hook implementations; re-exported as ``headwater.hookimpl``.
