@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
@@ -63,7 +64,12 @@ INTERRUPT_KEY = "__interrupt__"
 """Key under which a paused run's result (and ``updates`` stream) carries its interrupts."""
 
 DEFAULT_RECURSION_LIMIT = 25
-"""Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise."""
+"""Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise.
+
+Example::
+
+    app.invoke(state, {"recursion_limit": 4 * DEFAULT_RECURSION_LIMIT})
+"""
 
 _EMPTY: Mapping[str, Any] = {}
 
@@ -545,7 +551,9 @@ class CompiledGraph:
             run_id = config.get("run_id")
             if run_id is not None and not isinstance(run_id, str):
                 raise InvalidInputError(f"config['run_id'] must be a string; got {run_id!r:.40}.")
-            return Run(graph_name=self.name, config=config, input=input, run_id=run_id)
+            run = Run(graph_name=self.name, config=config, input=input, run_id=run_id)
+            run.plugin_manager = self.plugin_manager
+            return run
         outer = parent.run
         return Run(
             graph_name=self.name,
@@ -558,18 +566,19 @@ class CompiledGraph:
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]:
         """Execute ``run`` with hooks and graph-level events around the supersteps."""
-        pm = self.plugin_manager
+        pm = run.plugin_manager if run.plugin_manager is not None else self.plugin_manager
         hooks = pm.hook
         start = await self._restore(run, input)  # bad input fails here, before any event
-        for subs in hooks.headwater_event_subscribers(run=run):
-            for sub in subs or ():
-                run.subscribe(sub)
-        for result in hooks.headwater_run_start(run=run):
-            if inspect.isawaitable(result):
-                await result
         error: BaseException | None = None
         header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
         try:
+            if run.parent is None:  # a subgraph's run shares its root run's subscribers
+                for subscriptions in hooks.headwater_event_subscribers(run=run):
+                    for subscription in subscriptions or ():
+                        run.subscribe(subscription)
+            for result in hooks.headwater_run_start(run=run):
+                if inspect.isawaitable(result):
+                    await result
             subs = run.subscriptions(ON_CHAIN_START)
             if subs:
                 run.emit(subs, ON_CHAIN_START, *header, {"input": input})
@@ -584,8 +593,11 @@ class CompiledGraph:
             if subs:
                 run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # cancelled: every start still gets its error event
             error = exc
+            subs = run.subscriptions(ON_CHAIN_ERROR)
+            if subs:
+                run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
             raise
         finally:
             for result in hooks.headwater_run_end(run=run, error=error):
@@ -694,6 +706,9 @@ class CompiledGraph:
                     f"config={{'recursion_limit': {max(limit * 4, 100)}}}; "
                     "otherwise make a conditional edge route to END."
                 )
+            # A cancelled run (its consumer left) starts no new step, even when the nodes
+            # of the last one finished without reaching a checkpoint (e.g. in a thread).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             tasks = [self._make_task(p, step, values, run, done, start.answer) for p in pending]
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
@@ -879,6 +894,10 @@ class CompiledGraph:
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
+            raise
+        except BaseException as exc:  # cancelled (a sibling failed, the consumer left)
+            if streaming:
+                task.dispatch(ON_CHAIN_ERROR, {"error": exc})
             raise
         if streaming:
             task.dispatch(TASK_END, {"node": task.node, "update": outcome.update, "error": None})

@@ -10,10 +10,20 @@ import attrs
 __all__ = ["END", "START", "Command", "Send"]
 
 START: Final = "__start__"
-"""The virtual node a run starts from: ``graph.add_edge(START, "first")``."""
+"""The virtual node a run starts from.
+
+Example::
+
+    graph.add_edge(START, "first")
+"""
 
 END: Final = "__end__"
-"""The virtual node a run ends at: ``graph.add_edge("last", END)`` or a router returning END."""
+"""The virtual node a run ends at.
+
+Example::
+
+    graph.add_edge("last", END)          # or a router returning END
+"""
 
 
 @attrs.frozen(repr=False)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import anyio
 import attrs
 
-from headwater.errors import HeadwaterError
+from headwater.errors import BrokerError, ExpiredPositionError
 
 __all__ = [
     "Broker",
@@ -33,26 +33,6 @@ __all__ = [
     "MemoryBroker",
     "broker_from_url",
 ]
-
-
-class BrokerError(HeadwaterError):
-    """A broker could not be reached or answered with an error.
-
-    Example::
-
-        broker_from_url("redis://127.0.0.1:1/0")  # BrokerError naming the URL
-    """
-
-
-class ExpiredPositionError(BrokerError):
-    """A reader asked for entries after an id the broker no longer keeps.
-
-    The client must restart from the thread's state (``GET /threads/{id}/state``).
-
-    Example::
-
-        await broker.read(run_id, after="1-0", block=0)  # raises if 1-0 was trimmed
-    """
 
 
 @attrs.frozen

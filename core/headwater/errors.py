@@ -24,7 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BrokerError",
     "CheckpointError",
+    "ExpiredPositionError",
     "GraphRecursionError",
     "GraphInterrupt",
     "GraphValidationError",
@@ -36,6 +38,7 @@ __all__ = [
     "PluginConflictError",
     "PluginError",
     "PluginLoadError",
+    "QueueError",
     "SerdeError",
     "StreamWriterError",
     "UnknownStreamModeError",
@@ -173,6 +176,35 @@ class CheckpointError(HeadwaterError):
     Example::
 
         graph.invoke(None, {"configurable": {"thread_id": "t"}})  # nothing to resume
+    """
+
+
+class BrokerError(HeadwaterError):
+    """An event broker could not be reached or answered with an error.
+
+    Example::
+
+        broker_from_url("redis://127.0.0.1:1/0")  # BrokerError naming the URL
+    """
+
+
+class ExpiredPositionError(BrokerError):
+    """A reader asked for entries after an id the broker no longer keeps.
+
+    The client must restart from the thread's state (``GET /threads/{id}/state``).
+
+    Example::
+
+        await broker.read(run_id, after="1-0", block=0)  # raises if 1-0 was trimmed
+    """
+
+
+class QueueError(HeadwaterError):
+    """A run queue could not be reached, or was asked something impossible.
+
+    Example::
+
+        queue_from_url("postgresql://127.0.0.1:1/x")  # QueueError naming the URL
     """
 
 

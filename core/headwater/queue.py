@@ -22,18 +22,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from headwater.errors import HeadwaterError
+from headwater.errors import QueueError
 
 __all__ = ["QueueError", "RunJob", "RunQueue", "queue_from_url"]
-
-
-class QueueError(HeadwaterError):
-    """A run queue could not be reached, or was asked something impossible.
-
-    Example::
-
-        queue_from_url("postgresql://127.0.0.1:1/x")  # QueueError naming the URL
-    """
 
 
 @attrs.frozen(kw_only=True)

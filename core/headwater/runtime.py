@@ -29,6 +29,7 @@ from headwater.events import ON_CUSTOM_EVENT, Event, Subscription
 
 __all__ = [
     "NodeMiddleware",
+    "new_id",
     "dispatch_event",
     "interrupt",
     "Run",
@@ -40,7 +41,12 @@ __all__ = [
 
 
 def new_id() -> str:
-    """A fresh random run id in UUID4 form (ids need to be unique, not secret)."""
+    """A fresh random run id in UUID4 form (ids need to be unique, not secret).
+
+    Example::
+
+        run_id = new_id()   # "8c0f…-…": also fine for thread ids
+    """
     h = "%032x" % ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -57,7 +63,8 @@ class Run:
 
     Attributes: ``run_id``, ``graph_name``, ``config`` (the run's config dict), ``input``,
     ``ns`` (namespace, ``()`` for a root run), ``parent_ids`` (run ids of enclosing runs),
-    ``tags`` and ``metadata`` (from the config).
+    ``parent`` (the enclosing :class:`Run` of a subgraph, else ``None``), ``tags`` and
+    ``metadata`` (from the config), ``plugin_manager`` (the plugins this run uses).
 
     Example::
 
@@ -78,7 +85,9 @@ class Run:
         "input",
         "metadata",
         "ns",
+        "parent",
         "parent_ids",
+        "plugin_manager",
         "run_id",
         "tags",
     )
@@ -102,7 +111,9 @@ class Run:
         self.parent_ids = parent_ids
         self.tags: tuple[str, ...] = tuple(config.get("tags") or ())
         self.metadata: Mapping[str, Any] = config.get("metadata") or {}
-        # A subgraph's run shares the root run's subscribers, sequence and valves.
+        # A subgraph's run shares the root run's subscribers, sequence, valves and plugins.
+        self.parent = parent
+        self.plugin_manager: Any = parent.plugin_manager if parent is not None else None
         self._root: Run = parent._root if parent is not None else self
         self._subs: list[Subscription] = self._root._subs if parent is not None else []
         self._by_kind: dict[str, tuple[Subscription, ...]] = {}

@@ -144,7 +144,7 @@ def _load_builtin_types() -> None:
         register_type(cls)
     from headwater._plugins import get_plugin_manager
 
-    for registered in get_plugin_manager().hook.headwater_serde_types():
+    for _plugin, registered in get_plugin_manager().call_each("headwater_serde_types"):
         for name, cls in (registered or {}).items():
             register_type(cls, name)
 
