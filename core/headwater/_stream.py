@@ -10,9 +10,12 @@ Why a background task and not an async generator holding a task group: the spec'
 or is cancelled. An async generator that yields inside a task group is closed later, in
 another task, where its cancel scope can no longer exit; a plain iterator object can
 cancel its run synchronously the moment it is dropped (``__del__``), closed (``aclose``)
-or its consumer is cancelled while waiting. The background task is an asyncio task or a
-trio system task; its cancel scope is cancelled from the consumer's side and
-``aclose()`` waits until it has finished, so no task, thread callback or queue is left.
+or its consumer is cancelled while waiting. For ``__del__`` to run on ``break``, nothing
+but the consumer may refer to the :class:`RunStream` handle: the background task and the
+run's subscriptions hold its inner :class:`_Pipe` only. The background task is an
+asyncio task or a trio system task; its cancel scope is cancelled from the consumer's
+side and ``aclose()`` waits until it has finished, so no task, thread callback or queue
+is left.
 
 Backpressure: when the queue is full, events go to an overflow list in order, and the
 run's producers wait at their next await point (end of a node, end of a step, the next
@@ -86,18 +89,11 @@ def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
         task.add_done_callback(_background.discard)
 
 
-class RunStream(AsyncIterator[Any]):
-    """The async iterator ``astream()`` and ``astream_events()`` return.
-
-    Iterate it with ``async for``; leaving the loop early (``break``, an exception, the
-    consumer being cancelled) cancels the run. ``await stream.aclose()`` cancels it and
-    waits until its tasks have finished; ``async with`` does the same on exit.
-
-    Example::
-
-        async with app.astream(state, stream_mode="updates") as stream:
-            async for chunk in stream:
-                print(chunk)
+class _Pipe:
+    """A run being streamed: its queue, its producer (the background task) and its
+    consumer side. Only the :class:`RunStream` handle refers to it from the consumer's
+    side; the background task and the run's subscriptions refer to it alone, never to the
+    handle, so dropping the handle (``break``) is seen at once by ``RunStream.__del__``.
     """
 
     def __init__(
@@ -238,9 +234,6 @@ class RunStream(AsyncIterator[Any]):
 
     # -- consumer side ---------------------------------------------------------------
 
-    def __aiter__(self) -> RunStream:
-        return self
-
     async def __anext__(self) -> Any:
         local = self._local
         if local:
@@ -311,17 +304,13 @@ class RunStream(AsyncIterator[Any]):
             with anyio.CancelScope(shield=True):
                 await self._done.wait()
 
-    async def __aenter__(self) -> RunStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
+    def abandon(self) -> None:
+        """The consumer dropped its handle: cancel the run (it cannot be awaited here)."""
         done = self._done
         if done is not None and not done.is_set() and threading.get_ident() == self._thread:
             self._cancel()
         elif done is None:  # never iterated: nothing runs, just release the queue
+            self._closing = True
             self._send.close()
             self._receive.close()
 
@@ -345,6 +334,60 @@ class RunStream(AsyncIterator[Any]):
             return self._take()
         except (StopAsyncIteration, Exception):
             return None
+
+
+class RunStream(AsyncIterator[Any]):
+    """The async iterator ``astream()`` and ``astream_events()`` return.
+
+    Iterate it with ``async for``; leaving the loop early (``break``, an exception, the
+    consumer being cancelled) cancels the run. ``await stream.aclose()`` cancels it and
+    waits until its tasks have finished; ``async with`` does the same on exit.
+
+    Example::
+
+        async with app.astream(state, stream_mode="updates") as stream:
+            async for chunk in stream:
+                print(chunk)
+    """
+
+    __slots__ = ("_pipe",)
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run being streamed (also the graph's ``on_chain_start`` run_id)."""
+        return self._pipe.run_id
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._pipe.__anext__()  # the pipe's own awaitable: no extra frame per item
+
+    async def aclose(self) -> None:
+        """Cancel the run (if still going) and wait until its tasks have finished."""
+        await self._pipe.aclose()
+
+    async def __aenter__(self) -> RunStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pipe.aclose()
+
+    async def next_batch(self) -> list[Any] | None:
+        """Wait for at least one item and return everything already available.
+
+        ``None`` once the stream has ended. Used by the sync :func:`stream_sync`.
+        """
+        return await self._pipe.next_batch()
+
+    def __del__(self) -> None:
+        # Dropped by its consumer (``break`` out of ``async for``): the run must stop.
+        pipe = getattr(self, "_pipe", None)
+        if pipe is not None:
+            pipe.abandon()
 
 
 # -- building streams --------------------------------------------------------------------
@@ -424,7 +467,7 @@ def open_stream(
                     f"Stream mode {name!r} reports checkpoints, and graph {graph.name!r} has no "
                     "checkpointer: compile it with checkpointer='memory:' (or sqlite:///…)."
                 )
-    return RunStream(graph, run, input, routes, _shaper(single, subgraphs), nested=subgraphs)
+    return RunStream(_Pipe(graph, run, input, routes, _shaper(single, subgraphs), nested=subgraphs))
 
 
 def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
@@ -564,14 +607,16 @@ def open_event_stream(
     accept = _all_accept([f.accept for f in event_filters if f.accept is not None])
     predicates = tuple(f.predicate for f in event_filters if f.predicate is not None)
     return RunStream(
-        graph,
-        run,
-        input,
-        routes,
-        _shaper(True, False),
-        nested=True,
-        accept=accept,
-        predicates=predicates,
+        _Pipe(
+            graph,
+            run,
+            input,
+            routes,
+            _shaper(True, False),
+            nested=True,
+            accept=accept,
+            predicates=predicates,
+        )
     )
 
 
