@@ -848,9 +848,11 @@ class CompiledGraph:
         )
         if len(todo) == 1:
             i = todo[0]
-            outcomes[i] = await _concurrency.run_one(
-                functools.partial(run_task, tasks[i], wrap, pm)
-            )
+            if persist is not None and len(tasks) == 1:
+                call = functools.partial(self._run_saved, persist, tasks[i], wrap, pm, True)
+            else:
+                call = functools.partial(run_task, tasks[i], wrap, pm)
+            outcomes[i] = await _concurrency.run_one(call)
         elif todo:
             results, error = await _concurrency.run_all(
                 [functools.partial(run_task, tasks[i], wrap, pm) for i in todo]
@@ -861,9 +863,14 @@ class CompiledGraph:
                 outcomes[i] = result
         return [o for o in outcomes if o is not None]
 
-    async def _run_saved(self, persist: _Persist, task: Task, wrap: bool, pm: Any) -> _Outcome:
+    async def _run_saved(
+        self, persist: _Persist, task: Task, wrap: bool, pm: Any, alone: bool = False
+    ) -> _Outcome:
         outcome = await self._run_task(task, wrap, pm)
-        await persist.save_write(task, outcome)
+        if not alone or outcome.interrupt is not None or task.resume:
+            # A step's only task that completed needs no write of its own: the step's
+            # checkpoint, written right after, carries its result.
+            await persist.save_write(task, outcome)
         return outcome
 
     async def _run_task(self, task: Task, wrap: bool, pm: Any) -> _Outcome:

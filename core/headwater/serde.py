@@ -159,7 +159,55 @@ def encode(value: Any, _path: str = "$") -> Any:
         encode((1, 2))  # {"__type__": "tuple", "items": [1, 2]}
     """
     _load_builtin_types()
-    return _encode(value, _path)
+    try:
+        return _fast(value)
+    except _Unsupported:
+        return _encode(value, _path)  # walk again, tracking the path, to name the culprit
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_PLAIN = (str, int, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(kind: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in attrs.fields(kind))
+    return names
+
+
+def _fast(value: Any) -> Any:
+    """The common case without path bookkeeping; raises _Unsupported on anything odd."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        if TAG in value:
+            raise _Unsupported
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Unsupported
+            out[k] = v if type(v) in _PLAIN else _fast(v)
+        return out
+    if kind is list:
+        return [v if type(v) in _PLAIN else _fast(v) for v in value]
+    name = _by_type.get(kind)
+    if name is not None:
+        out = {TAG: name}
+        for field in _fields_of(kind):
+            v = getattr(value, field)
+            out[field] = v if type(v) in _PLAIN else _fast(v)
+        return out
+    if kind is tuple:
+        return {TAG: "tuple", "items": [v if type(v) in _PLAIN else _fast(v) for v in value]}
+    if kind is float and value == value and value not in (float("inf"), float("-inf")):
+        return value
+    raise _Unsupported
 
 
 def _encode(value: Any, path: str) -> Any:
