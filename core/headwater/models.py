@@ -124,16 +124,22 @@ class ChatModel(abc.ABC):
         )
         observed.emit("start", {"messages": messages, "input": messages})
         total: AIMessageChunk | None = None
+        chunks = self._astream(messages, **kwargs)
         try:
-            async for chunk in self._astream(messages, **kwargs):
+            async for chunk in chunks:
                 total = chunk if total is None else total + chunk
                 observed.emit("stream", {"chunk": chunk})
                 await observed.relieve()
                 yield chunk
             response = (total or AIMessageChunk()).to_message()
-        except Exception as exc:
+        except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:  # close the adapter's stream now, not at garbage collection
+                with anyio.CancelScope(shield=True):
+                    await aclose()
         observed.emit("end", {"response": response, "output": response})
 
     async def ainvoke(self, input: Any, **kwargs: Any) -> AIMessage:

@@ -78,7 +78,7 @@ class Retriever(abc.ABC):
         observed.emit("start", {"query": query, "input": query})
         try:
             documents = await self._aretrieve(query)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
         observed.emit("end", {"documents": documents, "output": documents})

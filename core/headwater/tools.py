@@ -148,7 +148,7 @@ class Tool:
                 result = await self.fn(**args)
             else:
                 result = await anyio.to_thread.run_sync(functools.partial(self.fn, **args))
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
         observed.emit("end", {"output": result})

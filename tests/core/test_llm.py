@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -477,3 +478,30 @@ async def test_fixtures_for_users(
     assert "".join(e["data"]["chunk"].content for e in events) == "Hi there"
     chunks = await collect_stream(app, {"messages": ["hello"]}, stream_mode="updates")
     assert chunks[0]["chat_node"]["messages"][0].content == "Hi there"
+
+
+@pytest.mark.anyio
+async def test_a_model_left_early_or_cancelled_still_ends_its_events() -> None:
+    llm = FakeChatModel(["one two three four"], token_delay=0.01, cycle=True)
+
+    async def node(state: Chat) -> dict[str, Any]:
+        async with contextlib.aclosing(llm.astream("go")) as stream:
+            async for _chunk in stream:
+                break  # the node stops reading the model's stream after one chunk
+        with anyio.move_on_after(0.015):
+            await llm.ainvoke("again")  # cancelled mid-stream
+        return {"messages": [AIMessage(content="done")]}
+
+    events = [
+        e
+        async for e in _graph(node).astream_events(
+            {"messages": []}, include_types=["on_chat_model_*"]
+        )
+    ]
+    kinds = [e["event"] for e in events if e["event"] != "on_chat_model_stream"]
+    assert kinds == [
+        "on_chat_model_start",
+        "on_chat_model_error",
+        "on_chat_model_start",
+        "on_chat_model_error",
+    ]
