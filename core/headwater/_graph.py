@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -100,21 +101,47 @@ class Branch:
         return getattr(self.router, "__name__", type(self.router).__name__)
 
 
-def _returns_command(fn: Callable[..., Any]) -> bool:
+def _command_destinations(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """Where a node's ``Command(goto=...)`` may go, read from its return annotation.
+
+    ``()`` when it returns no ``Command``; the names of ``Command[Literal["a", "b"]]``;
+    ``None`` (anywhere) for a bare ``Command`` or an annotation that cannot be read.
+    """
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target) or isinstance(target, type)):
+        target = type(target).__call__  # a callable object: its __call__'s annotation
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(target)
     except Exception:
-        return False
+        return ()
     ret = hints.get("return")
     if ret is None:
-        return False
+        return ()
+    found: list[str] = []
     stack = [ret]
+    is_command = False
     while stack:
         t = stack.pop()
-        if t is Command or typing.get_origin(t) is Command:
-            return True
+        if t is Command:
+            return None
+        if typing.get_origin(t) is Command:
+            is_command = True
+            args = typing.get_args(t)
+            names = [a for arg in args for a in _literal_names(arg)]
+            if not names:
+                return None
+            found.extend(names)
+            continue
         stack.extend(typing.get_args(t))
-    return False
+    return tuple(dict.fromkeys(found)) if is_command else ()
+
+
+def _literal_names(t: Any) -> list[str]:
+    if typing.get_origin(t) is typing.Literal:
+        return [a for a in typing.get_args(t) if isinstance(a, str)]
+    return [n for arg in typing.get_args(t) for n in _literal_names(arg)]
 
 
 def _suggest(name: str, known: Sequence[str]) -> str:
@@ -162,14 +189,16 @@ class StateGraph:
 
     def add_node(
         self,
-        name: str,
-        fn: Callable[..., Any] | None = None,
+        name: str | Callable[..., Any],
+        fn: Callable[..., Any] | CompiledGraph | None = None,
         *,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         destinations: Sequence[str] | None = None,
     ) -> StateGraph:
-        """Add a node. ``fn`` may be omitted: ``add_node(fn)`` uses ``fn.__name__``.
+        """Add a node: a function, an async function or a compiled graph (a subgraph).
+
+        ``fn`` may be omitted: ``add_node(fn)`` uses ``fn.__name__`` as the name.
 
         ``tags`` go on every event of the node (and of models and tools it calls);
         ``metadata`` is merged into those events' metadata; ``destinations`` lists the
@@ -211,19 +240,30 @@ class StateGraph:
             raise GraphValidationError(
                 f"Tags of node {name!r} must be a list of strings; got {tags!r:.80}."
             )
+        node_fn: Callable[..., Any]
         if isinstance(fn, CompiledGraph):
             subgraph: CompiledGraph | None = fn
+            node_fn = fn.ainvoke  # not called: the scheduler runs `subgraph` as a child run
             calling = Calling(is_async=True, config="positional", writer=False)
         else:
             subgraph = None
+            node_fn = fn
             calling = calling_convention(fn, f"Node {name!r}")
-        if destinations is None and subgraph is None and not _returns_command(fn):
-            dests: tuple[str, ...] | None = ()
+        dests: tuple[str, ...] | None
+        if destinations is not None:
+            if isinstance(destinations, str) or not all(isinstance(d, str) for d in destinations):
+                raise GraphValidationError(
+                    f"destinations of node {name!r} must be a list of node names; got "
+                    f"{destinations!r:.80}."
+                )
+            dests = tuple(destinations)
+        elif subgraph is not None:
+            dests = None
         else:
-            dests = tuple(destinations) if destinations is not None else None
+            dests = _command_destinations(node_fn)
         self.nodes[name] = NodeSpec(
             name=name,
-            fn=fn,
+            fn=node_fn,
             calling=calling,
             tags=tuple(tags or ()),
             metadata=dict(metadata or {}),
@@ -387,7 +427,7 @@ class StateGraph:
         for spec in self.nodes.values():
             for target in spec.destinations or ():
                 if target != END:
-                    check(target, f"Node {spec.name!r} destinations", "names")
+                    check(target, f"Command destinations of node {spec.name!r}", "name")
 
         has_entry = any(s == START for s, _ in self.edges) or any(
             b.source == START for b in self.branches
@@ -440,7 +480,8 @@ class StateGraph:
         if unreachable:
             raise GraphValidationError(
                 f"Node {unreachable[0]!r} is unreachable from START: no edge, path_map or "
-                "Command destination leads to it. Add an edge to it or remove it."
+                "Command destination leads to it. Add an edge to it, remove it, or annotate "
+                f"the node that goes there with Command: -> Command[Literal[{unreachable[0]!r}]]."
             )
 
     def compile(

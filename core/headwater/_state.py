@@ -8,6 +8,8 @@ takes the last value written (and two writes to it in one step are an error).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import operator
 import typing
 from collections.abc import Callable, Mapping
@@ -73,15 +75,33 @@ class Field:
                 current, values = values[0], values[1:]
                 if not values:
                     return current
-        bulk = _BULK.get(reducer)
-        if bulk is not None and len(values) > 1:
-            return bulk(current, values)
-        for value in values:
-            current = reducer(current, value)
+        try:
+            bulk = _BULK.get(reducer)
+            if bulk is not None and len(values) > 1:
+                return bulk(current, values)
+            for value in values:
+                current = reducer(current, value)
+        except Exception as exc:
+            name = getattr(reducer, "__name__", type(reducer).__name__)
+            exc.add_note(
+                f"While applying reducer {name} of state key {self.name!r} to the value(s) "
+                f"{values!r:.120}."
+            )
+            raise
         return current
 
 
 _EMPTY_TYPES = (list, dict, set, frozenset, tuple, int, float, str)
+
+
+_QUALIFIERS = frozenset({"Required", "NotRequired", "ReadOnly", "ClassVar", "Final"})
+
+
+def _unwrap(hint: Any) -> Any:
+    """``Annotated[T, r]`` out of ``NotRequired[Annotated[T, r]]`` (and Required, ReadOnly)."""
+    while getattr(typing.get_origin(hint), "_name", None) in _QUALIFIERS:
+        hint = typing.get_args(hint)[0]
+    return hint
 
 
 def _empty_of(hint: Any) -> Callable[[], Any] | None:
@@ -123,7 +143,19 @@ class Schema:
         """The object a node receives: a fresh dict, or an instance of the schema class."""
         if self.kind in ("typeddict", "dict"):
             return dict(values)
-        return self.cls(**values)
+        try:
+            return self.cls(**values)
+        except TypeError:
+            missing = [
+                k for k, f in self.fields.items() if f.default is _MISSING and k not in values
+            ]
+            if not missing:
+                raise
+            raise InvalidInputError(
+                f"The state has no value for required field(s) {missing} of {self.kind} "
+                f"{self.name}, so nodes cannot receive a {self.name}: pass them in the input "
+                "or give them defaults."
+            ) from None
 
     def coerce_input(self, value: Any, graph: str) -> dict[str, Any]:
         """Check a run's input and return it as a plain dict of known keys."""
@@ -134,18 +166,26 @@ class Schema:
                 if getattr(value, k, _MISSING) is not _MISSING
             }
         if not isinstance(value, Mapping):
+            example = ", ".join(f"{k!r}: ..." for k in sorted(self.keys)[:3])
             raise InvalidInputError(
-                f"Input of graph {graph!r} must be a mapping of state keys (like "
-                f"{{{', '.join(repr(k) for k in sorted(self.keys)[:3])}: ...}}) or None to resume "
-                f"a thread; got {type(value).__name__}: {value!r:.80}."
+                f"Input of graph {graph!r} must be a mapping of state keys (like {{{example}}}) "
+                f"or None to resume a thread; got {type(value).__name__}: {value!r:.80}."
             )
         unknown = value.keys() - self.keys
         if unknown:
             raise InvalidInputError(
-                f"Input of graph {graph!r} has unknown key(s) {sorted(map(str, unknown))}; "
-                f"the state schema {self.name} has keys {sorted(self.keys)}."
+                f"Input of graph {graph!r} has unknown key(s) {sorted(map(str, unknown))}"
+                f"{self._did_you_mean(unknown)}; the state schema {self.name} has keys "
+                f"{sorted(self.keys)}."
             )
         return dict(value)
+
+    def _did_you_mean(self, unknown: Any) -> str:
+        for key in sorted(map(str, unknown)):
+            close = difflib.get_close_matches(key, list(self.keys), n=1)
+            if close:
+                return f" (did you mean {close[0]!r} for {key!r}?)"
+        return ""
 
     def defaults(self) -> dict[str, Any]:
         """Values every run starts from (dataclass/attrs defaults)."""
@@ -158,6 +198,14 @@ class Schema:
     def check_update(self, node: str, update: Any) -> Mapping[str, Any]:
         """Validate a node's return value as a state update."""
         if not isinstance(update, Mapping):
+            if inspect.isawaitable(update):
+                if inspect.iscoroutine(update):
+                    update.close()  # never awaited, on purpose: no RuntimeWarning
+                raise InvalidUpdateError(
+                    f"Node {node!r} returned an awaitable ({type(update).__name__}) instead of "
+                    "an update: it is a sync function calling an async one. Make the node "
+                    "`async def` and await the call."
+                )
             raise InvalidUpdateError(
                 f"Node {node!r} returned {type(update).__name__} ({update!r:.80}); expected a "
                 f"mapping of state keys to new values (a dict like {{'key': value}}), a "
@@ -166,8 +214,9 @@ class Schema:
         if not update.keys() <= self.keys:
             unknown = sorted(map(str, update.keys() - self.keys))
             raise InvalidUpdateError(
-                f"Node {node!r} returned unknown state key(s) {unknown}; the state schema "
-                f"{self.name} has keys {sorted(self.keys)}."
+                f"Node {node!r} returned unknown state key(s) {unknown}"
+                f"{self._did_you_mean(unknown)}; the state schema {self.name} has keys "
+                f"{sorted(self.keys)}."
             )
         return update
 
@@ -229,9 +278,9 @@ def describe_schema(schema: Any) -> Schema:
     fields = {
         n: Field(
             n,
-            _reducer_of(n, hints.get(n), name),
+            _reducer_of(n, _unwrap(hints.get(n)), name),
             defaults.get(n, _MISSING),
-            _empty_of(hints.get(n)),
+            _empty_of(_unwrap(hints.get(n))),
         )
         for n in names
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import attrs
 
@@ -57,19 +57,29 @@ def _goto(value: str | Send | Sequence[str | Send] | None) -> tuple[str | Send, 
     return tuple(value)
 
 
+if TYPE_CHECKING:  # a bare ``-> Command`` means Command[Any], also under mypy --strict
+    from typing_extensions import TypeVar as _TypeVar
+
+    N = _TypeVar("N", default=Any)
+else:
+    N = TypeVar("N")
+
+
 @attrs.frozen
-class Command:
+class Command(Generic[N]):
     """Returned by a node to update the state and choose where to go next in one value.
 
     ``update`` is applied like a node's ordinary return value; ``goto`` names the next
     node(s) — a name, a :class:`Send`, or a sequence of them (``END`` is allowed). The
-    node's static edges still apply as well. As a run's *input*, ``Command(resume=value)``
+    node's static edges still apply as well. Annotate the node ``-> Command[Literal["a",
+    "b"]]`` to declare where it may go: ``compile()`` then checks those names and counts
+    them as reachable. As a run's *input*, ``Command(resume=value)``
     continues a thread paused by :func:`~headwater.interrupt`: the paused node runs again
     and its ``interrupt()`` call returns ``value``.
 
     Example::
 
-        def review(state):
+        def review(state) -> Command[Literal["publish", "__end__"]]:
             if state["score"] > 0.8:
                 return Command(update={"status": "approved"}, goto="publish")
             return Command(update={"status": "rejected"}, goto=END)
