@@ -9,10 +9,11 @@ then decide the next step's tasks. The run ends when a step triggers nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,6 +33,7 @@ from headwater.checkpoint import (
     PendingTask,
     PendingWrite,
     StateSnapshot,
+    WriteBatch,
     checkpointer_from_url,
     new_checkpoint_id,
 )
@@ -59,6 +61,9 @@ if TYPE_CHECKING:
     from headwater._stream import RunStream
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
+
+_ASYNC_BACKLOG = 256
+"""Checkpoint writes an ``async`` run may have in flight before its steps wait."""
 
 INTERRUPT_KEY = "__interrupt__"
 """Key under which a paused run's result (and ``updates`` stream) carries its interrupts."""
@@ -132,6 +137,71 @@ class _Persist:
         self.ns = ""
         self.run = run
         self.checkpoint_id: str | None = None
+        self.durable = run.config.get("durability", "sync") == "sync"
+        self._queue: list[Checkpoint | WriteBatch] = []
+        self._wake: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._error: BaseException | None = None
+
+    async def _store(self, item: Checkpoint | WriteBatch, *, now: bool = False) -> None:
+        """Write now (``durability="sync"``, or ``now``) or hand to the background writer."""
+        if self.durable or (now and not self._queue):
+            if isinstance(item, Checkpoint):
+                await self.saver.aput(item)
+            else:
+                await self.saver.aput_writes(
+                    item.thread_id, item.ns, item.checkpoint_id, item.writes
+                )
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.append(item)
+        if self._wake is not None:
+            self._wake.set()
+        while len(self._queue) > _ASYNC_BACKLOG and self._error is None:
+            self._room = anyio.Event()  # bounded memory: wait for the writer to catch up
+            await self._room.wait()
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue, []
+            try:
+                await self.saver.aput_batch(batch)
+            except Exception as exc:  # surfaced by the next save, or when the run ends
+                self._error = exc
+            if self._room is not None:
+                self._room.set()
+            if self._error is not None:
+                return
+
+    @contextlib.asynccontextmanager
+    async def background(self) -> AsyncIterator[None]:
+        """Run the ordered background writer of an ``async`` run; flush it at the end."""
+        if self.durable:
+            yield
+            return
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer)
+            try:
+                yield
+            except BaseException as exc:  # re-raised below as it is, not in an ExceptionGroup
+                failed = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    while self._queue and self._error is None:
+                        await anyio.lowlevel.checkpoint()
+                        if self._wake is not None:
+                            self._wake.set()
+                tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        if self._error is not None:
+            raise self._error
 
     @classmethod
     def open(cls, graph: CompiledGraph, run: Run) -> _Persist | None:
@@ -191,7 +261,9 @@ class _Persist:
             },
             created_at=datetime.datetime.now(datetime.UTC).isoformat(),
         )
-        await self.saver.aput(checkpoint)
+        # A run's input checkpoint is always written before its first step, even with
+        # durability="async": a crash can then cost repeated steps, never the run itself.
+        await self._store(checkpoint, now=source == "input")
         self.checkpoint_id = checkpoint_id
         run = self.run
         subs = run.subscriptions(CHECKPOINT)
@@ -218,7 +290,7 @@ class _Persist:
             interrupt=outcome.interrupt,
             resume=task.resume,
         )
-        await self.saver.aput_writes(self.thread_id, self.ns, self.checkpoint_id, [write])
+        await self._store(WriteBatch(self.thread_id, self.ns, self.checkpoint_id, (write,)))
 
 
 def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateSnapshot:
@@ -504,6 +576,7 @@ class CompiledGraph:
         update = self.schema.check_update(as_node or "update_state", values)
         run = self.prepare_run(None, config)
         persist = _Persist(saver, thread_id, run)
+        persist.durable = True  # one write, outside any run: always synchronous
         latest = await persist.load()
         joins: list[set[str]]
         if latest is None:
@@ -582,7 +655,11 @@ class CompiledGraph:
             subs = run.subscriptions(ON_CHAIN_START)
             if subs:
                 run.emit(subs, ON_CHAIN_START, *header, {"input": input})
-            values = await self._loop(run, start, pm)
+            if start.persist is not None:
+                async with start.persist.background():
+                    values = await self._loop(run, start, pm)
+            else:
+                values = await self._loop(run, start, pm)
             subs = run.subscriptions(ON_CHAIN_END)
             if subs:
                 run.emit(subs, ON_CHAIN_END, *header, {"output": dict(values)})
@@ -931,12 +1008,18 @@ class CompiledGraph:
         if calling.is_async:
             return await spec.fn(*args, **kwargs)
         if kwargs:
-            return await anyio.to_thread.run_sync(functools.partial(spec.fn, *args, **kwargs))
-        return await anyio.to_thread.run_sync(spec.fn, *args)
+            return await anyio.to_thread.run_sync(
+                _sync_node, self.schema, task.node, functools.partial(spec.fn, **kwargs), *args
+            )
+        return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, spec.fn, *args)
 
     async def _as_node(self, task: Task, parent_schema: Schema) -> dict[str, Any]:
-        run = self.prepare_run(task.input, task.run.config, parent=task)
-        values = await self.execute(run, task.input)
+        node_input = task.input
+        if task.path[:1] != ("push",):  # the parent's state: pass on the keys this graph has
+            parent_values = parent_schema.coerce_input(node_input, task.node)
+            node_input = {k: v for k, v in parent_values.items() if k in self.schema.keys}
+        run = self.prepare_run(node_input, task.run.config, parent=task)
+        values = await self.execute(run, node_input)
         return {k: v for k, v in values.items() if k in parent_schema.keys}
 
     def _outcome(self, node: str, out: Any) -> _Outcome:
@@ -1067,6 +1150,15 @@ class CompiledGraph:
         return out
 
 
+def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync node in its worker thread; a coroutine it returns is reported here
+    (trio would refuse it with a confusing TypeError, asyncio would pass it on)."""
+    out = fn(*args)
+    if inspect.iscoroutine(out):
+        schema.check_update(node, out)  # raises InvalidUpdateError: make the node async
+    return out
+
+
 async def _wrapped(call: Callable[[Task], Any], task: Task, pm: Any) -> Any:
     middlewares = [m for m in pm.hook.headwater_wrap_node(task=task) if m is not None]
     if not middlewares:
@@ -1079,7 +1171,7 @@ async def _wrapped(call: Callable[[Task], Any], task: Task, pm: Any) -> Any:
 
 def _check_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if config is None:
-        return _EMPTY
+        config = _EMPTY
     if not isinstance(config, Mapping):
         raise InvalidInputError(
             f"config must be a mapping like {{'configurable': {{'thread_id': '1'}}}}; got "
@@ -1091,10 +1183,19 @@ def _check_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
             f"config['recursion_limit'] must be a positive int (supersteps per run, default "
             f"{DEFAULT_RECURSION_LIMIT}); got {limit!r}."
         )
+    durability = config.get("durability", "sync")
+    if durability not in ("sync", "async"):
+        raise InvalidInputError(
+            f"config['durability'] must be 'sync' (every checkpoint write finishes before the "
+            f"next step) or 'async' (written in the background, flushed when the run ends); "
+            f"got {durability!r:.40}."
+        )
     configurable = config.get("configurable", _EMPTY)
     if not isinstance(configurable, Mapping):
         raise InvalidInputError(
             "config['configurable'] must be a mapping like {'thread_id': '1'}; got "
             f"{configurable!r:.80}."
         )
+    if configurable is _EMPTY:  # nodes and routers may read config["configurable"] freely
+        return {**config, "configurable": {}}
     return config

@@ -44,6 +44,7 @@ __all__ = [
     "PendingTask",
     "PendingWrite",
     "StateSnapshot",
+    "WriteBatch",
     "checkpointer_from_url",
     "new_checkpoint_id",
 ]
@@ -217,8 +218,35 @@ class Checkpointer(abc.ABC):
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete every checkpoint and write of a thread."""
 
+    async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
+        """Save several checkpoints and write batches, in order.
+
+        Used by ``durability="async"`` runs; a backend overrides it to write a batch in
+        one transaction (the default saves them one by one).
+        """
+        for item in items:
+            if isinstance(item, Checkpoint):
+                await self.aput(item)
+            else:
+                await self.aput_writes(item.thread_id, item.ns, item.checkpoint_id, item.writes)
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook with a default
         """Release connections (default: nothing to do)."""
+
+
+@attrs.frozen
+class WriteBatch:
+    """Pending writes for one checkpoint, as :meth:`Checkpointer.aput_batch` receives them.
+
+    Example::
+
+        WriteBatch("t1", "", checkpoint_id, (PendingWrite(task_id="c/0", node="a"),))
+    """
+
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    writes: tuple[PendingWrite, ...]
 
 
 def encode_record(value: Any) -> bytes:

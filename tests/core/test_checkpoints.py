@@ -296,3 +296,45 @@ async def test_many_threads_run_concurrently_on_one_memory_checkpointer() -> Non
         for i in range(50):
             tg.start_soon(one, i)
     assert all(results[i]["n"] == i + 2 for i in range(50))
+
+
+@pytest.mark.anyio
+async def test_async_durability_flushes_in_order_and_keeps_errors_and_interrupts() -> None:
+    app = chain("a", "b", "c")
+    background = {**config("t"), "durability": "async"}
+    assert await app.ainvoke({"n": 0, "log": []}, background) == {
+        "n": 3,
+        "log": ["inc0", "inc1", "inc2"],
+    }
+    history = await app.aget_state_history(background)
+    assert [h.metadata["step"] for h in history] == [3, 2, 1, 0]  # all flushed, in order
+
+    async def boom(state: State) -> dict[str, Any]:
+        raise KeyError("original")
+
+    graph = StateGraph(State)
+    graph.add_node("a", inc)
+    graph.add_node("boom", boom)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "boom")
+    failing = graph.compile(checkpointer="memory:")
+    with pytest.raises(KeyError, match="original"):  # the original type, no ExceptionGroup
+        await failing.ainvoke({"n": 0, "log": []}, {**config("f"), "durability": "async"})
+    state = await failing.aget_state({"configurable": {"thread_id": "f"}})
+    assert state.values["n"] == 1 and state.next == ("boom",)  # flushed before raising
+
+    def ask(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("ok?")}
+
+    paused_graph = StateGraph(State)
+    paused_graph.add_node("ask", ask)
+    paused_graph.add_edge(START, "ask")
+    asking = paused_graph.compile(checkpointer="memory:")
+    cfg = {"configurable": {"thread_id": "i"}, "durability": "async"}
+    assert "__interrupt__" in await asking.ainvoke({"n": 0}, cfg)
+    assert (await asking.ainvoke(Command(resume="yes"), cfg))["answer"] == "yes"
+
+
+def test_bad_durability_is_named() -> None:
+    with pytest.raises(InvalidInputError, match="durability"):
+        chain("a").invoke({"n": 0}, {**config("t"), "durability": "eventually"})

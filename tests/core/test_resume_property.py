@@ -59,9 +59,10 @@ def build(width: int, laps: int, joins: bool) -> StateGraph:
     laps=st.integers(min_value=1, max_value=5),
     joins=st.booleans(),
     pause_before=st.booleans(),
+    durability=st.sampled_from(["sync", "async"]),
 )
 def test_pausing_after_every_step_and_resuming_changes_nothing(
-    width: int, laps: int, joins: bool, pause_before: bool
+    width: int, laps: int, joins: bool, pause_before: bool, durability: str
 ) -> None:
     graph = build(width, laps, joins)
     start = {"n": 0, "log": [], "total": 0}
@@ -72,7 +73,7 @@ def test_pausing_after_every_step_and_resuming_changes_nothing(
         interrupt_before=nodes if pause_before else (),
         interrupt_after=() if pause_before else nodes,
     )
-    config = {"configurable": {"thread_id": "t"}, "recursion_limit": 100}
+    config = {"configurable": {"thread_id": "t"}, "recursion_limit": 100, "durability": durability}
     result = paused.invoke(start, config)
     resumes = 0
     while "__interrupt__" in result:

@@ -61,7 +61,10 @@ GRAPH_SCRIPT = textwrap.dedent(
     graph.add_conditional_edges("work", route, ["work", "fan", END])
     graph.add_edge("fan", "work")
     app = graph.compile(checkpointer=sys.argv[1])
-    config = {"configurable": {"thread_id": os.environ["THREAD"]}}
+    config = {
+        "configurable": {"thread_id": os.environ["THREAD"]},
+        "durability": os.environ.get("DURABILITY", "sync"),
+    }
     first = None if sys.argv[2] == "resume" else {"n": 0, "log": []}
     print(repr(anyio.run(app.ainvoke, first, config)))
     """
@@ -81,12 +84,14 @@ def _run(
     )
 
 
-def check_crash_resume(url: str, kill_at: int, workdir: Path) -> None:
+def check_crash_resume(url: str, kill_at: int, workdir: Path, durability: str = "sync") -> None:
     """Kill a run with SIGKILL inside step ``kill_at``, resume it in a new process, and
     assert the final state equals an uninterrupted run's (on the same backend).
 
     The scripted graph loops through ``work`` nodes with ``Send`` fan-outs in between;
-    ``kill_at`` (0 ... :data:`MAX_KILL_STEP`) picks where the process dies.
+    ``kill_at`` (0 ... :data:`MAX_KILL_STEP`) picks where the process dies; with
+    ``durability="async"`` the resumed run may repeat steps whose checkpoints were still
+    in flight, and must still end in the same state.
     """
     script = workdir / "crash_graph.py"
     script.write_text(GRAPH_SCRIPT)
@@ -94,7 +99,12 @@ def check_crash_resume(url: str, kill_at: int, workdir: Path) -> None:
         script, url, "start", {"THREAD": uuid.uuid4().hex, "MARK": str(workdir / "unused")}
     )
     assert reference.returncode == 0, reference.stderr
-    env = {"KILL_AT": str(kill_at), "MARK": str(workdir / "killed"), "THREAD": uuid.uuid4().hex}
+    env = {
+        "KILL_AT": str(kill_at),
+        "MARK": str(workdir / "killed"),
+        "THREAD": uuid.uuid4().hex,
+        "DURABILITY": durability,
+    }
     killed = _run(script, url, "start", env)
     assert killed.returncode == -9, (killed.returncode, killed.stderr)
     resumed = _run(script, url, "resume", env)

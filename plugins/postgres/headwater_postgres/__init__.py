@@ -30,6 +30,7 @@ from headwater.checkpoint import (
     Checkpointer,
     CheckpointTuple,
     PendingWrite,
+    WriteBatch,
     decode_record,
     encode_record,
 )
@@ -218,6 +219,37 @@ class PostgresCheckpointer(Checkpointer):
                     "task_id) DO UPDATE SET data = EXCLUDED.data",
                     rows,
                 )
+
+        await self._run(put)
+
+    async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
+        """Save checkpoints and write batches in order, in one transaction (one commit)."""
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        for item in items:
+            if isinstance(item, Checkpoint):
+                rows.append(
+                    (
+                        "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (item.thread_id, item.ns, item.id, encode_record(item)),
+                    )
+                )
+            else:
+                rows.extend(
+                    (
+                        "INSERT INTO headwater_writes "
+                        "(thread_id, ns, checkpoint_id, task_id, data) "
+                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, "
+                        "task_id) DO UPDATE SET data = EXCLUDED.data",
+                        (item.thread_id, item.ns, item.checkpoint_id, w.task_id, encode_record(w)),
+                    )
+                    for w in item.writes
+                )
+
+        def put(db: psycopg.Connection[Any]) -> None:
+            with db.transaction(), db.cursor() as cursor:
+                for sql, args in rows:
+                    cursor.execute(sql, args)
 
         await self._run(put)
 

@@ -28,6 +28,7 @@ from headwater.checkpoint import (
     Checkpointer,
     CheckpointTuple,
     PendingWrite,
+    WriteBatch,
     decode_record,
     encode_record,
 )
@@ -172,6 +173,39 @@ class SqliteCheckpointer(Checkpointer):
                     "VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(put)
+
+    async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
+        """Save checkpoints and write batches in order, in one transaction."""
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        for item in items:
+            if isinstance(item, Checkpoint):
+                rows.append(
+                    (
+                        "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, ?, ?, ?)",
+                        (item.thread_id, item.ns, item.id, encode_record(item)),
+                    )
+                )
+            else:
+                rows.extend(
+                    (
+                        "INSERT OR REPLACE INTO writes (thread_id, ns, checkpoint_id, task_id, "
+                        "data) VALUES (?, ?, ?, ?, ?)",
+                        (item.thread_id, item.ns, item.checkpoint_id, w.task_id, encode_record(w)),
+                    )
+                    for w in item.writes
+                )
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            try:
+                for sql, args in rows:
+                    db.execute(sql, args)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

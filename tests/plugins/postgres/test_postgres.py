@@ -80,11 +80,14 @@ def test_redact_hides_only_the_password() -> None:
 @settings(
     max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP))
+@given(
+    kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP),
+    durability=st.sampled_from(["sync", "async"]),
+)
 def test_sigkill_at_any_step_then_resume_gives_the_uninterrupted_result(
-    pg_url: str, tmp_path_factory: pytest.TempPathFactory, kill_at: int
+    pg_url: str, tmp_path_factory: pytest.TempPathFactory, kill_at: int, durability: str
 ) -> None:
-    check_crash_resume(pg_url, kill_at, tmp_path_factory.mktemp("pgcrash"))
+    check_crash_resume(pg_url, kill_at, tmp_path_factory.mktemp("pgcrash"), durability)
 
 
 class _Counter(TypedDict):

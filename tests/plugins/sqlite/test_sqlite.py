@@ -85,12 +85,15 @@ def test_misspelled_scheme_suggests_sqlite() -> None:
 @settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP))
+@given(
+    kill_at=st.integers(min_value=0, max_value=MAX_KILL_STEP),
+    durability=st.sampled_from(["sync", "async"]),
+)
 def test_sigkill_at_any_step_then_resume_gives_the_uninterrupted_result(
-    tmp_path_factory: pytest.TempPathFactory, kill_at: int
+    tmp_path_factory: pytest.TempPathFactory, kill_at: int, durability: str
 ) -> None:
     tmp = tmp_path_factory.mktemp("crash")
-    check_crash_resume(f"sqlite:///{tmp / 'crash.db'}", kill_at, tmp)
+    check_crash_resume(f"sqlite:///{tmp / 'crash.db'}", kill_at, tmp, durability)
 
 
 class _Counter(TypedDict):
