@@ -1007,11 +1007,18 @@ class CompiledGraph:
             kwargs["writer"] = task.writer
         if calling.is_async:
             return await spec.fn(*args, **kwargs)
-        if kwargs:
-            return await anyio.to_thread.run_sync(
-                _sync_node, self.schema, task.node, functools.partial(spec.fn, **kwargs), *args
-            )
-        return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, spec.fn, *args)
+        fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
+        run = task.run
+        if not run.streaming:
+            return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+        run.threads_starting()
+        try:
+            out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+        except BaseException:
+            run.threads_done(raise_errors=False)  # the node's own error is what counts
+            raise
+        run.threads_done()
+        return out
 
     async def _as_node(self, task: Task, parent_schema: Schema) -> dict[str, Any]:
         node_input = task.input

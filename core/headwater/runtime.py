@@ -22,6 +22,7 @@ from random import getrandbits
 from typing import Any
 
 import anyio.from_thread
+import anyio.lowlevel
 import attrs
 
 from headwater.errors import StreamWriterError
@@ -57,6 +58,73 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 _NOBODY: tuple[Subscription, ...] = ()
 
+_INBOX_LIMIT = 1024
+"""Events a worker thread may queue for the event loop before it waits for them to be
+delivered (and for consumers to have room): bounds memory, gives backpressure."""
+
+
+class _Inbox:
+    """Events emitted from worker threads (sync nodes), handed to the event loop in batches.
+
+    The first event into an empty inbox schedules one drain on the loop without waiting
+    (``run_sync_soon``); later events join that batch. So a sync node writing 50,000
+    progress events pays one loop wake-up per batch, not per event, and its events still
+    arrive at once when it writes only now and then. A full inbox makes the thread wait
+    until the batch is delivered and consumers have room.
+    """
+
+    __slots__ = ("error", "items", "lock", "root", "token")
+
+    def __init__(self, root: Run) -> None:
+        self.root = root
+        self.lock = threading.Lock()
+        self.items: list[tuple[Run, tuple[Any, ...]]] = []
+        self.token: anyio.lowlevel.EventLoopToken | None = None
+        self.error: BaseException | None = None
+
+    def put(self, run: Run, args: tuple[Any, ...]) -> None:
+        """Queue one event from a worker thread (never called on the loop thread)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        with self.lock:
+            items = self.items
+            items.append((run, args))
+            count = len(items)
+        token = self.token
+        if count >= _INBOX_LIMIT or token is None:
+            anyio.from_thread.run(self.deliver)
+        elif count == 1:
+            token.backend_class.run_sync_soon(self.drain, (), token.native_token)
+
+    def drain(self) -> None:
+        """Emit every queued event, in order, on the event-loop thread."""
+        with self.lock:
+            items, self.items = self.items, []
+        for run, args in items:
+            try:
+                run.emit(*args)
+            except BaseException as exc:  # re-raised in the emitting thread or its node
+                if self.error is None:
+                    self.error = exc
+
+    async def deliver(self) -> None:
+        """Drain, then wait until every consumer has room (backpressure)."""
+        self.drain()
+        await self.root.relieve()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def settle(self, *, raise_errors: bool) -> None:
+        """On the loop after a sync node returns: deliver what it left, raise what failed."""
+        if self.items:
+            self.drain()
+        if self.error is not None:
+            error, self.error = self.error, None
+            if raise_errors:
+                raise error
+
 
 class Run:
     """One execution of a compiled graph, as hooks see it.
@@ -75,6 +143,7 @@ class Run:
 
     __slots__ = (
         "_by_kind",
+        "_inbox",
         "_loop_thread",
         "_root",
         "_seq",
@@ -122,6 +191,7 @@ class Run:
             self._root._valves if parent is not None else []
         )
         self._loop_thread = threading.get_ident()
+        self._inbox: _Inbox = parent._inbox if parent is not None else _Inbox(self)
 
     # -- subscriptions (resolved once per run) --------------------------------------
 
@@ -181,19 +251,16 @@ class Run:
     ) -> None:
         """Deliver one event to ``subs`` (from :meth:`subscriptions`), building it once.
 
-        Safe to call from a worker thread started by the scheduler: delivery hops to the
-        event-loop thread, and the thread waits while a consumer's queue is full.
+        Safe to call from a worker thread started by the scheduler: events hop to the
+        event-loop thread in order, in batches, and the thread waits when consumers fall
+        far behind.
 
         Example::
 
             run.emit(subs, "on_custom_event", "node", task_id, (run.run_id,), (), {}, {"x": 1})
         """
         if threading.get_ident() != self._loop_thread:
-            anyio.from_thread.run_sync(
-                self.emit, subs, kind, name, run_id, parent_ids, tags, metadata, data
-            )
-            if self._valves:
-                anyio.from_thread.run(self.relieve)
+            self._inbox.put(self, (subs, kind, name, run_id, parent_ids, tags, metadata, data))
             return
         event = None
         number = 0
@@ -221,6 +288,19 @@ class Run:
                     ns=self.ns,
                 )
             sub.callback(event)
+
+    def threads_starting(self) -> None:
+        """Called on the loop before a sync node starts in a worker thread: lets its
+        events be handed back in batches (see :meth:`emit`)."""
+        inbox = self._inbox
+        if inbox.token is None:
+            inbox.token = anyio.lowlevel.current_token()
+
+    def threads_done(self, *, raise_errors: bool = True) -> None:
+        """Called on the loop after a sync node's thread returns: its events are all
+        delivered before anything the scheduler emits next (an error in delivering them
+        is raised here, unless ``raise_errors`` is false)."""
+        self._inbox.settle(raise_errors=raise_errors)
 
     async def relieve(self) -> None:
         """Wait until every consumer of this run has room again (backpressure)."""

@@ -413,6 +413,55 @@ async def test_writer_works_in_sync_nodes_in_threads_and_code_they_call() -> Non
     assert threading.get_ident() not in threads
 
 
+async def test_many_events_from_sync_nodes_arrive_complete_in_order_before_their_update() -> None:
+    def flood(state: S) -> dict[str, Any]:
+        write = get_stream_writer()
+        for i in range(5000):
+            write(i)
+        return {"n": state["n"] + 1}
+
+    g = StateGraph(S)
+    g.add_node("a", flood)
+    g.add_node("b", flood)
+    g.add_edge(START, "a")
+    g.add_edge("a", "b")
+    g.add_edge("b", END)
+    chunks = [c async for c in g.compile().astream(INPUT, stream_mode=["custom", "updates"])]
+    modes = [mode for mode, _ in chunks]
+    assert modes == ["custom"] * 5000 + ["updates"] + ["custom"] * 5000 + ["updates"]
+    assert [c for m, c in chunks if m == "custom"] == [*range(5000), *range(5000)]
+
+
+async def test_parallel_sync_nodes_keep_each_ones_events_in_order() -> None:
+    def make(tag: str) -> Callable[[S], None]:
+        def node(state: S) -> None:
+            write = get_stream_writer()
+            for i in range(3000):
+                write((tag, i))
+
+        return node
+
+    g = StateGraph(S)
+    for tag in "xyz":
+        g.add_node(tag, make(tag))
+        g.add_edge(START, tag)
+    chunks = [c async for c in g.compile().astream(INPUT, stream_mode="custom")]
+    assert len(chunks) == 9000
+    for tag in "xyz":
+        assert [i for t, i in chunks if t == tag] == list(range(3000))
+
+
+async def test_a_thread_a_sync_node_starts_itself_can_write_events() -> None:
+    def node(state: S) -> None:
+        write = get_stream_writer()
+        worker = threading.Thread(target=lambda: [write(i) for i in range(100)])
+        worker.start()
+        worker.join()
+
+    chunks = [c async for c in build(("node", node)).astream(INPUT, stream_mode="custom")]
+    assert chunks == list(range(100))
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -755,6 +804,9 @@ async def test_a_slow_consumer_holds_back_a_sync_node_in_a_thread() -> None:
             produced[0] += 1
             write(i)
 
+    from headwater.runtime import _INBOX_LIMIT
+
     stream = build(("flood", flood)).astream(INPUT, stream_mode="custom")
-    _, consumed = await stall_then_drain(stream, produced, 10_000, per_await=1)
+    # a worker thread queues at most _INBOX_LIMIT events before it waits for delivery
+    _, consumed = await stall_then_drain(stream, produced, 10_000, per_await=_INBOX_LIMIT)
     assert consumed == 10_000
