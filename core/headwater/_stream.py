@@ -135,7 +135,13 @@ class _Pipe:
         self._closing = False
         self._thread = threading.get_ident()
         run.subscribe(
-            Subscription(callback=self._on_emit, kinds=frozenset(routes), accept=accept, raw=True)
+            Subscription(
+                callback=self._on_emit,
+                kinds=frozenset(routes),
+                accept=accept,
+                raw=True,
+                bind=self._bind,
+            )
         )
         run.add_valve(self._valve)
 
@@ -186,6 +192,27 @@ class _Pipe:
             batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
             if self._waiting or len(batch) >= self._batch_size:
                 self._flush()
+
+    def _bind(self, kind: str, ns: tuple[str, ...]) -> Callable[[Any], None] | None:
+        """:attr:`Subscription.bind`: a data-only sink for one kind, when one mode alone
+        wants it as it is (no predicates, no ``(mode, chunk)`` shaping)."""
+        if self._predicates or self._shape is not None or (ns and not self._nested):
+            return None
+        routes = self._routes.get(kind, ())
+        if len(routes) != 1 or not routes[0][1].data_only:
+            return None
+        project = routes[0][1].project
+        size = self._batch_size
+
+        def put(data: Any) -> None:
+            chunk = project(data)
+            if chunk is not SKIP:
+                batch = self._batch
+                batch.append(chunk)
+                if self._waiting or len(batch) >= size:
+                    self._flush()
+
+        return put
 
     def _flush(self) -> None:
         batch = self._batch

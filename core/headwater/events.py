@@ -194,6 +194,12 @@ class Subscription:
     """``True``: ``callback(kind, name, run_id, parent_ids, tags, metadata, data, seq, ns)``
     gets the fields instead of an :class:`Event`, which is then never built for it (the
     fast path of stream modes that need only an event's data)."""
+    bind: Callable[[str, tuple[str, ...]], Callable[[Any], None] | None] | None = None
+    """Optional, for the hottest emitters (a node's stream writer): ``bind(kind, ns)``
+    returns a callable taking only an event's ``data``, for a subscription that needs
+    nothing else of events of that kind from that namespace (no sequence number either),
+    or ``None``. An emitter may call it instead of ``callback`` when this is the run's
+    only subscription for the kind."""
 
 
 @attrs.frozen

@@ -429,11 +429,12 @@ class StreamWriter:
             return {}
     """
 
-    __slots__ = ("_header", "_subs", "_task")
+    __slots__ = ("_direct", "_header", "_subs", "_task")
 
     def __init__(self, task: Task) -> None:
         self._task = task
         self._subs: tuple[Subscription, ...] | None = None
+        self._direct: Callable[[Any], None] | None = None  # see Subscription.bind
         self._header: tuple[str, str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]] = (
             "",
             "",
@@ -453,6 +454,10 @@ class StreamWriter:
                 f"{len(args)} argument(s)"
                 f"{' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
             )
+        direct = self._direct
+        if direct is not None and threading.get_ident() == self._task.run._loop_thread:
+            direct(payload)  # fast path: the run's one subscriber wants just the payload
+            return
         subs = self._subs
         if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
             task = self._task
@@ -466,6 +471,9 @@ class StreamWriter:
                     task.event_tags,
                     task.event_metadata,
                 )
+                only = subs[0] if len(subs) == 1 else None
+                if only is not None and only.bind is not None and only.accept is None:
+                    self._direct = only.bind(ON_CUSTOM_EVENT, run.ns)
         if subs:
             node, run_id, parent_ids, tags, metadata = self._header
             self._task.run.emit(
