@@ -40,11 +40,15 @@ def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
         target: Any = getattr(module, attribute)
     except AttributeError:
         raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if callable(target) and not isinstance(target, CompiledGraph | StateGraph):
-        target = target()
-    if isinstance(target, StateGraph):
-        target = target.compile(checkpointer=checkpointer, name=attribute)
-    elif checkpointer is not None:
+    try:  # a graph that fails to build, or a checkpointer that cannot open: a clear error
+        if callable(target) and not isinstance(target, CompiledGraph | StateGraph):
+            target = target()
+        if isinstance(target, StateGraph):
+            target = target.compile(checkpointer=checkpointer, name=attribute)
+            checkpointer = None  # applied
+    except HeadwaterError as exc:
+        raise click.ClickException(f"{spec}: {exc}") from None
+    if checkpointer is not None and isinstance(target, CompiledGraph):
         raise click.BadParameter(
             f"{spec!r} is already compiled; --checkpointer applies to a StateGraph target "
             "(or compile the graph with checkpointer=... yourself)"
