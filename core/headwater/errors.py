@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "BrokerError",
+    "ChatModelError",
     "CheckpointError",
     "ExpiredPositionError",
     "GraphRecursionError",
@@ -168,6 +169,28 @@ class InvalidFilterError(HeadwaterError, ValueError):
         app.astream_events(state, filters=["no_such_filter"])
         # InvalidFilterError: filters=[...] names unknown filter 'no_such_filter' ...
     """
+
+
+class ChatModelError(HeadwaterError):
+    """A chat model's provider failed, refused the request, or sent an unreadable response.
+
+    Raised by chat-model adapters for HTTP errors (the message names the status and the
+    provider's own message; ``status_code`` holds the status), unreachable servers and
+    broken streams (malformed or truncated). The run's ``on_chat_model_error`` event
+    carries it.
+
+    Example::
+
+        try:
+            reply = await llm.ainvoke("hi")
+        except ChatModelError as e:
+            if e.status_code == 429:
+                ...  # rate limited: try again later
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class CheckpointError(HeadwaterError):

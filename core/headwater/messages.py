@@ -33,6 +33,7 @@ __all__ = [
     "AnyMessage",
     "BaseMessage",
     "HumanMessage",
+    "InvalidToolCall",
     "RemoveMessage",
     "SystemMessage",
     "ToolCall",
@@ -79,6 +80,25 @@ class ToolCall:
     name: str
     args: Mapping[str, Any] = attrs.field(factory=dict)
     id: str | None = None
+
+
+@attrs.frozen
+class InvalidToolCall:
+    """A tool call whose streamed arguments are not a JSON object; ``error`` says why.
+
+    Kept on :attr:`AIMessage.invalid_tool_calls` (with the raw ``args`` text) instead of
+    failing the model call: :class:`~headwater.tools.ToolNode` answers it with an error
+    :class:`ToolMessage`, so the model can correct itself.
+
+    Example::
+
+        InvalidToolCall(name="add", args='{"a": 1,', id="call_1", error="not valid JSON ...")
+    """
+
+    name: str | None = None
+    args: str = ""
+    id: str | None = None
+    error: str = ""
 
 
 @attrs.frozen
@@ -154,6 +174,8 @@ class HumanMessage(BaseMessage):
 class AIMessage(BaseMessage):
     """A complete model response, with any tool calls and the token usage.
 
+    ``invalid_tool_calls`` holds the calls whose arguments were not a JSON object.
+
     Example::
 
         AIMessage(content="", tool_calls=(ToolCall(name="search", args={"q": "x"}, id="1"),))
@@ -161,6 +183,7 @@ class AIMessage(BaseMessage):
 
     type: ClassVar[str] = "ai"
     tool_calls: tuple[ToolCall, ...] = ()
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
     usage: Usage | None = None
     response_metadata: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -237,24 +260,36 @@ class AIMessageChunk(BaseMessage):
     def to_message(self) -> AIMessage:
         """The complete :class:`AIMessage` this (summed) chunk represents.
 
-        Raises :class:`~headwater.errors.InvalidUpdateError` if a tool call's arguments
-        are not valid JSON.
+        A tool call whose arguments are not a JSON object goes to ``invalid_tool_calls``,
+        with an ``error`` saying why.
         """
         calls = []
+        invalid = []
         for chunk in self.tool_call_chunks:
             try:
                 args = json.loads(chunk.args) if chunk.args else {}
             except json.JSONDecodeError as exc:
-                raise InvalidUpdateError(
-                    f"Tool call {chunk.name!r} (id {chunk.id!r}) streamed arguments that are "
-                    f"not valid JSON: {chunk.args!r:.120} ({exc})."
-                ) from exc
-            calls.append(ToolCall(name=chunk.name or "", args=args, id=chunk.id))
+                error = f"not valid JSON ({exc})"
+            else:
+                if isinstance(args, dict):
+                    calls.append(ToolCall(name=chunk.name or "", args=args, id=chunk.id))
+                    continue
+                error = f"a JSON {type(args).__name__}, not an object"
+            invalid.append(
+                InvalidToolCall(
+                    name=chunk.name,
+                    args=chunk.args,
+                    id=chunk.id,
+                    error=f"Tool call {chunk.name!r} (id {chunk.id!r}) has arguments that are "
+                    f"{error}: {chunk.args!r:.120}. Expected one JSON object of arguments.",
+                )
+            )
         return AIMessage(
             content=self.content,
             id=self.id,
             name=self.name,
             tool_calls=tuple(calls),
+            invalid_tool_calls=tuple(invalid),
             usage=self.usage,
             response_metadata=self.response_metadata,
         )

@@ -132,6 +132,7 @@ def _load_builtin_types() -> None:
         messages.RemoveMessage,
         messages.ToolCall,
         messages.ToolCallChunk,
+        messages.InvalidToolCall,
         messages.Usage,
         retrievers.Document,
         Send,

@@ -205,7 +205,9 @@ class ToolNode:
 
     Returns ``{"messages": [ToolMessage, ...]}`` in the order of the calls. A failing
     tool becomes a ToolMessage with ``status="error"`` (so the model can react) unless
-    ``handle_errors=False``, in which case the exception propagates.
+    ``handle_errors=False``, in which case the exception propagates. So does each of the
+    message's ``invalid_tool_calls`` (arguments that are not a JSON object), after the
+    valid calls' results.
 
     Example::
 
@@ -254,7 +256,19 @@ class ToolNode:
                     status="error",
                 )
 
+        if last.invalid_tool_calls and not self.handle_errors:
+            raise ToolError(last.invalid_tool_calls[0].error)
         async with anyio.create_task_group() as tg:
             for i, call in enumerate(last.tool_calls):
                 tg.start_soon(run, i, call)
-        return {self.messages_key: [r for r in results if r is not None]}
+        answers = [r for r in results if r is not None]
+        for invalid in last.invalid_tool_calls:
+            answers.append(
+                ToolMessage(
+                    content=f"Error: ToolError: {invalid.error}",
+                    tool_call_id=invalid.id or "",
+                    name=invalid.name,
+                    status="error",
+                )
+            )
+        return {self.messages_key: answers}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
@@ -65,13 +66,51 @@ def test_chunks_add_up_text_tool_calls_and_usage() -> None:
     assert message.usage is not None and message.usage.total_tokens == 6
 
 
-def test_incomplete_tool_call_json_is_a_clear_error() -> None:
+def test_tool_call_args_that_are_not_a_json_object_become_invalid_tool_calls() -> None:
     chunk = AIMessageChunk(
-        tool_call_chunks=(ToolCallChunk(name="f", args='{"a": ', id="x", index=0),)
+        tool_call_chunks=(
+            ToolCallChunk(name="f", args='{"a": ', id="x", index=0),
+            ToolCallChunk(name="g", args="[1]", id="y", index=1),
+            ToolCallChunk(name="h", args='{"b": 2}', id="z", index=2),
+        )
     )
-    assert chunk.tool_calls == ()
-    with pytest.raises(InvalidUpdateError, match=r"Tool call 'f'.*not valid JSON"):
-        chunk.to_message()
+    assert [call.name for call in chunk.tool_calls] == ["g", "h"]  # complete JSON so far
+    message = chunk.to_message()  # a broken call does not fail the model call
+    assert message.tool_calls == (ToolCall(name="h", args={"b": 2}, id="z"),)
+    assert [(c.name, c.args, c.id) for c in message.invalid_tool_calls] == [
+        ("f", '{"a": ', "x"),
+        ("g", "[1]", "y"),
+    ]
+    first, second = (c.error for c in message.invalid_tool_calls)
+    assert re.search(r"Tool call 'f' \(id 'x'\).*not valid JSON.*Expected one JSON object", first)
+    assert "a JSON list, not an object" in second
+    from headwater import serde
+
+    assert serde.loads(serde.dumps(message)) == message
+
+
+@pytest.mark.anyio
+async def test_tool_node_answers_invalid_tool_calls_with_error_messages() -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    message = AIMessageChunk(
+        tool_call_chunks=(
+            ToolCallChunk(name="add", args='{"a": 1, "b": 2}', id="ok", index=0),
+            ToolCallChunk(name="add", args='{"a": 1,', id="bad", index=1),
+        )
+    ).to_message()
+    out = await ToolNode([add])({"messages": [message]})
+    assert [(m.tool_call_id, m.status) for m in out["messages"]] == [
+        ("ok", "success"),
+        ("bad", "error"),
+    ]
+    assert out["messages"][0].content == "3"
+    assert out["messages"][1].content.startswith("Error: ToolError: Tool call 'add' (id 'bad')")
+    with pytest.raises(ToolError, match="not valid JSON"):
+        await ToolNode([add], handle_errors=False)({"messages": [message]})
 
 
 def test_add_messages_appends_replaces_and_removes() -> None:
