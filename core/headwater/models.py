@@ -35,9 +35,10 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.from_thread
-import sniffio
 
+from headwater._concurrency import run_all
 from headwater._observe import Observed
+from headwater._sync import on_event_loop, run_sync
 from headwater.errors import HeadwaterError, InvalidInputError
 from headwater.messages import AIMessage, AIMessageChunk, BaseMessage, coerce_message
 
@@ -59,14 +60,6 @@ def _messages(input: Any) -> list[BaseMessage]:
         f"A chat model takes a message, a string or a list of messages; got "
         f"{type(input).__name__}: {input!r:.80}."
     )
-
-
-def _on_event_loop() -> bool:
-    try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    return True
 
 
 class ChatModel(abc.ABC):
@@ -163,17 +156,12 @@ class ChatModel(abc.ABC):
                 response = llm.invoke(state["messages"])
                 return {"messages": [response]}
         """
-        call = functools.partial(self.ainvoke, input, **kwargs)
-        try:
-            return anyio.from_thread.run(call)
-        except RuntimeError:
-            if _on_event_loop():
-                raise HeadwaterError(
-                    f"{type(self).__name__}.invoke() was called on the event loop thread, "
-                    "where it would block every other task. In an async node use "
-                    "`await llm.ainvoke(...)`; sync nodes (plain def) may call invoke()."
-                ) from None
-        return anyio.run(call)
+        return run_sync(
+            functools.partial(self.ainvoke, input, **kwargs),
+            what=f"{type(self).__name__}.invoke()",
+            instead="In an async node use `await llm.ainvoke(...)`; sync nodes (plain def) "
+            "may call invoke().",
+        )
 
     def stream(self, input: Any, **kwargs: Any) -> Iterator[AIMessageChunk]:
         """Sync :meth:`astream`: yields chunks as they arrive.
@@ -187,7 +175,7 @@ class ChatModel(abc.ABC):
         try:
             anyio.from_thread.run_sync(lambda: None)
         except RuntimeError:
-            if _on_event_loop():
+            if on_event_loop():
                 raise HeadwaterError(
                     f"{type(self).__name__}.stream() was called on the event loop thread; "
                     "use `async for chunk in llm.astream(...)` in async nodes."
@@ -206,19 +194,18 @@ class ChatModel(abc.ABC):
     async def abatch(self, inputs: Sequence[Any], **kwargs: Any) -> list[AIMessage]:
         """Run :meth:`ainvoke` on several inputs concurrently; results in input order.
 
+        The first call to fail cancels the others, and its exception is raised as is.
+
         Example::
 
             replies = await llm.abatch(["hi", "hello"])
         """
-        results: list[AIMessage | None] = [None] * len(inputs)
-
-        async def one(i: int, item: Any) -> None:
-            results[i] = await self.ainvoke(item, **kwargs)
-
-        async with anyio.create_task_group() as tg:
-            for i, item in enumerate(inputs):
-                tg.start_soon(one, i, item)
-        return [r for r in results if r is not None]
+        results, failure = await run_all(
+            [functools.partial(self.ainvoke, item, **kwargs) for item in inputs]
+        )
+        if failure is not None:
+            raise failure[1]
+        return results
 
     def batch(self, inputs: Sequence[Any], **kwargs: Any) -> list[AIMessage]:
         """Sync :meth:`abatch`.
@@ -227,11 +214,11 @@ class ChatModel(abc.ABC):
 
             replies = llm.batch(["hi", "hello"])
         """
-        call = functools.partial(self.abatch, inputs, **kwargs)
-        try:
-            return anyio.from_thread.run(call)
-        except RuntimeError:
-            return anyio.run(call)
+        return run_sync(
+            functools.partial(self.abatch, inputs, **kwargs),
+            what=f"{type(self).__name__}.batch()",
+            instead="In an async node use `await llm.abatch(...)`.",
+        )
 
 
 def _drain_outside_loop(

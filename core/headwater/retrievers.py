@@ -23,11 +23,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
-import anyio.from_thread
 import attrs
 
 from headwater._observe import Observed
+from headwater._sync import run_sync
 from headwater.errors import InvalidInputError
 
 __all__ = ["Document", "InMemoryRetriever", "Retriever"]
@@ -91,11 +90,11 @@ class Retriever(abc.ABC):
 
             docs = retriever.invoke("rivers")
         """
-        call = functools.partial(self.ainvoke, query)
-        try:
-            return anyio.from_thread.run(call)
-        except RuntimeError:
-            return anyio.run(call)
+        return run_sync(
+            functools.partial(self.ainvoke, query),
+            what=f"{type(self).__name__}.invoke()",
+            instead="In an async node use `await retriever.ainvoke(...)`.",
+        )
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

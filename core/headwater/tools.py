@@ -31,6 +31,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from headwater._observe import Observed
+from headwater._sync import run_sync
 from headwater.errors import HeadwaterError
 from headwater.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
 
@@ -164,11 +165,11 @@ class Tool:
 
             add.invoke({"a": 1, "b": 2})  # 3
         """
-        call = functools.partial(self.ainvoke, input)
-        try:
-            return anyio.from_thread.run(call)
-        except RuntimeError:
-            return anyio.run(call)
+        return run_sync(
+            functools.partial(self.ainvoke, input),
+            what=f"{type(self).__name__}.invoke()",
+            instead="In an async node use `await tool.ainvoke(...)`.",
+        )
 
 
 @overload

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypedDict
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 import headwater
@@ -30,7 +31,7 @@ from headwater.messages import (
     coerce_message,
 )
 from headwater.models import init_chat_model
-from headwater.retrievers import Document, InMemoryRetriever
+from headwater.retrievers import Document, InMemoryRetriever, Retriever
 from headwater.testing.fake import FakeChatModel, ScriptedError, split_tokens
 from headwater.tools import ToolError, ToolNode, tool
 
@@ -544,3 +545,90 @@ async def test_a_model_left_early_or_cancelled_still_ends_its_events() -> None:
         "on_chat_model_start",
         "on_chat_model_error",
     ]
+
+
+# -- sync entry points: invoke/batch from sync nodes, plain code and the loop -------------
+
+
+class Plain(TypedDict):
+    out: Any
+
+
+class Exploding(Retriever):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def _aretrieve(self, query: str) -> list[Document]:
+        self.calls += 1
+        raise RuntimeError("index offline")
+
+
+def failing_call(kind: str) -> tuple[Callable[[], Any], Callable[[], int]]:
+    """A sync call that raises RuntimeError, and a count of how often it really ran."""
+    llm = FakeChatModel([ScriptedError(RuntimeError("rate limited"), after=1, partial="a b")])
+    tool_calls: list[int] = []
+
+    @tool
+    def flaky(n: int) -> int:
+        """Fail."""
+        tool_calls.append(n)
+        raise RuntimeError("tool down")
+
+    retriever = Exploding()
+    return {
+        "model": (lambda: llm.invoke("hi"), lambda: len(llm.calls)),
+        "model-batch": (lambda: llm.batch(["hi"]), lambda: len(llm.calls)),
+        "tool": (lambda: flaky.invoke({"n": 1}), lambda: len(tool_calls)),
+        "retriever": (lambda: retriever.invoke("q"), lambda: retriever.calls),
+    }[kind]
+
+
+FAILS = r"rate limited|tool down|index offline"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "model-batch", "tool", "retriever"])
+async def test_a_sync_call_that_raises_runtime_error_runs_once_and_raises_it(kind: str) -> None:
+    # RuntimeError is also what anyio raises outside a worker thread; the sync bridge must
+    # not mistake the call's own RuntimeError for that and run the call a second time.
+    call, count = failing_call(kind)
+
+    def node(state: Plain) -> dict[str, Any]:
+        return {"out": call()}
+
+    graph = StateGraph(Plain)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    with pytest.raises(RuntimeError, match=FAILS):
+        await graph.compile().ainvoke({"out": None})
+    assert count() == 1
+
+
+@pytest.mark.parametrize("kind", ["model", "model-batch", "tool", "retriever"])
+def test_the_same_from_plain_sync_code_with_no_loop(kind: str) -> None:
+    call, count = failing_call(kind)
+    with pytest.raises(RuntimeError, match=FAILS):
+        call()
+    assert count() == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "tool", "retriever"])
+async def test_sync_invoke_on_the_event_loop_thread_is_refused_with_the_async_form(
+    kind: str,
+) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    call, hint = {
+        "model": (lambda: FakeChatModel(["x"]).invoke("hi"), "await llm.ainvoke"),
+        "tool": (lambda: add.invoke({"a": 1, "b": 2}), "await tool.ainvoke"),
+        "retriever": (
+            lambda: InMemoryRetriever.from_texts(["x"]).invoke("x"),
+            "await retriever.ainvoke",
+        ),
+    }[kind]
+    with pytest.raises(HeadwaterError, match=f"event loop thread.*{re.escape(hint)}"):
+        call()
