@@ -1,0 +1,290 @@
+"""Properties of the stream projections, over random graphs and random token streams.
+
+- folding the ``updates`` stream step by step with the schema's reducers gives each
+  ``values`` chunk, and the last one is what ``ainvoke`` returns;
+- in ``astream_events``, every start event has exactly one end or error event after it,
+  whether the run succeeds, hits the recursion limit, or a model fails mid-stream;
+- for any tokens and chunking, the streamed chunks add up to the model's final message;
+  across any mix of sync and async nodes running in parallel, each node's tokens arrive
+  exactly once and in order, in ``astream_events`` and in the ``messages`` mode alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, TypedDict
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater import START, StateGraph
+from headwater.errors import GraphRecursionError
+from headwater.messages import AIMessageChunk, AnyMessage, add_messages
+from headwater.testing.fake import FakeChatModel, ScriptedError, split_tokens
+from headwater.testing.strategies import GraphCase, graphs
+
+pytestmark = pytest.mark.anyio
+
+# No example database: nothing is written into the checkout.
+quick = settings(max_examples=40, deadline=None, database=None)
+
+
+# -- folding updates gives values ----------------------------------------------------------
+
+
+def as_dict(state: Any) -> dict[str, Any]:
+    if isinstance(state, Mapping):
+        return dict(state)
+    return {name: getattr(state, name) for name in typing.get_type_hints(type(state))}
+
+
+def reducers_of(schema: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema, include_extras=True)
+    return {
+        key: (hint.__metadata__[0] if typing.get_origin(hint) is Annotated else None)
+        for key, hint in hints.items()
+    }
+
+
+def fold_step(state: dict[str, Any], step: list[tuple[str, Any]], reducers: dict[str, Any]) -> None:
+    # The scheduler applies a step's writes in node-name order (stable for Sends).
+    for _, update in sorted(step, key=lambda pair: pair[0]):
+        for key, value in as_dict(update or {}).items():
+            reducer = reducers[key]
+            state[key] = reducer(state[key], value) if reducer and key in state else value
+
+
+def comparable(state: Mapping[str, Any]) -> dict[str, Any]:
+    # `log` concatenates in write order; the order of a step's Send tasks on the stream
+    # is their completion order, so compare it as a multiset. Every other key is exact.
+    out = dict(state)
+    if "log" in out:
+        out["log"] = collections.Counter(out["log"])
+    return out
+
+
+@quick
+@given(case=graphs())
+async def test_folding_updates_gives_every_values_chunk(case: GraphCase) -> None:
+    app = case.compile()
+    reducers = reducers_of(case.schema)
+    state: dict[str, Any] | None = None
+    step: list[tuple[str, Any]] = []
+    seen_values = 0
+    async for mode, chunk in app.astream(
+        case.input, case.config, stream_mode=["updates", "values"]
+    ):
+        if mode == "updates":
+            ((node, update),) = chunk.items()
+            step.append((node, update))
+            continue
+        values = as_dict(chunk)
+        if state is None:  # the first values chunk is the input, before any node ran
+            assert step == []
+            state = values
+        else:
+            fold_step(state, step, reducers)
+            assert comparable(state) == comparable(values)
+        step = []
+        seen_values += 1
+    assert step == [], "updates after the last values chunk"
+    assert state is not None and seen_values >= 1
+    final = as_dict(await app.ainvoke(case.input, case.config))
+    assert final == as_dict(case.reference().values)
+    assert comparable(state) == comparable(final)
+
+
+# -- every start has one end or error ------------------------------------------------------
+
+
+def assert_paired(events: Sequence[Mapping[str, Any]]) -> None:
+    started: dict[str, str] = {}
+    finished: set[str] = set()
+    for event in events:
+        kind, run_id = event["event"], event["run_id"]
+        family, _, phase = kind.removeprefix("on_").rpartition("_")
+        if phase == "start":
+            assert run_id not in started, f"two starts for run {run_id}: {kind}"
+            started[run_id] = family
+        elif phase in ("end", "error"):
+            assert started.get(run_id) == family, f"{kind} without its start ({event['name']})"
+            assert run_id not in finished, f"a second end/error for {event['name']}: {kind}"
+            finished.add(run_id)
+        elif phase == "stream":
+            assert run_id in started and run_id not in finished, f"{kind} outside its run"
+        for parent in event["parent_ids"]:
+            assert parent in started, f"{kind} names parent {parent} that never started"
+    assert finished == set(started), "runs that never ended: " + ", ".join(
+        sorted(set(started) - finished)
+    )
+
+
+async def collect_events(app: Any, *args: Any) -> tuple[list[dict[str, Any]], BaseException | None]:
+    events: list[dict[str, Any]] = []
+    try:
+        async for event in app.astream_events(*args, version="v2"):
+            events.append(event)
+    except Exception as exc:
+        return events, exc
+    return events, None
+
+
+@quick
+@given(case=graphs(max_nodes=6))
+async def test_every_start_event_has_one_end(case: GraphCase) -> None:
+    events, error = await collect_events(case.compile(), case.input, case.config)
+    assert error is None
+    assert_paired(events)
+    assert events[-1]["event"] == "on_chain_end" and events[-1]["parent_ids"] == []
+
+
+@quick
+@given(case=graphs(endless=True, max_nodes=5, allow_delays=False), limit=st.integers(1, 12))
+async def test_a_run_stopped_by_the_recursion_limit_closes_every_start(
+    case: GraphCase, limit: int
+) -> None:
+    events, error = await collect_events(case.compile(), case.input, {"recursion_limit": limit})
+    assert isinstance(error, GraphRecursionError)
+    assert_paired(events)
+    assert events[-1]["event"] == "on_chain_error" and events[-1]["parent_ids"] == []
+
+
+# -- token streams -------------------------------------------------------------------------
+
+tokens = st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=12)
+
+
+@attrs.frozen
+class LLMNode:
+    name: str
+    sync: bool
+    tokens: list[str]
+    fail_after: int | None  # raise after this many tokens; None: answer in full
+
+
+llm_nodes = st.lists(
+    st.builds(
+        LLMNode,
+        name=st.from_regex(r"[a-z]{1,6}", fullmatch=True),
+        sync=st.booleans(),
+        tokens=tokens,
+        fail_after=st.none(),
+    ),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda node: node.name,
+)
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def parallel_llm_graph(nodes: Sequence[LLMNode], *, token_delay: float = 0.0) -> Any:
+    """Every node starts at START, in parallel; each calls its own model once."""
+    graph = StateGraph(Chat)
+    for spec in nodes:
+        script: Any = list(spec.tokens)
+        if spec.fail_after is not None:
+            script = ScriptedError(
+                RuntimeError(f"{spec.name} failed"),
+                after=spec.fail_after,
+                partial="".join(f" {t}" for t in spec.tokens),
+            )
+        llm = FakeChatModel([script], token_delay=token_delay)
+        if spec.sync:
+
+            def node(state: Chat, llm: FakeChatModel = llm) -> dict[str, Any]:
+                return {"messages": [llm.invoke(state["messages"])]}
+
+        else:
+
+            async def node(state: Chat, llm: FakeChatModel = llm) -> dict[str, Any]:  # type: ignore[misc]
+                return {"messages": [await llm.ainvoke(state["messages"])]}
+
+        graph.add_node(spec.name, node)
+        graph.add_edge(START, spec.name)
+    return graph.compile()
+
+
+def by_node(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    for node, token in pairs:
+        out[node].append(token)
+    return dict(out)
+
+
+@quick
+@given(nodes=llm_nodes, delay=st.sampled_from([0.0, 0.0005]))
+async def test_tokens_arrive_once_and_in_order_per_node_in_astream_events(
+    nodes: list[LLMNode], delay: float
+) -> None:
+    app = parallel_llm_graph(nodes, token_delay=delay)
+    events, error = await collect_events(app, {"messages": ["go"]})
+    assert error is None
+    assert_paired(events)
+    streamed = by_node(
+        [
+            (e["name"], e["data"]["chunk"].content)
+            for e in events
+            if e["event"] == "on_chat_model_stream" and e["data"]["chunk"].content
+        ]
+    )
+    assert streamed == {n.name: n.tokens for n in nodes}
+    for end in (e for e in events if e["event"] == "on_chat_model_end"):
+        # The chunks add up to the final message.
+        chunks = [
+            e["data"]["chunk"]
+            for e in events
+            if e["event"] == "on_chat_model_stream" and e["run_id"] == end["run_id"]
+        ]
+        total = sum(chunks[1:], chunks[0])
+        assert isinstance(total, AIMessageChunk)
+        assert total.to_message().content == end["data"]["output"].content
+        assert end["data"]["output"].content == "".join(streamed[end["name"]])
+
+
+@quick
+@given(nodes=llm_nodes)
+async def test_tokens_arrive_once_and_in_order_per_node_in_messages_mode(
+    nodes: list[LLMNode],
+) -> None:
+    app = parallel_llm_graph(nodes)
+    pairs = []
+    async for chunk, metadata in app.astream({"messages": ["go"]}, stream_mode="messages"):
+        if chunk.content:
+            pairs.append((metadata["node"], chunk.content))
+    assert by_node(pairs) == {n.name: n.tokens for n in nodes}
+
+
+@st.composite
+def with_one_failing(draw: st.DrawFn) -> tuple[list[LLMNode], LLMNode]:
+    nodes = draw(llm_nodes)
+    index = draw(st.integers(0, len(nodes) - 1))
+    failing = attrs.evolve(nodes[index], fail_after=draw(st.integers(0, len(nodes[index].tokens))))
+    nodes[index] = failing
+    return nodes, failing
+
+
+@quick
+@given(drawn=with_one_failing())
+async def test_a_model_failing_mid_stream_closes_every_start(
+    drawn: tuple[list[LLMNode], LLMNode],
+) -> None:
+    nodes, failing = drawn
+    events, error = await collect_events(parallel_llm_graph(nodes), {"messages": ["go"]})
+    assert isinstance(error, RuntimeError) and str(error) == f"{failing.name} failed"
+    assert_paired(events)
+    errors = [e for e in events if e["event"] == "on_chat_model_error"]
+    assert [e["name"] for e in errors] == [failing.name]
+    streamed = [
+        e["data"]["chunk"].content
+        for e in events
+        if e["event"] == "on_chat_model_stream" and e["name"] == failing.name
+    ]
+    partial = "".join(f" {t}" for t in failing.tokens)
+    assert streamed == split_tokens(partial)[: failing.fail_after]  # all that came before
