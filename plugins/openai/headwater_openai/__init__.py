@@ -19,15 +19,30 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.hookspecs import hookimpl
-from headwater_openai._chat import API_KEY_ENV, BASE_URL_ENV, ChatOpenAI
+from headwater_openai._env import API_KEY_ENV, BASE_URL_ENV
+
+if TYPE_CHECKING:
+    from headwater_openai._chat import ChatOpenAI
 
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "ChatOpenAI", "headwater_chat_models"]
 
 
+# The openai SDK takes seconds to import. Loading the plugin (which every process using
+# headwater does) must not pay that: the SDK is imported on first use of ChatOpenAI.
+def __getattr__(name: str) -> Any:
+    if name == "ChatOpenAI":
+        from headwater_openai._chat import ChatOpenAI
+
+        return ChatOpenAI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _make(model: str, **kwargs: Any) -> ChatOpenAI:
+    from headwater_openai._chat import ChatOpenAI
+
     return ChatOpenAI(model=model, **kwargs)
 
 

@@ -28,14 +28,9 @@ from headwater_openai._convert import (
     tool_choice_to_openai,
     tools_to_openai,
 )
+from headwater_openai._env import API_KEY_ENV, BASE_URL_ENV
 
-__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "ChatOpenAI"]
-
-API_KEY_ENV = "OPENAI_API_KEY"
-"""The environment variable read when no ``api_key`` is given."""
-
-BASE_URL_ENV = "OPENAI_BASE_URL"
-"""The environment variable read when no ``base_url`` is given."""
+__all__ = ["ChatOpenAI"]
 
 _RESERVED = {
     "messages": "the messages are the model's input",

@@ -21,7 +21,23 @@ Example::
 
 from __future__ import annotations
 
-from ._app import ApiError, create_app, mount
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._cli import headwater_cli_commands, load_graph
+
+if TYPE_CHECKING:
+    from ._app import ApiError, create_app, mount
+
+# Every process that uses headwater loads every installed plugin, so loading this one must
+# not import Starlette and the app: they are imported on first use.
+_LAZY = {name: "headwater_server._app" for name in ("ApiError", "create_app", "mount")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ApiError", "create_app", "headwater_cli_commands", "load_graph", "mount"]

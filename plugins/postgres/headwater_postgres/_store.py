@@ -1,0 +1,443 @@
+"""The PostgreSQL checkpointer and run queue; imported on first use (psycopg is slow to import)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio.to_thread
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from headwater.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    CheckpointTuple,
+    PendingWrite,
+    WriteBatch,
+    decode_record,
+    encode_record,
+)
+from headwater.errors import CheckpointError
+from headwater.queue import QueueError, RunJob, RunQueue
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PostgresCheckpointer",
+    "PostgresRunQueue",
+    "redact",
+]
+
+SCHEMA_VERSION = 2
+"""The table layout this version writes; older databases are migrated on first use."""
+
+_LOCK_KEY = 0x68656164  # advisory lock id for migrations ("head")
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE headwater_checkpoints (
+            thread_id TEXT NOT NULL,
+            ns TEXT NOT NULL,
+            id TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (thread_id, ns, id)
+        )""",
+        """CREATE TABLE headwater_writes (
+            thread_id TEXT NOT NULL,
+            ns TEXT NOT NULL,
+            checkpoint_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            PRIMARY KEY (thread_id, ns, checkpoint_id, task_id)
+        )""",
+    ),
+    2: (
+        """CREATE TABLE headwater_runs (
+            run_id TEXT PRIMARY KEY,
+            graph TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            owner TEXT,
+            input JSONB,
+            config JSONB NOT NULL,
+            stream JSONB NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            worker TEXT,
+            lease_until TIMESTAMPTZ,
+            error TEXT,
+            cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        "CREATE INDEX headwater_runs_claim ON headwater_runs (status, created_at)",
+    ),
+}
+
+T = TypeVar("T")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for error messages).
+
+    Example::
+
+        redact("postgresql://me:secret@db/app")  # "postgresql://me:***@db/app"
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresCheckpointer(Checkpointer):
+    """A :class:`~headwater.checkpoint.Checkpointer` on PostgreSQL.
+
+    ``url`` is a libpq URL; ``min_size``/``max_size`` size the pool; ``connect_timeout``
+    bounds how long the first connection may take (an unreachable server is a clear
+    :class:`~headwater.errors.CheckpointError`, not a hang).
+
+    Example::
+
+        saver = PostgresCheckpointer("postgresql://postgres@127.0.0.1:5432/test", max_size=8)
+    """
+
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+    ) -> None:
+        self.url = url
+        try:  # one direct attempt first: a refused connection fails now, with its cause
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
+        except psycopg.Error as exc:
+            raise CheckpointError(
+                f"Cannot connect to PostgreSQL at {redact(url)}: {str(exc).strip()}. Check that "
+                "the server is running and that the URL's host, port, database and user are right."
+            ) from exc
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            self._pool.close()
+            raise CheckpointError(
+                f"Cannot connect to PostgreSQL at {redact(url)} within {connect_timeout:g} s. "
+                "Check that the server is running and that the URL's host, port, database and "
+                "user are right."
+            ) from exc
+        self._migrate()
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresCheckpointer:
+        """Factory for ``postgresql://`` URLs (the ``headwater_checkpointers`` hook)."""
+        return cls(url)
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            db.execute("CREATE TABLE IF NOT EXISTS headwater_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT MAX(version) FROM headwater_schema").fetchone()
+            current = (row[0] if row else None) or 0
+            if current > SCHEMA_VERSION:
+                raise CheckpointError(
+                    f"PostgreSQL database at {redact(self.url)} has headwater schema version "
+                    f"{current}, newer than this headwater-postgres ({SCHEMA_VERSION}); upgrade "
+                    "headwater-postgres on this worker."
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute("INSERT INTO headwater_schema (version) VALUES (%s)", (version,))
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def pooled() -> T:
+            try:
+                with self._pool.connection() as db:
+                    return fn(db)
+            except psycopg.Error as exc:
+                raise CheckpointError(
+                    f"PostgreSQL error at {redact(self.url)}: {type(exc).__name__}: {exc}".strip()
+                ) from exc
+            except psycopg_pool.PoolTimeout as exc:
+                raise CheckpointError(
+                    f"No PostgreSQL connection available at {redact(self.url)}: {exc}."
+                ) from exc
+
+        return await anyio.to_thread.run_sync(pooled)
+
+    async def aput(self, checkpoint: Checkpoint) -> None:
+        """Save a checkpoint (a duplicate id is a CheckpointError)."""
+        data = encode_record(checkpoint)
+
+        def put(db: psycopg.Connection[Any]) -> int:
+            cursor = db.execute(
+                "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (checkpoint.thread_id, checkpoint.ns, checkpoint.id, data),
+            )
+            return cursor.rowcount
+
+        if await self._run(put) != 1:
+            raise CheckpointError(
+                f"Checkpoint {checkpoint.id!r} of thread {checkpoint.thread_id!r} already exists."
+            )
+
+    async def aput_writes(
+        self, thread_id: str, ns: str, checkpoint_id: str, writes: Sequence[PendingWrite]
+    ) -> None:
+        """Save pending writes (a task's later write replaces its earlier one)."""
+        rows = [(thread_id, ns, checkpoint_id, w.task_id, encode_record(w)) for w in writes]
+
+        def put(db: psycopg.Connection[Any]) -> None:
+            with db.transaction(), db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO headwater_writes (thread_id, ns, checkpoint_id, task_id, data) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, "
+                    "task_id) DO UPDATE SET data = EXCLUDED.data",
+                    rows,
+                )
+
+        await self._run(put)
+
+    async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
+        """Save checkpoints and write batches in order, in one transaction (one commit)."""
+        rows: list[tuple[str, tuple[Any, ...]]] = []
+        for item in items:
+            if isinstance(item, Checkpoint):
+                rows.append(
+                    (
+                        "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (item.thread_id, item.ns, item.id, encode_record(item)),
+                    )
+                )
+            else:
+                rows.extend(
+                    (
+                        "INSERT INTO headwater_writes "
+                        "(thread_id, ns, checkpoint_id, task_id, data) "
+                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, "
+                        "task_id) DO UPDATE SET data = EXCLUDED.data",
+                        (item.thread_id, item.ns, item.checkpoint_id, w.task_id, encode_record(w)),
+                    )
+                    for w in item.writes
+                )
+
+        def put(db: psycopg.Connection[Any]) -> None:
+            with db.transaction(), db.cursor() as cursor:
+                for sql, args in rows:
+                    cursor.execute(sql, args)
+
+        await self._run(put)
+
+    async def aget(
+        self, thread_id: str, ns: str = "", checkpoint_id: str | None = None
+    ) -> CheckpointTuple | None:
+        """The latest (or given) checkpoint with its pending writes."""
+
+        def get(db: psycopg.Connection[Any]) -> tuple[str, bytes, list[bytes]] | None:
+            if checkpoint_id is None:
+                row = db.execute(
+                    "SELECT id, data FROM headwater_checkpoints WHERE thread_id = %s AND ns = %s "
+                    "ORDER BY id DESC LIMIT 1",
+                    (thread_id, ns),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT id, data FROM headwater_checkpoints "
+                    "WHERE thread_id = %s AND ns = %s AND id = %s",
+                    (thread_id, ns, checkpoint_id),
+                ).fetchone()
+            if row is None:
+                return None
+            writes = db.execute(
+                "SELECT data FROM headwater_writes WHERE thread_id = %s AND ns = %s "
+                "AND checkpoint_id = %s ORDER BY task_id",
+                (thread_id, ns, row[0]),
+            ).fetchall()
+            return row[0], bytes(row[1]), [bytes(w[0]) for w in writes]
+
+        found = await self._run(get)
+        if found is None:
+            return None
+        found_id, data, writes = found
+        checkpoint = decode_record(data, thread_id, found_id, Checkpoint)
+        return CheckpointTuple(
+            checkpoint,
+            tuple(decode_record(w, thread_id, found_id, PendingWrite) for w in writes),
+        )
+
+    async def alist(
+        self, thread_id: str, ns: str = "", *, limit: int | None = None, before: str | None = None
+    ) -> list[Checkpoint]:
+        """Checkpoints newest first."""
+
+        def get(db: psycopg.Connection[Any]) -> list[tuple[str, bytes]]:
+            sql = "SELECT id, data FROM headwater_checkpoints WHERE thread_id = %s AND ns = %s"
+            args: list[Any] = [thread_id, ns]
+            if before is not None:
+                sql += " AND id < %s"
+                args.append(before)
+            sql += " ORDER BY id DESC"
+            if limit is not None:
+                sql += " LIMIT %s"
+                args.append(limit)
+            return [(r[0], bytes(r[1])) for r in db.execute(sql, args).fetchall()]
+
+        rows = await self._run(get)
+        return [decode_record(data, thread_id, cid, Checkpoint) for cid, data in rows]
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread's checkpoints and writes."""
+
+        def delete(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                db.execute("DELETE FROM headwater_checkpoints WHERE thread_id = %s", (thread_id,))
+                db.execute("DELETE FROM headwater_writes WHERE thread_id = %s", (thread_id,))
+
+        await self._run(delete)
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await anyio.to_thread.run_sync(self._pool.close)
+
+
+_JOB_COLUMNS = (
+    "run_id, graph, thread_id, owner, input, config, stream, status, attempts, worker, "
+    "error, cancel_requested"
+)
+
+
+def _job(row: Mapping[str, Any]) -> RunJob:
+    return RunJob(
+        run_id=row["run_id"],
+        graph=row["graph"],
+        thread_id=row["thread_id"],
+        owner=row["owner"],
+        input=row["input"],
+        config=row["config"],
+        stream=row["stream"],
+        status=row["status"],
+        attempts=row["attempts"],
+        worker=row["worker"],
+        error=row["error"],
+        cancel_requested=row["cancel_requested"],
+    )
+
+
+class PostgresRunQueue(RunQueue):
+    """A :class:`~headwater.queue.RunQueue` in PostgreSQL.
+
+    Workers claim runs with ``SELECT … FOR UPDATE SKIP LOCKED`` and hold them under a
+    lease they renew by heartbeat; a run whose lease expired is claimed again (its
+    ``attempts`` grows) and resumed from its last checkpoint by the new worker.
+
+    Example::
+
+        queue = PostgresRunQueue("postgresql://postgres@127.0.0.1:5432/test")
+    """
+
+    def __init__(self, url: str, *, max_size: int = 10, connect_timeout: float = 10.0) -> None:
+        self._store = PostgresCheckpointer(url, max_size=max_size, connect_timeout=connect_timeout)
+        self.url = url
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresRunQueue:
+        """Factory for ``postgresql://`` URLs (the ``headwater_run_queues`` hook)."""
+        try:
+            return cls(url)
+        except CheckpointError as exc:
+            raise QueueError(str(exc)) from exc
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> RunJob | None:
+        def query(db: psycopg.Connection[Any]) -> RunJob | None:
+            with db.cursor(row_factory=dict_row) as cursor:
+                row = cursor.execute(sql, args).fetchone()
+                return _job(row) if row else None
+
+        try:
+            return await self._store._run(query)
+        except CheckpointError as exc:
+            raise QueueError(str(exc)) from exc
+
+    async def enqueue(self, job: RunJob) -> None:
+        """Add a run."""
+        await self._one(
+            "INSERT INTO headwater_runs (run_id, graph, thread_id, owner, input, config, stream, "
+            f"status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued') RETURNING {_JOB_COLUMNS}",
+            (
+                job.run_id,
+                job.graph,
+                job.thread_id,
+                job.owner,
+                Jsonb(job.input),
+                Jsonb(dict(job.config)),
+                Jsonb(dict(job.stream)),
+            ),
+        )
+
+    async def claim(self, worker: str, lease: float) -> RunJob | None:
+        """Take the oldest claimable run."""
+        return await self._one(
+            "UPDATE headwater_runs SET status = 'running', worker = %s, attempts = attempts + 1, "
+            "lease_until = now() + make_interval(secs => %s), updated_at = now() "
+            "WHERE run_id = (SELECT run_id FROM headwater_runs WHERE "
+            "(status = 'queued' AND NOT cancel_requested) OR "
+            "(status = 'running' AND lease_until < now()) "
+            "ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) "
+            f"RETURNING {_JOB_COLUMNS}",
+            (worker, lease),
+        )
+
+    async def renew(self, run_id: str, worker: str, lease: float) -> RunJob | None:
+        """Extend the lease (``None``: lost)."""
+        return await self._one(
+            "UPDATE headwater_runs SET lease_until = now() + make_interval(secs => %s), "
+            "updated_at = now() WHERE run_id = %s AND worker = %s AND status = 'running' "
+            f"RETURNING {_JOB_COLUMNS}",
+            (lease, run_id, worker),
+        )
+
+    async def finish(self, run_id: str, worker: str, status: str, error: str | None = None) -> None:
+        """Record the end of a run."""
+        await self._one(
+            "UPDATE headwater_runs SET status = %s, error = %s, lease_until = NULL, "
+            "updated_at = now() WHERE run_id = %s AND worker = %s "
+            f"RETURNING {_JOB_COLUMNS}",
+            (status, error, run_id, worker),
+        )
+
+    async def cancel(self, run_id: str) -> None:
+        """Request cancellation."""
+        await self._one(
+            "UPDATE headwater_runs SET cancel_requested = TRUE, status = CASE WHEN "
+            "status = 'queued' THEN 'cancelled' ELSE status END, updated_at = now() "
+            f"WHERE run_id = %s RETURNING {_JOB_COLUMNS}",
+            (run_id,),
+        )
+
+    async def get(self, run_id: str) -> RunJob | None:
+        """A run's record."""
+        return await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE run_id = %s", (run_id,)
+        )
+
+    async def thread_owner(self, thread_id: str) -> tuple[bool, str | None]:
+        """Whether a run used the thread, and its owner."""
+        job = await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE thread_id = %s "
+            "ORDER BY created_at LIMIT 1",
+            (thread_id,),
+        )
+        return (job is not None, job.owner if job is not None else None)
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await self._store.aclose()

@@ -1,0 +1,134 @@
+"""The Redis Streams broker; imported on first use (redis-py takes a while to import)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import sniffio
+
+from headwater.broker import Broker, BrokerEntry, BrokerError, ExpiredPositionError
+
+__all__ = ["RedisBroker"]
+
+_ID = re.compile(r"^\d+-\d+$")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+class RedisBroker(Broker):
+    """A :class:`~headwater.broker.Broker` on Redis Streams.
+
+    ``maxlen`` bounds each run's log (approximately, Redis's ``~`` trimming); ``ttl``
+    (seconds) expires a log after its last write.
+
+    Example::
+
+        broker = RedisBroker("redis://127.0.0.1:6379/0", maxlen=10_000)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        maxlen: int = 10_000,
+        ttl: int = 24 * 3600,
+        prefix: str = "headwater:run:",
+    ) -> None:
+        self.url = url
+        self.maxlen = maxlen
+        self.ttl = ttl
+        self.prefix = prefix
+        self._client: aioredis.Redis | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBroker:
+        """Factory for ``redis://`` URLs (the ``headwater_brokers`` hook)."""
+        return cls(url)
+
+    def _redis(self) -> aioredis.Redis:
+        if sniffio.current_async_library() != "asyncio":
+            raise BrokerError(
+                "The Redis broker needs asyncio (redis-py's async client is asyncio-only); "
+                "run the server or worker on asyncio."
+            )
+        if self._client is None:
+            self._client = aioredis.from_url(
+                self.url, socket_connect_timeout=5, decode_responses=True
+            )
+        return self._client
+
+    def _key(self, run_id: str) -> str:
+        return self.prefix + run_id
+
+    def _fail(self, exc: Exception) -> BrokerError:
+        return BrokerError(f"Redis at {_redact(self.url)}: {type(exc).__name__}: {exc}")
+
+    async def ping(self) -> None:
+        """Check the server answers (a clear BrokerError naming the URL otherwise)."""
+        try:
+            await self._redis().ping()
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def valid_id(self, entry_id: str) -> bool:
+        """Redis stream ids look like ``1700000000000-0``."""
+        return bool(_ID.match(entry_id))
+
+    async def publish(self, run_id: str, event: str, data: str) -> str:
+        """``XADD`` the entry (trimming the log to about ``maxlen``)."""
+        client = self._redis()
+        key = self._key(run_id)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"event": event, "data": data}, maxlen=self.maxlen, approximate=True)
+                pipe.expire(key, self.ttl)
+                entry_id, _ = await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        return str(entry_id)
+
+    async def read(self, run_id: str, after: str | None, *, block: float) -> list[BrokerEntry]:
+        """``XREAD`` entries after ``after``, blocking up to ``block`` seconds."""
+        client = self._redis()
+        key = self._key(run_id)
+        position = after or "0-0"
+        try:
+            if after:
+                first: Any = await client.xrange(key, count=1)
+                if first and _older(after, str(first[0][0])):
+                    raise ExpiredPositionError(
+                        f"Entry {after} of run {run_id!r} is no longer kept (oldest: "
+                        f"{first[0][0]}); restart from the thread's state."
+                    )
+            found: Any = await client.xread(
+                {key: position}, count=1000, block=int(block * 1000) if block > 0 else None
+            )
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        return [
+            BrokerEntry(str(i), f["event"], f["data"]) for _, entries in found for i, f in entries
+        ]
+
+    async def delete(self, run_id: str) -> None:
+        """Delete the run's stream."""
+        try:
+            await self._redis().delete(self._key(run_id))
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _older(a: str, b: str) -> bool:
+    ams, aseq = (int(x) for x in a.split("-"))
+    bms, bseq = (int(x) for x in b.split("-"))
+    return (ams, aseq) < (bms, bseq)
