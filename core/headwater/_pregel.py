@@ -852,7 +852,12 @@ class CompiledGraph:
                 )
         subs = run.subscriptions(TASK_END)
         if subs:
-            data = {"node": INTERRUPT_KEY, "update": tuple(interrupts), "error": None}
+            data = {
+                "node": INTERRUPT_KEY,
+                "update": tuple(interrupts),
+                "error": None,
+                "interrupt": None,
+            }
             run.emit(
                 subs,
                 TASK_END,
@@ -970,11 +975,17 @@ class CompiledGraph:
                     f"resume from: compile graph {self.name!r} with checkpointer='memory:' "
                     "(or another backend) and run it with a thread_id."
                 ) from None
+            if streaming:  # the task ends paused: neither an update nor an error
+                end = {"node": task.node, "update": None, "error": None}
+                task.dispatch(TASK_END, {**end, "interrupt": paused.interrupt})
+                task.dispatch(ON_CHAIN_END, {"output": None, "interrupt": paused.interrupt})
             return _Outcome(None, (), paused.interrupt)
         except Exception as exc:
             if streaming:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
-                task.dispatch(TASK_END, {"node": task.node, "update": None, "error": exc})
+                task.dispatch(
+                    TASK_END, {"node": task.node, "update": None, "error": exc, "interrupt": None}
+                )
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
@@ -984,7 +995,10 @@ class CompiledGraph:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
             raise
         if streaming:
-            task.dispatch(TASK_END, {"node": task.node, "update": outcome.update, "error": None})
+            task.dispatch(
+                TASK_END,
+                {"node": task.node, "update": outcome.update, "error": None, "interrupt": None},
+            )
             task.dispatch(ON_CHAIN_END, {"output": out})
             if run._valves:
                 await run.relieve()

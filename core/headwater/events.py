@@ -62,10 +62,14 @@ node that ran to the tuple of updates it returned, in the order they were applie
 TASK_START: Final = "task_start"
 """Bus-internal: a task (one node execution) starts. ``data = {"input", "triggers"}``."""
 TASK_END: Final = "task_end"
-"""Bus-internal: a task finished. ``data = {"node", "update", "error"}``.
+"""Bus-internal: a task finished. ``data = {"node", "update", "error", "interrupt"}``.
 
 ``update`` is the mapping the node returned (a ``Command``'s ``update``; ``None`` for no
-update); ``error`` is the exception it raised, or ``None``.
+update); ``error`` is the exception it raised, or ``None``; ``interrupt`` is the
+:class:`~headwater.checkpoint.Interrupt` that paused it (it ends without an update and
+runs again on resume), or ``None``. When a run pauses, one more ``task_end`` named
+``__interrupt__`` carries all of the step's interrupts as its ``update`` (the
+``updates`` mode's ``{"__interrupt__": ...}`` chunk); it had no ``task_start``.
 """
 
 CHECKPOINT: Final = "checkpoint"

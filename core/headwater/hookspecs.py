@@ -395,7 +395,8 @@ def headwater_event_subscribers(run: Run) -> list[Subscription] | None:
     keeps the returned subscriptions and calls them directly for every matching event
     (no pluggy call per event). An event kind nobody subscribed to is never built.
 
-    **Called:** once per run, before ``headwater_run_start``.
+    **Called:** once per root run, before ``headwater_run_start``; a subgraph's run shares
+    its root run's subscriptions (and its events reach them).
 
     **Parameters:** ``run`` — the :class:`headwater.runtime.Run` about to start.
 

@@ -153,6 +153,36 @@ async def test_updates_mode_reports_the_interrupt() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_paused_node_ends_its_events_and_tasks_report_the_interrupt() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"answer": interrupt("name?")}
+
+    graph = StateGraph(State)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    app = graph.compile(checkpointer="memory:")
+
+    events = [e async for e in app.astream_events({"n": 0}, config("e"))]
+    node = [e for e in events if e["name"] == "ask" and e["event"].startswith("on_chain")]
+    assert [e["event"] for e in node] == ["on_chain_start", "on_chain_end"]
+    end = node[1]["data"]
+    assert end["output"] is None and end["interrupt"].value == "name?"
+    assert events[-1]["event"] == "on_chain_end" and events[-1]["parent_ids"] == []
+
+    tasks = [c async for c in app.astream({"n": 0}, config("t"), stream_mode="tasks")]
+    assert [sorted(c) for c in tasks] == [
+        ["id", "input", "name", "triggers"],
+        ["error", "id", "interrupts", "name", "result"],
+    ]  # no task result for the __interrupt__ summary: it was never a task
+    result = tasks[1]
+    assert result["name"] == "ask" and result["result"] == [] and result["error"] is None
+    assert [i.value for i in result["interrupts"]] == ["name?"]
+
+    updates = [c async for c in app.astream({"n": 0}, config("u"), stream_mode="updates")]
+    assert [list(c) for c in updates] == [["__interrupt__"]]  # no {"ask": None} chunk
+
+
+@pytest.mark.anyio
 async def test_update_state_as_node_routes_from_that_node() -> None:
     app = chain("a", "b", interrupt_before=["b"])
     await app.ainvoke({"n": 0, "log": []}, config("t"))

@@ -58,7 +58,7 @@ def _project_values(data: Mapping[str, Any]) -> Any:
 
 
 def _project_update(data: Mapping[str, Any]) -> Any:
-    if data["error"] is not None:
+    if data["error"] is not None or data["interrupt"] is not None:
         return SKIP
     return {data["node"]: data["update"]}
 
@@ -85,8 +85,13 @@ def _messages(run: Run) -> StreamMode:
     return StreamMode(kinds=frozenset({"on_chat_model_stream"}), project=_project_message)
 
 
-def _task_payload(event: Event) -> dict[str, Any]:
+_INTERRUPT = "__interrupt__"  # the name of the task_end summing up a paused run's interrupts
+
+
+def _task_payload(event: Event) -> Any:
     data = event.data
+    if event.name == _INTERRUPT:  # the run's summary of its interrupts, not a task
+        return SKIP
     if event.event == TASK_START:
         return {
             "id": event.run_id,
@@ -101,6 +106,7 @@ def _task_payload(event: Event) -> dict[str, Any]:
         "name": event.name,
         "result": list(update.items()) if isinstance(update, Mapping) else [],
         "error": None if error is None else f"{type(error).__name__}: {error}",
+        "interrupts": [] if data["interrupt"] is None else [data["interrupt"]],
     }
 
 
@@ -140,6 +146,8 @@ def _project_debug(event: Event) -> Any:
     else:
         kind = "task" if event.event == TASK_START else "task_result"
         step, payload = event.metadata.get("step"), _task_payload(event)
+        if payload is SKIP:
+            return SKIP
     return {
         "type": kind,
         "step": step,

@@ -219,6 +219,7 @@ async def test_debug_chunks_report_task_starts_and_results() -> None:
         "name": "first",
         "result": [("n", 10), ("log", ["first"])],
         "error": None,
+        "interrupts": [],
     }
     assert chunks[2]["payload"]["triggers"] == ["first"]
     assert chunks[2]["payload"]["id"] != start["id"]
@@ -263,7 +264,7 @@ async def test_tasks_yields_the_debug_payloads_alone() -> None:
     assert strip == [{k: v for k, v in c["payload"].items() if k != "id"} for c in debug]
     assert [set(c) for c in tasks] == [
         {"id", "name", "input", "triggers"},
-        {"id", "name", "result", "error"},
+        {"id", "name", "result", "error", "interrupts"},
     ] * 2
 
 
