@@ -1,0 +1,342 @@
+"""The documentation builds strictly, and every Python block in it runs.
+
+* ``mkdocs build --strict`` must succeed: a broken link, anchor or nav entry fails.
+* Every ```` ```python ```` block of a page in ``docs/`` (and of ``README.md``) is executed,
+  page by page: the blocks of one page share one namespace and run in order, as they do
+  for a reader pasting them into IPython. Blocks with a top-level ``await`` (or
+  ``async for``) run on the page's event loop (asyncio); the others run as plain code
+  with no loop running, so sync calls like ``app.invoke(...)`` work as in a script. Each
+  page is its own test id; a failure's traceback points at the Markdown file's own lines.
+* A block opts out only with a ``<!-- docs: no-run -->`` line right above it, and only
+  when it cannot run offline (it configures a real provider). Such blocks must still
+  parse, and there may be at most :data:`MAX_NO_RUN` of them in all. Python shown in a
+  ```` ```text ```` block (which would dodge both rules) fails the suite too.
+* A page that needs a service declares it with ``<!-- docs: services postgres redis -->``;
+  the service is found as in the rest of the suite (``HEADWATER_TEST_POSTGRES_URL``,
+  ``HEADWATER_TEST_REDIS_URL``): skipped when missing, failed under
+  ``HEADWATER_REQUIRE_SERVICES=1``. Its URL is given to the page as ``$DATABASE_URL`` /
+  ``$REDIS_URL``.
+* Reference pages list what the code defines: every public event kind on the events
+  page, every exception of ``headwater.errors`` as a heading on the errors page.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import os
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+import headwater.errors
+import headwater.events
+from headwater.testing.services import service_url
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLE_PLUGIN = DOCS / "plugins" / "example"  # a real package: its files are sources
+PYTHON_INFO = frozenset({"python", "py", "python3"})
+NO_RUN = "<!-- docs: no-run -->"
+MAX_NO_RUN = 6
+"""Blocks that only configure a real provider (an API key, a server URL) may opt out."""
+BLOCK_TIMEOUT = 60.0
+_MODULE = "headwater_docs_page"
+
+_FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
+_SERVICES = re.compile(r"<!--\s*docs:\s*services\s+(?P<names>[a-z ,]+?)\s*-->")
+
+
+@attrs.frozen
+class Block:
+    path: Path
+    line: int  # 1-based line of the first line of code
+    info: str
+    code: str
+    run: bool
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def pages() -> list[Path]:
+    found = [
+        p for p in sorted(DOCS.rglob("*.md")) if EXAMPLE_PLUGIN not in p.parents and p.is_file()
+    ]
+    return [ROOT / "README.md", *found]
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    """Every fenced block of a Markdown file, with its info string and position."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if match is None:
+            i += 1
+            continue
+        indent, fence, info = len(match["indent"]), match["fence"], match["info"].strip()
+        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            stripped = lines[j].strip()
+            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
+                break
+            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
+            j += 1
+        else:
+            raise AssertionError(f"{path.relative_to(ROOT)}:{i + 1}: unclosed code fence")
+        blocks.append(
+            Block(
+                path=path,
+                line=i + 2,
+                info=info,
+                code="\n".join(body) + "\n",
+                run=previous != NO_RUN,
+            )
+        )
+        i = j + 1
+    return blocks
+
+
+def python_blocks(path: Path) -> list[Block]:
+    return [b for b in fenced_blocks(path) if b.info.split(" ")[0].lower() in PYTHON_INFO]
+
+
+def _page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+# -- the build ---------------------------------------------------------------------------
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    command = [str(mkdocs)] if mkdocs.exists() else [sys.executable, "-m", "mkdocs"]
+    result = subprocess.run(
+        [*command, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{output}"
+    assert (tmp_path / "site" / "index.html").exists(), output
+
+
+# -- running the blocks ------------------------------------------------------------------
+
+
+def _services(path: Path) -> dict[str, str]:
+    """Resolve the services a page declares; skip (or fail in CI) when one is missing."""
+    text = path.read_text(encoding="utf-8")
+    env: dict[str, str] = {}
+    for match in _SERVICES.finditer(text):
+        for name in re.split(r"[ ,]+", match["names"].strip()):
+            if name == "postgres":
+                url = service_url(
+                    "HEADWATER_TEST_POSTGRES_URL",
+                    "postgresql://postgres@127.0.0.1:5432/test",
+                    _ping_postgres,
+                )
+                env["DATABASE_URL"] = url
+            elif name == "redis":
+                url = service_url(
+                    "HEADWATER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0", _ping_redis
+                )
+                env["REDIS_URL"] = url
+            else:
+                raise AssertionError(f"{path.relative_to(ROOT)}: unknown service {name!r}")
+    return env
+
+
+def _ping_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=3) as db:
+        db.execute("SELECT 1")
+
+
+def _ping_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+
+
+def _run_blocks(blocks: list[Block], namespace: dict[str, Any]) -> None:
+    """Run blocks in order in one namespace, like a REPL with top-level ``await``.
+
+    A block that awaits at top level runs on the page's event loop (one loop for the
+    whole page); any other block runs as plain code with no loop running, so that sync
+    calls such as ``app.invoke(...)`` work as they do in a script.
+    """
+    with asyncio.Runner() as runner:
+        for block in blocks:
+            # Pad with blank lines so tracebacks point at the Markdown file's own lines.
+            source = "\n" * (block.line - 1) + block.code
+            try:
+                code = compile(
+                    source,
+                    str(block.path),
+                    "exec",
+                    flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                    dont_inherit=True,  # not this file's `from __future__ import annotations`
+                )
+            except SyntaxError as exc:
+                raise AssertionError(f"{block.where}: the block does not parse: {exc}") from exc
+            if code.co_flags & inspect.CO_COROUTINE:
+                runner.run(_awaited(eval(code, namespace), block))
+            else:
+                exec(code, namespace)
+
+
+async def _awaited(coroutine: Any, block: Block) -> None:
+    try:
+        async with asyncio.timeout(BLOCK_TIMEOUT):
+            await coroutine
+    except TimeoutError as exc:
+        raise AssertionError(f"{block.where}: the block ran for over {BLOCK_TIMEOUT} s") from exc
+
+
+@pytest.mark.parametrize("page", pages(), ids=_page_id)
+def test_code_blocks_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = python_blocks(page)
+    runnable = [b for b in blocks if b.run]
+    if not runnable:
+        pytest.skip("no runnable Python blocks")
+    for name, value in _services(page).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # files a page writes (sqlite:///app.db …) land here
+    saved_environ = dict(os.environ)
+    # A real module, so that type hints of classes defined on the page resolve.
+    module = types.ModuleType(_MODULE)
+    module.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, _MODULE, module)
+    namespace = module.__dict__
+
+    try:
+        _run_blocks(runnable, namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environ)
+
+
+def test_no_run_blocks_are_few_and_parse() -> None:
+    skipped = [b for page in pages() for b in python_blocks(page) if not b.run]
+    for block in skipped:
+        try:
+            ast.parse(block.code)
+        except SyntaxError as exc:
+            raise AssertionError(f"{block.where}: a no-run block must still parse: {exc}") from exc
+    where = ", ".join(b.where for b in skipped)
+    assert len(skipped) <= MAX_NO_RUN, (
+        f"{len(skipped)} Python blocks opt out of running ({where}); at most {MAX_NO_RUN} "
+        "may, and only to configure a real provider. Make the others runnable offline "
+        "(FakeChatModel, memory: checkpointer ...)."
+    )
+
+
+def test_no_python_hides_in_text_blocks() -> None:
+    """Python shown as ```` ```text ```` would escape both running and the no-run count."""
+    hidden = [
+        b.where
+        for page in pages()
+        for b in fenced_blocks(page)
+        if b.info.split(" ")[0].lower() in ("", "text", "plain", "txt")
+        and re.match(r"\s*(from \w[\w.]* import |import \w)", b.code)
+    ]
+    assert not hidden, (
+        f"Python in text blocks: {', '.join(hidden)}. Make them ```python blocks that run, "
+        f"or, for provider configuration only, mark them {NO_RUN}."
+    )
+
+
+def test_the_harness_finds_blocks_and_markers(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Page\n\n```python\nx = 1\n```\n\n"
+        "<!-- docs: no-run -->\n```python\nclient = Provider(key='...')\n```\n\n"
+        "```text\nnot python\n```\n\n"
+        "- a list item\n\n    ```python\n    y = x + 1\n    ```\n",
+        encoding="utf-8",
+    )
+    blocks = fenced_blocks(page)
+    assert [(b.info, b.line, b.run) for b in blocks] == [
+        ("python", 4, True),
+        ("python", 9, False),
+        ("text", 13, True),
+        ("python", 19, True),
+    ]
+    assert blocks[-1].code == "y = x + 1\n"
+    namespace: dict[str, Any] = {}
+    _run_blocks([b for b in python_blocks(page) if b.run], namespace)
+    assert namespace["y"] == 2
+
+    awaiting = tmp_path / "awaiting.md"
+    awaiting.write_text(
+        "```python\nimport anyio\n\nasync def two():\n    return 2\n```\n\n"
+        "```python\nz = await two()\n```\n\n```python\nassert anyio.run(two) == z\n```\n",
+        encoding="utf-8",
+    )
+    namespace = {}
+    _run_blocks(python_blocks(awaiting), namespace)
+    assert namespace["z"] == 2
+
+
+# -- reference pages match the code -----------------------------------------------------
+
+
+def _headings(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)  # no code blocks
+    return [m[1].strip() for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.M)]
+
+
+def _names_in(heading: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", heading)) | {heading}
+
+
+def _assert_listed(
+    page: Path, expected: set[str], what: str, found: Callable[[Path], set[str]]
+) -> None:
+    assert page.exists(), f"{page.relative_to(ROOT)} is missing; it must list {what}"
+    listed = found(page)
+    missing = sorted(expected - listed)
+    assert not missing, f"{page.relative_to(ROOT)} does not document {what}: {missing}"
+
+
+def test_events_page_lists_every_event_kind() -> None:
+    """Every event kind: the public ones and the bus-internal constants of headwater.events."""
+    kinds = set(headwater.events.PUBLIC_KINDS)
+    for name in headwater.events.__all__:
+        value = getattr(headwater.events, name)
+        if isinstance(value, str):
+            kinds.add(value)
+
+    def headed(page: Path) -> set[str]:
+        return {name for h in _headings(page) for name in _names_in(h)}
+
+    _assert_listed(DOCS / "events.md", kinds, "these event kinds as headings", headed)
+
+
+def test_errors_page_lists_every_exception() -> None:
+    exceptions = set(headwater.errors.__all__)
+
+    def headed(page: Path) -> set[str]:
+        return {name for h in _headings(page) for name in _names_in(h)}
+
+    _assert_listed(DOCS / "errors.md", exceptions, "these exceptions as headings", headed)
