@@ -108,6 +108,11 @@ class ChatModel(abc.ABC):
             async for chunk in llm.astream("Tell me about rivers"):
                 print(chunk.content, end="")
         """
+        if "messages" in kwargs:
+            raise InvalidInputError(
+                f"{type(self).__name__} got the messages twice: as the input and as "
+                "messages=...; pass them once, as the first argument: llm.invoke(messages)."
+            )
         messages = _messages(input)
         observed = Observed(
             "chat_model",

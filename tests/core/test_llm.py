@@ -632,3 +632,11 @@ async def test_sync_invoke_on_the_event_loop_thread_is_refused_with_the_async_fo
     }[kind]
     with pytest.raises(HeadwaterError, match=f"event loop thread.*{re.escape(hint)}"):
         call()
+
+
+@pytest.mark.anyio
+async def test_messages_given_twice_are_a_clear_error() -> None:
+    llm = FakeChatModel(["x"])
+    with pytest.raises(InvalidInputError, match=r"messages twice.*llm\.invoke\(messages\)"):
+        await llm.ainvoke("hi", messages=["a"])
+    assert llm.calls == []  # refused before the model was called
