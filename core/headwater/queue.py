@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import difflib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,7 +60,7 @@ class RunQueue(abc.ABC):
 
         class MyQueue(RunQueue):
             async def enqueue(self, job): ...
-            async def claim(self, worker, lease): ...
+            async def claim(self, worker, lease, graphs=None): ...
             async def renew(self, run_id, worker, lease): ...
             async def finish(self, run_id, worker, status, error=None): ...
             async def cancel(self, run_id): ...
@@ -73,8 +73,14 @@ class RunQueue(abc.ABC):
         """Add a run (status ``queued``)."""
 
     @abc.abstractmethod
-    async def claim(self, worker: str, lease: float) -> RunJob | None:
-        """Take the oldest queued run, or a running one whose lease expired; ``None`` if none."""
+    async def claim(
+        self, worker: str, lease: float, graphs: Collection[str] | None = None
+    ) -> RunJob | None:
+        """Take the oldest queued run, or a running one whose lease expired; ``None`` if none.
+
+        With ``graphs``, only a run of one of those graphs: workers serving different
+        graphs share one queue without taking each other's runs.
+        """
 
     @abc.abstractmethod
     async def renew(self, run_id: str, worker: str, lease: float) -> RunJob | None:

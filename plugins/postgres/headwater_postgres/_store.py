@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -383,17 +383,21 @@ class PostgresRunQueue(RunQueue):
             ),
         )
 
-    async def claim(self, worker: str, lease: float) -> RunJob | None:
-        """Take the oldest claimable run."""
+    async def claim(
+        self, worker: str, lease: float, graphs: Collection[str] | None = None
+    ) -> RunJob | None:
+        """Take the oldest claimable run (of one of ``graphs``, if given)."""
+        wanted = None if graphs is None else sorted(graphs)
         return await self._one(
             "UPDATE headwater_runs SET status = 'running', worker = %s, attempts = attempts + 1, "
             "lease_until = now() + make_interval(secs => %s), updated_at = now() "
             "WHERE run_id = (SELECT run_id FROM headwater_runs WHERE "
-            "(status = 'queued' AND NOT cancel_requested) OR "
-            "(status = 'running' AND lease_until < now()) "
+            "((status = 'queued' AND NOT cancel_requested) OR "
+            "(status = 'running' AND lease_until < now())) "
+            "AND (%s::text[] IS NULL OR graph = ANY(%s::text[])) "
             "ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) "
             f"RETURNING {_JOB_COLUMNS}",
-            (worker, lease),
+            (worker, lease, wanted, wanted),
         )
 
     async def renew(self, run_id: str, worker: str, lease: float) -> RunJob | None:

@@ -145,7 +145,7 @@ async def work(
     worker = worker or f"{socket.gethostname()}-{new_id()[:8]}"
     done = 0
     while max_runs is None or done < max_runs:
-        job = await queue.claim(worker, lease)
+        job = await queue.claim(worker, lease, graphs)  # never another worker's graph
         if job is None:
             await anyio.sleep(poll)
             continue

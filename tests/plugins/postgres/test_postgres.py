@@ -151,26 +151,22 @@ async def test_queue_claim_lease_takeover_and_cancel(pg_url: str) -> None:
 
     queue = await anyio.to_thread.run_sync(lambda: queue_from_url(pg_url))
     assert isinstance(queue, PostgresRunQueue)
-    run = uuid.uuid4().hex
+    run, graph = uuid.uuid4().hex, f"g-{uuid.uuid4().hex[:8]}"
     await queue.enqueue(
-        RunJob(run_id=run, graph="g", thread_id="t", input={"n": 1}, config={"a": 1})
+        RunJob(run_id=run, graph=graph, thread_id="t", input={"n": 1}, config={"a": 1})
     )
     job = await queue.get(run)
     assert job is not None and job.status == "queued" and job.input == {"n": 1}
 
-    # Claim it (other tests may have left claimable runs: skip past them).
-    claimed = None
-    for _ in range(50):
-        claimed = await queue.claim("w1", lease=0.5)
-        if claimed is None or claimed.run_id == run:
-            break
-        await queue.finish(claimed.run_id, "w1", "error", "left over by another test")
+    # A worker serving other graphs never takes it (nor does this test take other runs).
+    assert await queue.claim("w0", lease=0.5, graphs=["some-other-graph"]) is None
+    claimed = await queue.claim("w1", lease=0.5, graphs=[graph])
     assert claimed is not None and claimed.run_id == run and claimed.attempts == 1
     assert (await queue.renew(run, "w1", lease=0.5)) is not None
     assert await queue.renew(run, "w2", lease=0.5) is None  # not w2's lease
 
     await anyio.sleep(1.0)  # w1 "dies": its lease expires
-    taken = await queue.claim("w2", lease=30)
+    taken = await queue.claim("w2", lease=30, graphs=[graph])
     assert (
         taken is not None and taken.run_id == run and taken.attempts == 2 and taken.worker == "w2"
     )
