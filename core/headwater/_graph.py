@@ -14,6 +14,7 @@ import attrs
 from headwater._state import Schema, describe_schema
 from headwater._types import END, START, Command
 from headwater.errors import GraphValidationError
+from headwater.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from headwater._pregel import CompiledGraph
@@ -85,6 +86,7 @@ class NodeSpec:
     metadata: Mapping[str, Any]
     destinations: tuple[str, ...] | None  # Command targets, None = unknown (may go anywhere)
     subgraph: CompiledGraph | None = None
+    retry: RetryPolicy | None = None
 
 
 @attrs.frozen
@@ -195,6 +197,7 @@ class StateGraph:
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         destinations: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> StateGraph:
         """Add a node: a function, an async function or a compiled graph (a subgraph).
 
@@ -202,11 +205,14 @@ class StateGraph:
 
         ``tags`` go on every event of the node (and of models and tools it calls);
         ``metadata`` is merged into those events' metadata; ``destinations`` lists the
-        nodes a ``Command(goto=...)`` from this node may go to (for validation).
+        nodes a ``Command(goto=...)`` from this node may go to (for validation);
+        ``retry`` is a :class:`~headwater.retry.RetryPolicy` that runs the node again
+        when it fails with a transient error.
 
         Example::
 
             graph.add_node("process", process_fn, tags=["critical"])
+            graph.add_node("call_api", call_api, retry=RetryPolicy(max_attempts=5))
         """
         if fn is None and callable(name):
             fn, name = name, getattr(name, "__name__", "")
@@ -240,6 +246,16 @@ class StateGraph:
             raise GraphValidationError(
                 f"Tags of node {name!r} must be a list of strings; got {tags!r:.80}."
             )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise GraphValidationError(
+                f"retry of node {name!r} must be a headwater.RetryPolicy; got "
+                f"{type(retry).__name__}: {retry!r:.80}."
+            )
+        if retry is not None and isinstance(fn, CompiledGraph):
+            raise GraphValidationError(
+                f"Node {name!r} is a subgraph, which cannot be retried as a whole (its own "
+                "checkpoints and events would repeat); give its own nodes a retry policy."
+            )
         node_fn: Callable[..., Any]
         if isinstance(fn, CompiledGraph):
             subgraph: CompiledGraph | None = fn
@@ -269,6 +285,7 @@ class StateGraph:
             metadata=dict(metadata or {}),
             destinations=dests,
             subgraph=subgraph,
+            retry=retry,
         )
         return self
 

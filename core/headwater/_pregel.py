@@ -963,10 +963,11 @@ class CompiledGraph:
             task.dispatch(TASK_START, {"input": task.input, "triggers": task.triggers})
             task.dispatch(ON_CHAIN_START, {"input": task.input})
         try:
+            call = self._call_node if self.nodes[task.node].retry is None else self._call_retrying
             if wrap:
-                out = await _wrapped(self._call_node, task, pm)
+                out = await _wrapped(call, task, pm)
             else:
-                out = await self._call_node(task)
+                out = await call(task)
             outcome = self._outcome(task.node, out)
         except GraphInterrupt as paused:
             if self.checkpointer is None:
@@ -1003,6 +1004,22 @@ class CompiledGraph:
             if run._valves:
                 await run.relieve()
         return outcome
+
+    async def _call_retrying(self, task: Task) -> Any:
+        """Call the node under its retry policy: again after each retryable failure."""
+        policy = self.nodes[task.node].retry
+        assert policy is not None
+        attempt = 1
+        while True:
+            try:
+                return await self._call_node(task)
+            except Exception as exc:
+                if attempt >= policy.max_attempts or not policy.should_retry(exc):
+                    if attempt > 1:
+                        exc.add_note(f"Node {task.node!r} failed {attempt} attempts in all.")
+                    raise
+            await anyio.sleep(policy.delay(attempt))
+            attempt += 1
 
     async def _call_node(self, task: Task) -> Any:
         spec = self.nodes[task.node]
