@@ -24,7 +24,9 @@ class RedisBroker(Broker):
     """A :class:`~headwater.broker.Broker` on Redis Streams.
 
     ``maxlen`` bounds each run's log (approximately, Redis's ``~`` trimming); ``ttl``
-    (seconds) expires a log after its last write.
+    (seconds) expires a log after its last write. ``socket_timeout`` (seconds) bounds
+    every command, so a dead connection fails instead of hanging; a blocking read waits
+    at most half of it (and then returns no entries, as when ``block`` runs out).
 
     Example::
 
@@ -38,8 +40,12 @@ class RedisBroker(Broker):
         maxlen: int = 10_000,
         ttl: int = 24 * 3600,
         prefix: str = "headwater:run:",
+        socket_timeout: float = 30.0,
     ) -> None:
+        if not socket_timeout > 0:
+            raise BrokerError(f"socket_timeout must be > 0 seconds; got {socket_timeout!r}.")
         self.url = url
+        self.socket_timeout = socket_timeout
         self.maxlen = maxlen
         self.ttl = ttl
         self.prefix = prefix
@@ -58,7 +64,10 @@ class RedisBroker(Broker):
             )
         if self._client is None:
             self._client = aioredis.from_url(
-                self.url, socket_connect_timeout=5, decode_responses=True
+                self.url,
+                socket_connect_timeout=5,
+                socket_timeout=self.socket_timeout,
+                decode_responses=True,
             )
         return self._client
 
@@ -105,6 +114,8 @@ class RedisBroker(Broker):
                         f"Entry {after} of run {run_id!r} is no longer kept (oldest: "
                         f"{first[0][0]}); restart from the thread's state."
                     )
+            # A read blocking longer than the socket timeout would fail as a timeout.
+            block = min(block, self.socket_timeout / 2)
             found: Any = await client.xread(
                 {key: position}, count=1000, block=int(block * 1000) if block > 0 else None
             )

@@ -57,3 +57,25 @@ def test_trio_gets_a_clear_error() -> None:
     broker = RedisBroker(DEFAULT_URL)
     with pytest.raises(BrokerError, match="needs asyncio"):
         anyio.run(broker.publish, "r", "e", "{}", backend="trio")
+
+
+@pytest.mark.anyio
+async def test_a_read_blocking_past_the_socket_timeout_returns_empty_not_an_error(
+    redis_url: str,
+) -> None:
+    # A client waiting longer than the socket timeout for a run's first event (a queued
+    # run under load) used to get "Timeout reading from ..." and a cut stream.
+    broker = RedisBroker(redis_url, socket_timeout=1.0)
+    try:
+        with anyio.fail_after(5):
+            assert await broker.read("never-written-run", None, block=3.0) == []
+        entry = await broker.publish("later-run", "on_chain_start", "{}")
+        assert [e.id for e in await broker.read("later-run", None, block=3.0)] == [entry]
+    finally:
+        await broker.delete("later-run")
+        await broker.aclose()
+
+
+def test_a_bad_socket_timeout_is_refused() -> None:
+    with pytest.raises(BrokerError, match="socket_timeout must be > 0"):
+        RedisBroker(DEFAULT_URL, socket_timeout=0)
