@@ -208,3 +208,28 @@ def test_killed_worker_loses_its_lease_and_the_other_finishes_the_run(
     state = httpx.get(f"{b}/threads/{thread}/state", timeout=10).json()
     assert state["values"]["steps"] == list(range(STEPS))  # same as an uninterrupted run
     assert httpx.get(f"{a}/runs/{run_id}", timeout=10).json()["status"] == "done"
+
+
+def test_a_worker_executes_several_runs_at_once(cluster: dict[str, Any]) -> None:
+    # 4 runs of 1.8 s each, 2 workers: every run is claimed within a poll (0.1 s), long
+    # before any finishes, so some worker holds two at once, which one-at-a-time could not.
+    a = cluster["urls"]["A"]
+    runs = [start(a)[0] for _ in range(4)]
+    most = 0
+    deadline = time.monotonic() + 60
+    with psycopg.connect(cluster["pg"], autocommit=True) as db:
+        while True:
+            rows = db.execute(
+                "SELECT worker, count(*) FILTER (WHERE status = 'running'), "
+                "count(*) FILTER (WHERE status IN ('done', 'error')) "
+                "FROM headwater_runs WHERE run_id = ANY(%s) GROUP BY worker",
+                (runs,),
+            ).fetchall()
+            most = max([most, *(running for worker, running, _ in rows if worker)])
+            if sum(finished for _, _, finished in rows) == len(runs):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+    assert most >= 2
+    statuses = {httpx.get(f"{a}/runs/{r}", timeout=10).json()["status"] for r in runs}
+    assert statuses == {"done"}

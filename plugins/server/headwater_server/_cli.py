@@ -177,6 +177,13 @@ def headwater_cli_commands(cli: click.Group) -> None:
     )
     @click.option("--poll", default=0.5, show_default=True, help="Seconds between empty claims.")
     @click.option("--name", default=None, help="Worker name (default: host and a random id).")
+    @click.option(
+        "--concurrency",
+        default=8,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Runs executed at once by this process.",
+    )
     def worker(
         graphs: tuple[str, ...],
         queue: str,
@@ -185,6 +192,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
         lease: float,
         poll: float,
         name: str | None,
+        concurrency: int,
     ) -> None:
         """Claim queued runs and execute them, publishing their events to the broker."""
         from headwater.broker import broker_from_url
@@ -201,7 +209,14 @@ def headwater_cli_commands(cli: click.Group) -> None:
         click.echo(f"headwater: worker for {', '.join(sorted(loaded))} on {queue.split('@')[-1]}")
         anyio.run(
             functools.partial(
-                work, loaded, the_queue, the_broker, lease=lease, poll=poll, worker=name
+                work,
+                loaded,
+                the_queue,
+                the_broker,
+                lease=lease,
+                poll=poll,
+                worker=name,
+                concurrency=concurrency,
             )
         )
 

@@ -135,26 +135,39 @@ async def work(
     poll: float = 0.5,
     worker: str | None = None,
     max_runs: int | None = None,
+    concurrency: int = 1,
 ) -> None:
     """Claim and execute runs until cancelled (or ``max_runs`` runs were done).
 
+    ``concurrency`` runs execute at once (each under its own lease): most runs spend
+    their time waiting on a model provider, so one process can carry many.
+
     Example::
 
-        anyio.run(work, {"chat": app}, queue, broker)
+        anyio.run(functools.partial(work, {"chat": app}, queue, broker, concurrency=8))
     """
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1; got {concurrency!r}.")
     worker = worker or f"{socket.gethostname()}-{new_id()[:8]}"
-    done = 0
-    while max_runs is None or done < max_runs:
-        job = await queue.claim(worker, lease, graphs)  # never another worker's graph
-        if job is None:
-            await anyio.sleep(poll)
-            continue
-        graph = graphs.get(job.graph)
-        if graph is None:
-            message = f"This worker has no graph {job.graph!r}; it serves {sorted(graphs)}."
-            body = {"type": "unknown_graph", "message": message}
-            await publish(broker, job.run_id, "error", encode_json(body), must=True)
-            await queue.finish(job.run_id, worker, "error", message)
-        else:
-            await run_job(job, graph, queue, broker, worker, lease)
-        done += 1
+    claimed = 0
+
+    async def slot() -> None:
+        nonlocal claimed
+        while max_runs is None or claimed < max_runs:
+            job = await queue.claim(worker, lease, graphs)  # never another worker's graph
+            if job is None:
+                await anyio.sleep(poll)
+                continue
+            claimed += 1
+            graph = graphs.get(job.graph)
+            if graph is None:
+                message = f"This worker has no graph {job.graph!r}; it serves {sorted(graphs)}."
+                body = {"type": "unknown_graph", "message": message}
+                await publish(broker, job.run_id, "error", encode_json(body), must=True)
+                await queue.finish(job.run_id, worker, "error", message)
+            else:
+                await run_job(job, graph, queue, broker, worker, lease)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(slot)
