@@ -32,6 +32,7 @@ __all__ = [
     "AIMessageChunk",
     "AnyMessage",
     "BaseMessage",
+    "ChunkSum",
     "HumanMessage",
     "InvalidToolCall",
     "RemoveMessage",
@@ -211,8 +212,11 @@ def _merge_tool_chunks(
 class AIMessageChunk(BaseMessage):
     """One streamed piece of a model response; chunks add up with ``+``.
 
-    ``content`` strings concatenate, tool-call fragments with the same ``index`` join,
-    usage adds up. :meth:`to_message` turns the sum into an :class:`AIMessage`.
+    ``content`` strings concatenate (a list of content blocks, once either side has one);
+    tool-call fragments with the same ``index`` join into the first with that index;
+    usage adds up; ``id`` and ``name`` are the first given; ``response_metadata`` merges,
+    later keys winning. To add up many chunks, :meth:`merge` does it
+    in linear time. :meth:`to_message` turns the sum into an :class:`AIMessage`.
 
     Example::
 
@@ -228,22 +232,24 @@ class AIMessageChunk(BaseMessage):
     def __add__(self, other: AIMessageChunk) -> AIMessageChunk:
         if not isinstance(other, AIMessageChunk):
             return NotImplemented
-        if isinstance(self.content, str) and isinstance(other.content, str):
-            content: str | list[Any] = self.content + other.content
-        else:
-            content = _as_blocks(self.content) + _as_blocks(other.content)
-        if self.usage is None or other.usage is None:
-            usage = self.usage or other.usage
-        else:
-            usage = self.usage + other.usage
-        return AIMessageChunk(
-            content=content,
-            id=self.id or other.id,
-            name=self.name or other.name,
-            tool_call_chunks=_merge_tool_chunks(self.tool_call_chunks, other.tool_call_chunks),
-            usage=usage,
-            response_metadata={**self.response_metadata, **other.response_metadata},
-        )
+        return AIMessageChunk.merge((self, other))
+
+    @classmethod
+    def merge(cls, chunks: Iterable[AIMessageChunk]) -> AIMessageChunk:
+        """The sum of ``chunks``, as ``c1 + c2 + ...`` gives it, in linear time.
+
+        Adding chunks one by one copies the text so far on every ``+``, which grows with
+        the square of a long response; this does not.
+
+        Example::
+
+            parts = [AIMessageChunk(content=t) for t in ("Riv", "ers", " run")]
+            assert AIMessageChunk.merge(parts) == parts[0] + parts[1] + parts[2]
+        """
+        total = ChunkSum()
+        for chunk in chunks:
+            total.add(chunk)
+        return total.result()
 
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
@@ -292,6 +298,126 @@ class AIMessageChunk(BaseMessage):
             invalid_tool_calls=tuple(invalid),
             usage=self.usage,
             response_metadata=self.response_metadata,
+        )
+
+
+class _Text:
+    """A string built from many small pieces in linear time and compact memory."""
+
+    __slots__ = ("blocks", "pieces")
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.pieces: list[str] = []
+
+    def add(self, piece: str) -> None:
+        pieces = self.pieces
+        pieces.append(piece)
+        if len(pieces) >= 64:  # fold small pieces into one block: few objects kept
+            self.blocks.append("".join(pieces))
+            pieces.clear()
+
+    def value(self) -> str:
+        return "".join(self.blocks) + "".join(self.pieces)
+
+
+class ChunkSum:
+    """Adds up streamed :class:`AIMessageChunk` objects one at a time, in linear time.
+
+    ``result()`` equals the left fold ``c1 + c2 + ...`` of the chunks added so far, but
+    keeps no chunk: text and tool-call arguments go into compact buffers. What a chat
+    model uses to assemble its response while streaming.
+
+    Example::
+
+        total = ChunkSum()
+        for chunk in chunks:
+            total.add(chunk)
+        message = total.result().to_message()
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_calls",
+        "_id",
+        "_meta",
+        "_name",
+        "_text",
+        "_usage",
+    )
+
+    def __init__(self) -> None:
+        self._text: _Text | None = _Text()
+        self._blocks: list[Any] | None = None  # once any content is a list of blocks
+        self._id: str | None = None
+        self._name: str | None = None
+        self._calls: list[list[Any]] = []  # [name, id, _Text args, index]
+        self._meta: dict[str, Any] = {}
+        self._usage: Usage | None = None
+
+    def add(self, chunk: AIMessageChunk) -> None:
+        """Add the next chunk.
+
+        Example::
+
+            total.add(AIMessageChunk(content="Hel"))
+        """
+        content = chunk.content
+        if self._blocks is None and isinstance(content, str):
+            assert self._text is not None
+            if content:
+                self._text.add(content)
+        else:
+            if self._blocks is None:
+                assert self._text is not None
+                self._blocks = _as_blocks(self._text.value())
+                self._text = None
+            self._blocks.extend(_as_blocks(content))
+        self._id = self._id or chunk.id
+        self._name = self._name or chunk.name
+        for part in chunk.tool_call_chunks:
+            self._add_call(part)
+        usage = chunk.usage
+        if usage is not None:
+            self._usage = usage if self._usage is None else self._usage + usage
+        if chunk.response_metadata:
+            self._meta.update(chunk.response_metadata)
+
+    def _add_call(self, part: ToolCallChunk) -> None:
+        if part.index is not None:
+            for entry in self._calls:
+                if entry[3] == part.index:
+                    entry[0] = entry[0] or part.name
+                    entry[1] = entry[1] or part.id
+                    entry[2].add(part.args)
+                    return
+        args = _Text()
+        args.add(part.args)
+        self._calls.append([part.name, part.id, args, part.index])
+
+    def result(self) -> AIMessageChunk:
+        """The sum of the chunks added so far (an empty chunk if none).
+
+        Example::
+
+            total.result().content  # "Hello"
+        """
+        content: str | list[Any]
+        if self._blocks is not None:
+            content = list(self._blocks)
+        else:
+            assert self._text is not None
+            content = self._text.value()
+        return AIMessageChunk(
+            content=content,
+            id=self._id,
+            name=self._name,
+            tool_call_chunks=tuple(
+                ToolCallChunk(name=name, args=args.value(), id=id_, index=index)
+                for name, id_, args, index in self._calls
+            ),
+            usage=self._usage,
+            response_metadata=dict(self._meta),
         )
 
 

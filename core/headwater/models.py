@@ -40,7 +40,13 @@ from headwater._concurrency import run_all
 from headwater._observe import Observed
 from headwater._sync import on_event_loop, run_sync
 from headwater.errors import HeadwaterError, InvalidInputError
-from headwater.messages import AIMessage, AIMessageChunk, BaseMessage, coerce_message
+from headwater.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChunkSum,
+    coerce_message,
+)
 
 __all__ = ["KNOWN_PROVIDERS", "ChatModel", "init_chat_model"]
 
@@ -108,6 +114,17 @@ class ChatModel(abc.ABC):
             async for chunk in llm.astream("Tell me about rivers"):
                 print(chunk.content, end="")
         """
+        chunks = self._observed(input, kwargs, [])
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:  # left early: end the call's events now, not at garbage collection
+            await chunks.aclose()
+
+    async def _observed(
+        self, input: Any, kwargs: dict[str, Any], response: list[AIMessage]
+    ) -> AsyncGenerator[AIMessageChunk, None]:
+        """The chunks of one call, with its events; appends the complete response."""
         if "messages" in kwargs:
             raise InvalidInputError(
                 f"{type(self).__name__} got the messages twice: as the input and as "
@@ -121,15 +138,15 @@ class ChatModel(abc.ABC):
             {"ls_model_name": self.model, "ls_provider": self.provider, **self.metadata},
         )
         observed.emit("start", {"messages": messages, "input": messages})
-        total: AIMessageChunk | None = None
+        total = ChunkSum()
         chunks = self._astream(messages, **kwargs)
         try:
             async for chunk in chunks:
-                total = chunk if total is None else total + chunk
+                total.add(chunk)
                 observed.emit("stream", {"chunk": chunk})
                 await observed.relieve()
                 yield chunk
-            response = (total or AIMessageChunk()).to_message()
+            message = total.result().to_message()
         except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
@@ -138,7 +155,8 @@ class ChatModel(abc.ABC):
             if aclose is not None:  # close the adapter's stream now, not at garbage collection
                 with anyio.CancelScope(shield=True):
                     await aclose()
-        observed.emit("end", {"response": response, "output": response})
+        observed.emit("end", {"response": message, "output": message})
+        response.append(message)
 
     async def ainvoke(self, input: Any, **kwargs: Any) -> AIMessage:
         """The complete response (streamed underneath, so tokens still reach consumers).
@@ -147,10 +165,14 @@ class ChatModel(abc.ABC):
 
             reply = await llm.ainvoke([SystemMessage(content="Be brief."), "Hi"])
         """
-        total: AIMessageChunk | None = None
-        async for chunk in self.astream(input, **kwargs):
-            total = chunk if total is None else total + chunk
-        return (total or AIMessageChunk()).to_message()
+        response: list[AIMessage] = []
+        chunks = self._observed(input, kwargs, response)
+        try:
+            async for _ in chunks:
+                pass
+        finally:
+            await chunks.aclose()
+        return response[0]
 
     def invoke(self, input: Any, **kwargs: Any) -> AIMessage:
         """Sync :meth:`ainvoke`: in a sync node its tokens still stream live.
