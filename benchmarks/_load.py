@@ -1,0 +1,228 @@
+"""Shared by ``serve.py`` and ``scaleout.py``: server processes on free loopback ports and
+a load of concurrent SSE clients (httpx, asyncio) that count tokens and time the first one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+HERE = Path(__file__).resolve().parent
+MARKER = b"event: on_chat_model_stream\n"
+STARTUP_SECONDS = 180  # importing every plugin can take long on a loaded machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def processes(
+    commands: dict[str, list[str]], tokens: int, ready: dict[str, str], logdir: Path | None
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Start ``commands`` (name → argv) with ``bench_app`` importable; wait until every URL
+    of ``ready`` (name → URL) answers; terminate them all at the end. Their output goes to
+    ``<name>.log`` in ``logdir`` (a temporary directory when ``None``)."""
+    with contextlib.ExitStack() as stack:
+        if logdir is None:
+            logdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        logdir.mkdir(parents=True, exist_ok=True)
+        yield stack.enter_context(_processes(commands, tokens, ready, logdir))
+
+
+@contextlib.contextmanager
+def _processes(
+    commands: dict[str, list[str]], tokens: int, ready: dict[str, str], logdir: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "HEADWATER_BENCH_TOKENS": str(tokens),
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {name: open(logdir / f"{name}.log", "wb") for name in commands}
+    try:
+        for name, argv in commands.items():
+            procs[name] = subprocess.Popen(
+                argv, env=env, stdout=logs[name], stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        for name, url in ready.items():
+            while True:
+                if procs[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited:\n{(logdir / f'{name}.log').read_text()}")
+                try:
+                    httpx.get(url, timeout=1).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        log = (logdir / f"{name}.log").read_text()
+                        raise RuntimeError(f"{name}: no answer from {url}:\n{log}") from None
+                    time.sleep(0.1)
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs.values():
+            log.close()
+
+
+def headwater_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "headwater", *args]
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The peak resident memory of a process (Linux ``VmHWM``), or ``None``."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Load:
+    """What one load level delivered."""
+
+    clients: int
+    runs: int
+    tokens: int
+    seconds: float
+    ttft: list[float]
+    failures: int
+    errors: list[str]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    def ttft_ms(self, q: float) -> float:
+        if not self.ttft:
+            return float("nan")
+        if len(self.ttft) == 1:
+            return self.ttft[0] * 1000
+        return statistics.quantiles(self.ttft, n=100, method="inclusive")[round(q * 100) - 1] * 1000
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "clients": self.clients,
+            "runs": self.runs,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "ttft_p50_ms": self.ttft_ms(0.5),
+            "ttft_p99_ms": self.ttft_ms(0.99),
+            "failures": self.failures,
+            "first_error": self.errors[0] if self.errors else None,
+        }
+
+
+async def one_run(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], expected: int
+) -> tuple[float | None, int]:
+    """POST a run and read its SSE stream: (seconds to the first token, tokens seen)."""
+    seen = 0
+    first: float | None = None
+    tail = b""
+    start = time.perf_counter()
+    async with http.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            data = tail + chunk
+            found = data.count(MARKER)
+            if found and first is None:
+                first = time.perf_counter() - start
+            seen += found
+            tail = data[-(len(MARKER) - 1) :]
+    return first, min(seen, expected)
+
+
+async def load(
+    urls: list[str], body: dict[str, Any], clients: int, runs_per_client: int, expected: int
+) -> Load:
+    """``clients`` concurrent clients (spread over ``urls``), each doing ``runs_per_client``
+    runs back to back; every run must deliver ``expected`` tokens."""
+    ttft: list[float] = []
+    errors: list[str] = []
+    totals = {"tokens": 0, "failures": 0}
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        url = urls[index % len(urls)]
+        for _ in range(runs_per_client):
+            try:
+                first, seen = await one_run(
+                    http, url, {**body, "thread_id": uuid.uuid4().hex}, expected
+                )
+            except httpx.HTTPError as exc:
+                totals["failures"] += 1
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                continue
+            if first is not None:
+                ttft.append(first)
+            totals["tokens"] += seen
+            if seen < expected:
+                totals["failures"] += 1
+                errors.append(f"{seen} of {expected} tokens")
+
+    limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for index in range(clients):
+                tg.start_soon(client, index, http)
+        seconds = time.perf_counter() - start
+    runs = clients * runs_per_client
+    return Load(clients, runs, totals["tokens"], seconds, ttft, totals["failures"], errors)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The results as an aligned table, then the first error of any level that had one."""
+    header = ["setup", "clients", "runs", "tokens/s", "ttft p50 ms", "ttft p99 ms", "failures"]
+    header += ["peak RSS MiB"]
+    cells = [header]
+    for r in rows:
+        rss = r.get("peak_rss_mib")
+        cells.append(
+            [
+                r["setup"],
+                str(r["clients"]),
+                str(r["runs"]),
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r['ttft_p50_ms']:.1f}",
+                f"{r['ttft_p99_ms']:.1f}",
+                str(r["failures"]),
+                f"{rss:.0f}" if rss else "—",
+            ]
+        )
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print("\n".join(line.rstrip() for line in lines))
+    for r in rows:
+        if r.get("first_error"):
+            print(f"{r['setup']} x {r['clients']}: {r['failures']} failed, e.g. {r['first_error']}")

@@ -1,0 +1,763 @@
+"""headwater's in-process benchmarks, each beside a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/run.py                      # everything (a few minutes)
+    .venv/bin/python benchmarks/run.py --quick              # tiny sizes: a smoke test
+    .venv/bin/python benchmarks/run.py --only chain 'fanout-*' checkpoint-sqlite
+    .venv/bin/python benchmarks/run.py --json results.json
+    .venv/bin/python benchmarks/run.py --compare langgraph --langgraph-python /tmp/lgvenv/bin/python
+
+The baseline of a workload does the equivalent work with plain async functions and
+generators, no framework (``bare``); the checkpoint workloads are measured beside the same
+chain without a checkpointer, and ``ainvoke-quiet`` beside the chain run with no plugin
+loaded. ``ratio`` is headwater's cost over the baseline's (2.0: twice as slow). Targets come
+from the issues; they are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import itertools
+import json
+import operator
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import anyio
+import anyio.to_thread
+from _timing import measure, peak_memory, stats
+
+from headwater import END, START, Send, StateGraph, create_plugin_manager, get_stream_writer
+from headwater.messages import AIMessageChunk, add_messages
+from headwater.testing.fake import FakeChatModel
+
+HERE = Path(__file__).resolve().parent
+LOWER_IS_BETTER = {"µs/node", "µs/task", "MiB", "x"}
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an issue asks for: a bound on headwater's median and/or on the ratio."""
+
+    value: float | None = None
+    ratio: float | None = None
+    source: str = ""
+
+    def text(self, unit: str) -> str:
+        parts = []
+        if self.value is not None:
+            op = "≤" if unit in LOWER_IS_BETTER else "≥"
+            parts.append(f"{op} {fmt(self.value, unit)}")
+        if self.ratio is not None:
+            parts.append(f"ratio ≤ {self.ratio:g}")
+        return ", ".join(parts)
+
+    def met(self, value: float, ratio: float | None, unit: str) -> bool:
+        ok = True
+        if self.value is not None:
+            ok = value <= self.value if unit in LOWER_IS_BETTER else value >= self.value
+        if self.ratio is not None and ratio is not None:
+            ok = ok and ratio <= self.ratio
+        return ok
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str
+    headwater: dict[str, float]
+    baseline: dict[str, float] | None
+    baseline_kind: str
+    ratio: float | None
+    target: str
+    ok: bool | None
+    note: str = ""
+    langgraph: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def per_unit(seconds: list[float], count: int, unit: str) -> dict[str, float]:
+    """Convert seconds per run into the unit: µs per item, or items per second."""
+    if unit.startswith("µs"):
+        return stats([s / count * 1e6 for s in seconds])
+    return stats([count / s for s in seconds])
+
+
+def cost_ratio(hw: float, base: float, unit: str) -> float:
+    """headwater's cost over the baseline's: > 1 means headwater is slower."""
+    return hw / base if unit in LOWER_IS_BETTER else base / hw
+
+
+def make_result(
+    name: str,
+    unit: str,
+    count: int,
+    hw_seconds: list[float],
+    base_seconds: list[float] | None,
+    target: Target | None = None,
+    *,
+    baseline_kind: str = "bare",
+    note: str = "",
+) -> Result:
+    hw = per_unit(hw_seconds, count, unit)
+    base = per_unit(base_seconds, count, unit) if base_seconds else None
+    return finish(name, unit, hw, base, target, baseline_kind=baseline_kind, note=note)
+
+
+def finish(
+    name: str,
+    unit: str,
+    hw: dict[str, float],
+    base: dict[str, float] | None,
+    target: Target | None,
+    *,
+    baseline_kind: str = "bare",
+    note: str = "",
+) -> Result:
+    ratio = cost_ratio(hw["median"], base["median"], unit) if base and base["median"] else None
+    return Result(
+        name=name,
+        unit=unit,
+        headwater=hw,
+        baseline=base,
+        baseline_kind=baseline_kind,
+        ratio=ratio,
+        target=target.text(unit) if target else "",
+        ok=target.met(hw["median"], ratio, unit) if target else None,
+        note=note,
+    )
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    chain: int = 200
+    tokens: int = 20_000
+    custom: int = 50_000
+    repeats: int = 7
+    heavy_repeats: int = 3
+    quick: bool = False
+
+    def fanout(self, n: int) -> int:
+        return max(5, n // 50) if self.quick else n
+
+
+FULL = Sizes()
+QUICK = Sizes(chain=10, tokens=300, custom=500, repeats=1, heavy_repeats=1, quick=True)
+
+
+# -- graphs ------------------------------------------------------------------------------
+
+
+class Count(TypedDict):
+    n: int
+
+
+class Fan(TypedDict):
+    items: Annotated[list[int], operator.add]
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[Any], add_messages]
+
+
+async def step(state: Count) -> dict[str, int]:
+    return {"n": state["n"] + 1}
+
+
+async def step_writing(state: Count) -> dict[str, int]:
+    get_stream_writer()({"n": state["n"]})  # an event nobody consumes
+    return {"n": state["n"] + 1}
+
+
+def chain_graph(n: int, node: Any = step, **compile_kw: Any) -> Any:
+    graph = StateGraph(Count)
+    names = [f"node_{i}" for i in range(n)]
+    for name in names:
+        graph.add_node(name, node)
+    graph.add_edge(START, names[0])
+    for a, b in itertools.pairwise(names):
+        graph.add_edge(a, b)
+    graph.add_edge(names[-1], END)
+    return graph.compile(**compile_kw)
+
+
+def chain_config(n: int, **extra: Any) -> dict[str, Any]:
+    return {"recursion_limit": n + 10, **extra}
+
+
+async def work(arg: int) -> dict[str, list[int]]:
+    return {"items": [arg]}
+
+
+def fanout_graph(n: int) -> Any:
+    graph = StateGraph(Fan)
+    graph.add_node("work", work)
+    graph.add_conditional_edges(START, lambda state: [Send("work", i) for i in range(n)], ["work"])
+    graph.add_edge("work", END)
+    return graph.compile()
+
+
+def token_list(n: int) -> list[str]:
+    return [f"t{i} " for i in range(n)]
+
+
+def token_graph(n: int, *, sync: bool = False) -> Any:
+    llm = FakeChatModel([token_list(n)], cycle=True)
+
+    async def talk(state: Chat) -> dict[str, Any]:
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    def talk_sync(state: Chat) -> dict[str, Any]:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(Chat)
+    graph.add_node("talk", talk_sync if sync else talk)
+    graph.add_edge(START, "talk")
+    graph.add_edge("talk", END)
+    return graph.compile()
+
+
+def custom_graph(n: int, *, sync: bool = False) -> Any:
+    async def emit(state: Count) -> dict[str, int]:
+        write = get_stream_writer()
+        for i in range(n):
+            write({"i": i})
+        return {"n": n}
+
+    def emit_sync(state: Count) -> dict[str, int]:
+        write = get_stream_writer()
+        for i in range(n):
+            write({"i": i})
+        return {"n": n}
+
+    graph = StateGraph(Count)
+    graph.add_node("emit", emit_sync if sync else emit)
+    graph.add_edge(START, "emit")
+    graph.add_edge("emit", END)
+    return graph.compile()
+
+
+async def drain(stream: Any) -> int:
+    count = 0
+    async for _ in stream:
+        count += 1
+    return count
+
+
+# -- bare baselines: the same work with plain async functions and generators -------------
+
+
+async def bare_chain(n: int) -> dict[str, int]:
+    state: dict[str, int] = {"n": 0}
+    for _ in range(n):
+        state = {**state, **await step(state)}  # type: ignore[arg-type]
+    return state
+
+
+async def bare_updates(n: int) -> AsyncIterator[dict[str, Any]]:
+    state: dict[str, int] = {"n": 0}
+    for i in range(n):
+        update = await step(state)  # type: ignore[arg-type]
+        state = {**state, **update}
+        yield {f"node_{i}": update}
+
+
+async def bare_values(n: int) -> AsyncIterator[dict[str, Any]]:
+    state: dict[str, int] = {"n": 0}
+    yield dict(state)
+    for _ in range(n):
+        state = {**state, **await step(state)}  # type: ignore[arg-type]
+        yield dict(state)
+
+
+def _event(kind: str, name: str, run_id: str, data: dict[str, Any], step: int) -> dict[str, Any]:
+    return {
+        "event": kind,
+        "name": name,
+        "run_id": run_id,
+        "parent_ids": [],
+        "tags": [],
+        "metadata": {"node": name, "step": step},
+        "data": data,
+    }
+
+
+async def bare_events(n: int) -> AsyncIterator[dict[str, Any]]:
+    state: dict[str, int] = {"n": 0}
+    yield _event("on_chain_start", "Graph", "root", {"input": state}, 0)
+    for i in range(n):
+        name, run_id = f"node_{i}", str(i)
+        yield _event("on_chain_start", name, run_id, {"input": state}, i + 1)
+        update = await step(state)  # type: ignore[arg-type]
+        state = {**state, **update}
+        yield _event("on_chain_end", name, run_id, {"input": state, "output": update}, i + 1)
+    yield _event("on_chain_end", "Graph", "root", {"output": state}, n + 1)
+
+
+async def bare_fanout(n: int) -> list[int]:
+    updates = await asyncio.gather(*(work(i) for i in range(n)))
+    items: list[int] = []
+    for update in updates:
+        items.extend(update["items"])
+    return items
+
+
+async def bare_custom(n: int) -> AsyncIterator[dict[str, int]]:
+    for i in range(n):
+        yield {"i": i}
+
+
+async def bare_tokens(n: int) -> AsyncIterator[AIMessageChunk]:
+    for token in token_list(n):
+        yield AIMessageChunk(content=token)
+
+
+async def bare_token_consumer(n: int) -> str:
+    parts = [chunk.content async for chunk in bare_tokens(n)]
+    return "".join(parts)
+
+
+# -- workloads ---------------------------------------------------------------------------
+
+Bench = Callable[[Sizes], Coroutine[Any, Any, list[Result]]]
+WORKLOADS: dict[str, Bench] = {}
+
+
+def workload(*names: str) -> Callable[[Bench], Bench]:
+    """Register a function measuring the workloads ``names`` (it returns one row each)."""
+
+    def register(fn: Bench) -> Bench:
+        for name in names:
+            WORKLOADS[name] = fn
+        return fn
+
+    return register
+
+
+@workload("chain")
+async def chain(sizes: Sizes) -> list[Result]:
+    n = sizes.chain
+    app, config = chain_graph(n), chain_config(n)
+    hw, base = await measure(
+        lambda: app.ainvoke({"n": 0}, config), lambda: bare_chain(n), repeats=sizes.repeats
+    )
+    return [make_result("chain", "µs/node", n, hw, base, Target(15))]
+
+
+@workload("fanout-200", "fanout-1000", "fanout-4000")
+async def fanout(sizes: Sizes) -> list[Result]:
+    results = []
+    for nominal in (200, 1000, 4000):
+        n = sizes.fanout(nominal)
+        app = fanout_graph(n)
+        repeats = sizes.heavy_repeats if nominal == 4000 else sizes.repeats
+        hw, base = await measure(
+            lambda app=app: app.ainvoke({"items": []}),
+            lambda n=n: bare_fanout(n),
+            repeats=repeats,
+        )
+        results.append(make_result(f"fanout-{nominal}", "µs/task", n, hw, base, Target(15)))
+    return results
+
+
+@workload("updates", "values", "events")
+async def stream_modes(sizes: Sizes) -> list[Result]:
+    n = sizes.chain
+    app, config = chain_graph(n), chain_config(n)
+    hw_updates, base_updates = await measure(
+        lambda: drain(app.astream({"n": 0}, config, stream_mode="updates")),
+        lambda: drain(bare_updates(n)),
+        repeats=sizes.repeats,
+    )
+    hw_values, base_values = await measure(
+        lambda: drain(app.astream({"n": 0}, config, stream_mode="values")),
+        lambda: drain(bare_values(n)),
+        repeats=sizes.repeats,
+    )
+    count = await drain(app.astream_events({"n": 0}, config))
+    hw_events, base_events = await measure(
+        lambda: drain(app.astream_events({"n": 0}, config)),
+        lambda: drain(bare_events(n)),
+        repeats=sizes.repeats,
+    )
+    events_per_s = count / stats(hw_events)["median"]
+    return [
+        make_result("updates", "µs/node", n, hw_updates, base_updates, Target(20)),
+        make_result("values", "µs/node", n, hw_values, base_values),
+        make_result(
+            "events",
+            "µs/node",
+            n,
+            hw_events,
+            base_events,
+            Target(40),
+            note=f"{count} events/run, {events_per_s:,.0f} events/s",
+        ),
+    ]
+
+
+@workload("custom", "custom-sync")
+async def custom(sizes: Sizes) -> list[Result]:
+    n = sizes.custom
+    results = []
+    for name, sync in (("custom", False), ("custom-sync", True)):
+        app = custom_graph(n, sync=sync)
+        hw, base = await measure(
+            lambda app=app: drain(app.astream({"n": 0}, stream_mode="custom")),
+            lambda: drain(bare_custom(n)),
+            repeats=sizes.repeats,
+        )
+        target = Target(1_000_000, ratio=5) if not sync else None
+        results.append(make_result(name, "events/s", n, hw, base, target))
+    return results
+
+
+@workload("ainvoke-quiet")
+async def ainvoke_quiet(sizes: Sizes) -> list[Result]:
+    """Every plugin loaded and every node writing a custom event, nobody streaming: the cost
+    should be that of the same chain run with no plugin at all."""
+    n = sizes.chain
+    config = chain_config(n)
+    quiet = chain_graph(n, step_writing)
+    bare_pm = chain_graph(n, step, plugin_manager=create_plugin_manager(autoload=False))
+    hw, base = await measure(
+        lambda: quiet.ainvoke({"n": 0}, config),
+        lambda: bare_pm.ainvoke({"n": 0}, config),
+        repeats=sizes.repeats,
+    )
+    return [
+        make_result(
+            "ainvoke-quiet",
+            "µs/node",
+            n,
+            hw,
+            base,
+            Target(ratio=1.10),
+            baseline_kind="no plugins",
+            note="baseline: the chain without plugins nor writes",
+        )
+    ]
+
+
+async def _all_tokens_events(app: Any) -> int:
+    count = 0
+    async for event in app.astream_events({"messages": ["go"]}):
+        if event["event"] == "on_chat_model_stream":
+            count += 1
+    return count
+
+
+async def _count_tokens_messages(app: Any) -> int:
+    count = 0
+    async for chunk, _metadata in app.astream({"messages": ["go"]}, stream_mode="messages"):
+        count += 1 if chunk.content else 0
+    return count
+
+
+@workload("tokens-events", "tokens-messages-async", "tokens-messages-sync", "tokens-memory")
+async def tokens(sizes: Sizes) -> list[Result]:
+    n = sizes.tokens
+    app, app_sync = token_graph(n), token_graph(n, sync=True)
+    results = []
+    for name, run, graph, target in (
+        ("tokens-events", _all_tokens_events, app, Target(170_000)),
+        ("tokens-messages-async", _count_tokens_messages, app, Target(450_000)),
+        ("tokens-messages-sync", _count_tokens_messages, app_sync, Target(180_000)),
+    ):
+        hw, base = await measure(
+            lambda run=run, graph=graph: run(graph),
+            lambda: bare_token_consumer(n),
+            repeats=sizes.repeats,
+        )
+        results.append(make_result(name, "tokens/s", n, hw, base, target))
+    hw_mib = await peak_memory(lambda: _all_tokens_events(app))
+    base_mib = await peak_memory(lambda: bare_token_consumer(n))
+    results.append(
+        finish(
+            "tokens-memory",
+            "MiB",
+            stats([hw_mib]),
+            stats([base_mib]),
+            Target(3),
+            note=f"peak tracemalloc growth, {n:,} tokens via astream_events",
+        )
+    )
+    return results
+
+
+CHECKPOINTERS = {
+    "memory": (Target(30), 7),
+    "sqlite": (Target(100), 5),
+    "postgres": (Target(400), 3),
+}
+
+
+def postgres_url() -> str:
+    return os.environ.get(
+        "HEADWATER_POSTGRES_URL",
+        os.environ.get("HEADWATER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+
+
+def _postgres_unreachable(url: str) -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3) as db:
+            db.execute("SELECT 1")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return None
+
+
+def _open_checkpointer(kind: str, tmp: Path) -> Any:
+    from headwater.checkpoint import checkpointer_from_url
+
+    if kind == "memory":
+        return checkpointer_from_url("memory:")
+    if kind == "sqlite":
+        return checkpointer_from_url(f"sqlite:///{tmp / 'bench.db'}")
+    return checkpointer_from_url(postgres_url())
+
+
+async def _checkpoint_rows(kind: str, sizes: Sizes) -> list[Result]:
+    target, repeats = CHECKPOINTERS[kind]
+    repeats = min(repeats, sizes.repeats)
+    n = sizes.chain
+    names = [f"checkpoint-{kind}-{d}" for d in ("sync", "async")]
+    if kind == "postgres":
+        problem = await anyio.to_thread.run_sync(_postgres_unreachable, postgres_url())
+        if problem:
+            print(f"note: skipping checkpoint-postgres, {postgres_url()} unreachable ({problem})")
+            return [
+                Result(
+                    name=name,
+                    unit="µs/node",
+                    headwater={},
+                    baseline=None,
+                    baseline_kind="no checkpointer",
+                    ratio=None,
+                    target=target.text("µs/node"),
+                    ok=None,
+                    note="skipped",
+                )
+                for name in names
+            ]
+    with tempfile.TemporaryDirectory() as tmp:
+        saver = await anyio.to_thread.run_sync(_open_checkpointer, kind, Path(tmp))
+        try:
+            app = chain_graph(n, checkpointer=saver)
+            plain = chain_graph(n)
+            results = []
+            for name, durability in zip(names, ("sync", "async"), strict=True):
+
+                def config(durability: str = durability) -> dict[str, Any]:
+                    thread = {"thread_id": uuid.uuid4().hex}
+                    return chain_config(n, configurable=thread, durability=durability)
+
+                hw, base = await measure(
+                    lambda config=config: app.ainvoke({"n": 0}, config()),
+                    lambda: plain.ainvoke({"n": 0}, chain_config(n)),
+                    repeats=repeats,
+                )
+                results.append(
+                    make_result(
+                        name, "µs/node", n, hw, base, target, baseline_kind="no checkpointer"
+                    )
+                )
+            return results
+        finally:
+            close = getattr(saver, "aclose", None)
+            if close is not None:
+                await close()
+
+
+@workload("checkpoint-memory-sync", "checkpoint-memory-async")
+async def checkpoint_memory(sizes: Sizes) -> list[Result]:
+    return await _checkpoint_rows("memory", sizes)
+
+
+@workload("checkpoint-sqlite-sync", "checkpoint-sqlite-async")
+async def checkpoint_sqlite(sizes: Sizes) -> list[Result]:
+    return await _checkpoint_rows("sqlite", sizes)
+
+
+@workload("checkpoint-postgres-sync", "checkpoint-postgres-async")
+async def checkpoint_postgres(sizes: Sizes) -> list[Result]:
+    return await _checkpoint_rows("postgres", sizes)
+
+
+def scaling_row(results: dict[str, Result]) -> Result | None:
+    """fanout: per-task cost at 4000 over the cost at 200 (the issue asks for ≤ 1.3x)."""
+    small, big = results.get("fanout-200"), results.get("fanout-4000")
+    if small is None or big is None or not small.baseline or not big.baseline:
+        return None
+    hw = big.headwater["median"] / small.headwater["median"]
+    base = big.baseline["median"] / small.baseline["median"]
+    return finish(
+        "fanout-scaling",
+        "x",
+        stats([hw]),
+        stats([base]),
+        Target(1.3),
+        note="µs/task at 4000 over µs/task at 200",
+    )
+
+
+# -- the LangGraph half ------------------------------------------------------------------
+
+
+def run_langgraph(names: list[str], quick: bool, python: str | None) -> dict[str, Any]:
+    """LangGraph's numbers for ``names``: in-process if importable, else under ``python``."""
+    script = HERE / "_langgraph.py"
+    args = [*names, *(["--quick"] if quick else [])]
+    if python is None:
+        try:
+            import langgraph  # noqa: F401
+        except ImportError:
+            print(
+                "note: --compare langgraph: langgraph is not importable here; pass "
+                "--langgraph-python PATH (see benchmarks/README.md)"
+            )
+            return {}
+        python = sys.executable
+    done = subprocess.run([python, str(script), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"note: the LangGraph half failed:\n{done.stderr[-2000:]}")
+        return {}
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit.endswith("/s"):
+        return f"{value:,.0f}"
+    if unit in ("MiB", "x"):
+        return f"{value:.2f}"
+    return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def table(results: list[Result], langgraph: bool) -> str:
+    header = ["workload", "unit", "headwater", "(min-max)", "baseline", "ratio", "target", ""]
+    if langgraph:
+        header += ["langgraph", "lg÷hw"]
+    rows = [header]
+    for r in results:
+        hw = r.headwater
+        spread = f"{fmt(hw['min'], r.unit)}-{fmt(hw['max'], r.unit)}" if hw else ""
+        base = f"{fmt(r.baseline['median'], r.unit)} {r.baseline_kind}" if r.baseline else "—"
+        status = "" if r.ok is None else ("pass" if r.ok else "MISS")
+        row = [
+            r.name,
+            r.unit,
+            fmt(hw.get("median"), r.unit) if hw else r.note,
+            spread,
+            base,
+            f"{r.ratio:.2f}x" if r.ratio is not None else "—",
+            r.target or "—",
+            status,
+        ]
+        if langgraph:
+            lg = r.langgraph["median"] if r.langgraph else None
+            speedup = cost_ratio(lg, hw["median"], r.unit) if lg and hw else None
+            row += [fmt(lg, r.unit), f"{speedup:.1f}x" if speedup else "—"]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def selected(patterns: list[str] | None) -> list[str]:
+    if not patterns:
+        return list(WORKLOADS)
+    names = [
+        name
+        for name in WORKLOADS
+        if any(fnmatch.fnmatch(name, p) or name.startswith(p + "-") for p in patterns)
+    ]
+    unknown = [
+        p
+        for p in patterns
+        if not any(fnmatch.fnmatch(n, p) or n.startswith(p + "-") for n in WORKLOADS)
+    ]
+    if unknown:
+        sys.exit(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    return names
+
+
+async def run_all(names: list[str], sizes: Sizes) -> list[Result]:
+    results: list[Result] = []
+    done: set[Bench] = set()
+    for name in names:
+        fn = WORKLOADS[name]
+        if fn in done:
+            continue
+        done.add(fn)
+        print(f"… {fn.__name__}", file=sys.stderr, flush=True)
+        results += [r for r in await fn(sizes) if r.name in names]
+    by_name = {r.name: r for r in results}
+    extra = scaling_row(by_name)
+    if extra is not None:
+        results.append(extra)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="workloads (globs allowed)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--compare", choices=["langgraph"], help="run LangGraph's equivalents")
+    parser.add_argument(
+        "--langgraph-python", metavar="PATH", help="interpreter that has langgraph installed"
+    )
+    args = parser.parse_args(argv)
+    names = selected(args.only)
+    sizes = QUICK if args.quick else FULL
+    results = anyio.run(run_all, names, sizes, backend="asyncio")
+    lg: dict[str, Any] = {}
+    if args.compare == "langgraph":
+        lg = run_langgraph(names, args.quick, args.langgraph_python)
+        for r in results:
+            if r.name in lg.get("results", {}):
+                r.langgraph = lg["results"][r.name]
+    print(
+        f"headwater benchmarks ({'quick' if args.quick else 'full'}; python "
+        f"{platform.python_version()}, {os.cpu_count()} cores; median of repeats)"
+    )
+    if lg:
+        print(f"langgraph {lg.get('version', '?')}: lg÷hw = how many times headwater is cheaper")
+    print(table(results, bool(lg)))
+    if args.json:
+        report = {
+            "quick": args.quick,
+            "python": platform.python_version(),
+            "cores": os.cpu_count(),
+            "langgraph_version": lg.get("version"),
+            "results": [asdict(r) for r in results],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
