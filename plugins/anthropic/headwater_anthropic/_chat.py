@@ -9,7 +9,6 @@ import functools
 import inspect
 import json
 import os
-import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +20,7 @@ from headwater.errors import ChatModelError, InvalidInputError
 from headwater.messages import AIMessageChunk, BaseMessage, ToolCallChunk, Usage
 from headwater.models import ChatModel
 from headwater.runtime import new_id
+from headwater.sse import SSEDecoder
 from headwater_anthropic._convert import (
     THINKING_BLOCKS,
     ToolLike,
@@ -56,7 +56,6 @@ _HINTS = {
     429: "Rate limited: slow down, or raise max_retries.",
     529: "Anthropic's API is overloaded; try again later, or raise max_retries.",
 }
-_LINE = re.compile(rb"\r\n|\r|\n")
 
 
 @functools.cache
@@ -121,54 +120,6 @@ def _provider_message(body: object, fallback: str) -> str:
     if isinstance(body, str) and body:
         return body
     return fallback
-
-
-class _SSE:
-    """Incremental Server-Sent Events decoder: bytes in, ``(event, data)`` pairs out."""
-
-    __slots__ = ("_buffer", "_data", "_event")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-        self._event = ""
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        buffer = self._buffer + chunk
-        events: list[tuple[str, str]] = []
-        start = 0
-        for match in _LINE.finditer(buffer):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break  # maybe the first half of "\r\n": wait for the next chunk
-            self._line(buffer[start : match.start()], events)
-            start = match.end()
-        self._buffer = buffer[start:]
-        return events
-
-    def close(self) -> list[tuple[str, str]]:
-        """Events left when the body ends (a last event without its blank line counts)."""
-        events: list[tuple[str, str]] = []
-        if self._buffer:
-            self._line(self._buffer.rstrip(b"\r"), events)
-            self._buffer = b""
-        self._line(b"", events)
-        return events
-
-    def _line(self, raw: bytes, events: list[tuple[str, str]]) -> None:
-        if not raw:
-            if self._data:
-                events.append((self._event, "\n".join(self._data)))
-            self._data, self._event = [], ""
-            return
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
-            return  # a comment (keep-alive)
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
 
 
 class _Stream:
@@ -535,7 +486,7 @@ class ChatAnthropic(ChatModel):
         try:
             async with client.messages.with_streaming_response.create(**request) as response:
                 http = response.http_response
-                events = _SSE()
+                events = SSEDecoder()
                 body = http.aiter_bytes()
                 exhausted = False
                 try:

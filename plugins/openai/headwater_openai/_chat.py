@@ -8,7 +8,6 @@ import functools
 import inspect
 import json
 import os
-import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from headwater.errors import ChatModelError, InvalidInputError
 from headwater.messages import AIMessageChunk, BaseMessage, ToolCallChunk, Usage
 from headwater.models import ChatModel
 from headwater.runtime import new_id
+from headwater.sse import SSEDecoder
 from headwater_openai._convert import (
     ToolLike,
     message_to_openai,
@@ -45,7 +45,6 @@ _HINTS = {
     404: "Check the model name, and that base_url is the API root (e.g. ending in /v1).",
     429: "Rate limited or out of quota: slow down, or raise max_retries.",
 }
-_LINE = re.compile(rb"\r\n|\r|\n")
 
 
 @functools.cache
@@ -97,50 +96,6 @@ def _provider_message(body: object, fallback: str) -> str:
     if isinstance(body, str) and body:
         return body
     return fallback
-
-
-class _SSE:
-    """Incremental Server-Sent Events decoder: bytes in, the ``data`` of each event out."""
-
-    __slots__ = ("_buffer", "_data")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[str]:
-        buffer = self._buffer + chunk
-        events: list[str] = []
-        start = 0
-        for match in _LINE.finditer(buffer):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break  # maybe the first half of "\r\n": wait for the next chunk
-            self._line(buffer[start : match.start()], events)
-            start = match.end()
-        self._buffer = buffer[start:]
-        return events
-
-    def close(self) -> list[str]:
-        """Events left when the body ends (a last event without its blank line counts)."""
-        events: list[str] = []
-        if self._buffer:
-            self._line(self._buffer.rstrip(b"\r"), events)
-            self._buffer = b""
-        self._line(b"", events)
-        return events
-
-    def _line(self, raw: bytes, events: list[str]) -> None:
-        if not raw:
-            if self._data:
-                events.append("\n".join(self._data))
-                self._data = []
-            return
-        line = raw.decode("utf-8", errors="replace")
-        if line.startswith(":"):
-            return  # a comment (keep-alive)
-        field, _, value = line.partition(":")
-        if field == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
 
 
 class _Stream:
@@ -421,21 +376,21 @@ class ChatOpenAI(ChatModel):
                 **request
             ) as response:
                 http = response.http_response
-                events = _SSE()
+                events = SSEDecoder()
                 body = http.aiter_bytes()
                 exhausted = False
                 try:
                     async for data in body:
                         if stream.events == 0 and len(stream.head) < 200:
                             stream.head += data[:200]
-                        for event in events.feed(data):
+                        for _, event in events.feed(data):
                             for chunk in () if stream.done else stream.handle(event):
                                 yield chunk
                         if stream.done:
                             break
                     else:
                         exhausted = True
-                        for event in events.close():
+                        for _, event in events.close():
                             for chunk in () if stream.done else stream.handle(event):
                                 yield chunk
                 finally:
