@@ -10,13 +10,11 @@ user message, so each node's stream can be told apart.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, TypedDict
 
 import pytest
-import uvicorn
+from fixtures.loopback import serving
 from headwater_openai import ChatOpenAI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -79,19 +77,8 @@ async def _completions(request: Request) -> StreamingResponse:
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     app = Starlette(routes=[Route("/v1/chat/completions", _completions, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app, log_level="critical") as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture(autouse=True)

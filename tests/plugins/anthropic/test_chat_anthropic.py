@@ -32,8 +32,8 @@ from typing import Annotated, Any, TypedDict
 import anyio
 import anyio.to_thread
 import pytest
-import uvicorn
 from click.testing import CliRunner
+from fixtures.loopback import serving
 from headwater_anthropic import DEFAULT_MAX_TOKENS, ChatAnthropic
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -263,20 +263,8 @@ _SERVER = FakeAnthropic()
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     app = Starlette(routes=[Route("/v1/messages", _SERVER.messages, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"  # the API root: the SDK adds /v1/messages
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive()
+    with serving(app, log_level="critical") as url:
+        yield url  # the API root: the SDK adds /v1/messages
 
 
 @pytest.fixture

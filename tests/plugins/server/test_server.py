@@ -6,16 +6,14 @@ import json
 import operator
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any, TypedDict
 
 import anyio
 import httpx
 import pytest
-import uvicorn
+from fixtures.loopback import serving
 from headwater_server import create_app, mount
 from httpx_ws import connect_ws
 
@@ -71,25 +69,7 @@ def slow_graph(steps: int = 40, pause: float = 0.05) -> Any:
     return graph.compile(name="slow", checkpointer="memory:")
 
 
-# -- a real server ----------------------------------------------------------------------
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive()
+# -- a real server: fixtures.loopback.serving -------------------------------------------
 
 
 def frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:

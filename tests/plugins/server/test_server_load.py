@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypedDict
 
 import anyio
 import httpx
+from fixtures.loopback import serving
 from headwater_server import create_app
 from httpx_ws import connect_ws
 
@@ -18,7 +19,7 @@ from headwater.broker import MemoryBroker
 from headwater.messages import add_messages
 from headwater.testing.fake import FakeChatModel
 
-from .test_server import frames, serving
+from .test_server import frames
 
 TOKENS = 500
 
