@@ -23,7 +23,15 @@ from headwater.errors import HeadwaterError
 from headwater.queue import RunJob, RunQueue, queue_from_url
 from headwater.runtime import new_id
 
-from ._runs import TERMINAL, RunRecord, encode_event, encode_json, execute, follow
+from ._runs import (
+    TERMINAL,
+    EventEncoder,
+    RunRecord,
+    encode_event,
+    encode_json,
+    execute,
+    follow,
+)
 
 __all__ = ["ApiError", "create_app", "mount"]
 
@@ -336,24 +344,20 @@ class _Server:
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-async def _events(stream: Any) -> AsyncIterator[tuple[str, Any]]:
+async def _events(stream: Any) -> AsyncIterator[tuple[str, str]]:
+    encode = EventEncoder()
     async with stream:
         async for event in stream:
-            data = event["data"]
-            payload = dict(data) if isinstance(data, Mapping) else {"value": data}
-            payload["_event"] = {
-                k: event[k] for k in ("event", "name", "run_id", "parent_ids", "tags", "metadata")
-            }
-            yield event["event"], payload
+            yield event["event"], encode(event)
 
 
-async def _modes(stream: Any, *, single: bool, name: Any) -> AsyncIterator[tuple[str, Any]]:
+async def _modes(stream: Any, *, single: bool, name: Any) -> AsyncIterator[tuple[str, str]]:
     async with stream:
         async for chunk in stream:
             if single:
-                yield name, chunk
+                yield name, encode_json(chunk)
             else:
-                yield chunk[0], chunk[1]
+                yield chunk[0], encode_json(chunk[1])
 
 
 def create_app(

@@ -10,7 +10,7 @@ A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -24,6 +24,7 @@ from headwater.runtime import new_id
 __all__ = [
     "TERMINAL",
     "RunRecord",
+    "EventEncoder",
     "encode_event",
     "encode_json",
     "execute",
@@ -38,6 +39,41 @@ TERMINAL = frozenset({"end", "error", "cancelled"})
 def encode_json(value: Any) -> str:
     """JSON text of any value headwater's serde can encode (messages, chunks, errors …)."""
     return json.dumps(serde.encode(value), separators=(",", ":"), allow_nan=False)
+
+
+_META_KEYS = ("event", "name", "run_id", "parent_ids", "tags", "metadata")
+
+
+class EventEncoder:
+    """The wire JSON of ``astream_events`` dicts: the event's ``data`` fields at the top
+    level (``JSON.parse(e.data).chunk.content`` works as the spec's browser code expects)
+    plus ``_event`` with its type, name, run id, parent ids, tags and metadata.
+
+    Those describe where an event came from and repeat for every token of one model call,
+    so their JSON is made once per ``(type, run_id)`` and reused. ``extra`` goes into
+    every ``_event`` (a worker's ``attempt``).
+    """
+
+    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
+        self._extra = dict(extra or {})
+        self._meta: dict[tuple[str, str], str] = {}
+
+    def __call__(self, event: Mapping[str, Any]) -> str:
+        key = (event["event"], event["run_id"])
+        meta = self._meta.get(key)
+        if meta is None:
+            if len(self._meta) >= 4096:  # a long run of many calls: keep the cache small
+                self._meta.clear()
+            meta = encode_json({**{k: event[k] for k in _META_KEYS}, **self._extra})
+            self._meta[key] = meta
+        data = event["data"]
+        if isinstance(data, Mapping):
+            fields = dict(data)
+            fields.pop("_event", None)
+        else:
+            fields = {"value": data}
+        body = encode_json(fields)
+        return f'{body[:-1]}{"," if fields else ""}"_event":{meta}}}'
 
 
 def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
@@ -110,19 +146,19 @@ class RunRecord:
 
 async def execute(
     record: RunRecord,
-    stream: AsyncIterator[tuple[str, Any]],
+    stream: AsyncIterator[tuple[str, str]],
     broker: Broker,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Drive ``stream`` of ``(event, payload)`` into the run's broker log until it ends."""
+    """Drive ``stream`` of ``(event, JSON text)`` into the run's broker log until it ends."""
     run_id = record.run_id
     with anyio.CancelScope() as scope:
         record.scope = scope
         record.status = "running"
         task_status.started()
         try:
-            async for name, payload in stream:
-                await publish(broker, run_id, name, encode_json(payload))
+            async for name, text in stream:
+                await publish(broker, run_id, name, text)
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 body = {"type": type(exc).__name__, "message": str(exc)}

@@ -21,7 +21,7 @@ from headwater.broker import Broker
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
-from ._runs import encode_json, publish
+from ._runs import EventEncoder, encode_json, publish
 
 __all__ = ["job_stream", "run_job", "work"]
 
@@ -48,23 +48,17 @@ def job_stream(
 
 async def _entries(
     stream: Any, spec: Mapping[str, Any], attempt: int
-) -> AsyncIterator[tuple[str, Any]]:
+) -> AsyncIterator[tuple[str, str]]:
     mode = spec.get("stream_mode")
+    encode = EventEncoder({"attempt": attempt})
     async with stream:
         async for item in stream:
             if mode is None:
-                data = item["data"]
-                payload = dict(data) if isinstance(data, Mapping) else {"value": data}
-                meta = {
-                    k: item[k]
-                    for k in ("event", "name", "run_id", "parent_ids", "tags", "metadata")
-                }
-                payload["_event"] = {**meta, "attempt": attempt}
-                yield item["event"], payload
+                yield item["event"], encode(item)
             elif isinstance(mode, str):
-                yield mode, item
+                yield mode, encode_json(item)
             else:
-                yield item[0], item[1]
+                yield item[0], encode_json(item[1])
 
 
 async def run_job(
@@ -104,8 +98,8 @@ async def run_job(
             tg.start_soon(heartbeat)
             try:
                 stream = job_stream(graph, input, config, job.stream)
-                async for name, payload in _entries(stream, job.stream, job.attempts):
-                    await publish(broker, job.run_id, name, encode_json(payload))
+                async for name, text in _entries(stream, job.stream, job.attempts):
+                    await publish(broker, job.run_id, name, text)
             except Exception as exc:
                 status, error = "error", f"{type(exc).__name__}: {exc}"
                 with anyio.CancelScope(shield=True):
