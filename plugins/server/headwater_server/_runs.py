@@ -10,11 +10,13 @@ A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from headwater import serde
@@ -94,6 +96,9 @@ def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
     }
 
 
+_TURN = 0.002
+"""Seconds a run may publish without letting the event loop run its clients' streams."""
+
 PUBLISH_BUDGET = 15.0
 """Seconds a publish keeps retrying through a broker outage before the event is dropped."""
 
@@ -157,8 +162,15 @@ async def execute(
         record.status = "running"
         task_status.started()
         try:
+            turn = time.monotonic() + _TURN
             async for name, text in stream:
                 await publish(broker, run_id, name, text)
+                if time.monotonic() >= turn:
+                    # A run producing events without ever waiting (a fast model, a burst of
+                    # custom events) would hold the loop until it ends: its own first event
+                    # would reach the client only then, and every other run would stall.
+                    await anyio.lowlevel.checkpoint()
+                    turn = time.monotonic() + _TURN
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 body = {"type": type(exc).__name__, "message": str(exc)}

@@ -398,3 +398,29 @@ def test_mount_into_an_existing_app() -> None:
         assert got[-1]["event"] == "end"
         run = client.post("/hw/runs", json={"input": {"messages": ["hi"]}}).json()["run_id"]
         assert sse(client, "GET", f"/hw/runs/{run}/stream")[-1]["event"] == "end"
+
+
+def test_a_run_that_never_waits_still_streams_while_it_runs() -> None:
+    # A node emitting a burst of events without awaiting anything used to hold the event
+    # loop until the run ended: the client got its first event only after the last one.
+    class Burst(TypedDict):
+        n: int
+
+    async def burst(state: Burst) -> dict[str, int]:
+        write = get_stream_writer()
+        for i in range(20_000):
+            write({"i": i})
+        return {"n": 20_000}
+
+    graph = StateGraph(Burst)
+    graph.add_node("burst", burst)
+    graph.add_edge(START, "burst")
+    app = create_app({"burst": graph.compile()})
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        body = {"graph": "burst", "state": {"n": 0}, "stream_mode": "custom"}
+        with client.stream("POST", "/workflow/stream", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("event: custom"):
+                    break
+            runs = list(app.state.headwater.runs.values())
+            assert [r.status for r in runs] == ["running"]  # the first event came mid-run
