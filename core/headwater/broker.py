@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def publish(self, run_id: str, event: str, data: str) -> str:
         """Append an entry to the run's log; return its id."""
+
+    async def publish_many(self, run_id: str, entries: Sequence[tuple[str, str]]) -> list[str]:
+        """Append ``(event, data)`` entries in order; return their ids.
+
+        The default publishes them one by one; a networked broker overrides it to send
+        them in one round trip (publishers batch what a run produced meanwhile).
+        """
+        return [await self.publish(run_id, event, data) for event, data in entries]
 
     @abc.abstractmethod
     async def read(self, run_id: str, after: str | None, *, block: float) -> list[BrokerEntry]:

@@ -329,6 +329,20 @@ class BrokerConformance:
         await broker.aclose()
 
     @pytest.mark.anyio
+    async def test_publish_many_appends_in_order_between_single_publishes(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        first = await broker.publish(run, "start", "{}")
+        assert await broker.publish_many(run, []) == []
+        many = await broker.publish_many(run, [(f"t{i}", f'"{i}"') for i in range(50)])
+        last = await broker.publish(run, "end", "{}")
+        entries = await broker.read(run, None, block=0)
+        assert [e.id for e in entries] == [first, *many, last]
+        assert [e.event for e in entries] == ["start", *(f"t{i}" for i in range(50)), "end"]
+        assert entries[1].data == '"0"'
+        await broker.aclose()
+
+    @pytest.mark.anyio
     async def test_runs_are_isolated_and_deletable(self) -> None:
         broker = await self.make_broker(1000)
         a, b = new_id(), new_id()

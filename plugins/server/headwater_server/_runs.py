@@ -9,6 +9,7 @@ A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -29,6 +30,8 @@ __all__ = [
     "EventEncoder",
     "encode_event",
     "encode_json",
+    "publish_batch",
+    "publish_stream",
     "execute",
     "follow",
     "publish",
@@ -125,6 +128,70 @@ async def publish(
             delay = min(delay * 2, 1.0)
 
 
+async def publish_batch(broker: Broker, run_id: str, entries: list[tuple[str, str]]) -> None:
+    """:func:`publish` for several entries in one round trip (same retry budget)."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            await broker.publish_many(run_id, entries)
+            return
+        except BrokerError:
+            if waited >= PUBLISH_BUDGET:
+                return
+            await anyio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
+
+
+_BATCH = 512
+"""Most entries one publish round trip carries."""
+
+
+async def publish_stream(
+    broker: Broker, run_id: str, stream: AsyncIterator[tuple[str, str]]
+) -> None:
+    """Publish every ``(event, JSON text)`` of ``stream`` to the run's log, in order.
+
+    While one batch is on its way to the broker, the run goes on producing: the next
+    batch takes all that arrived meanwhile, so a networked broker costs one round trip
+    per batch, not per token, and an idle run still publishes each event at once. A
+    bounded buffer between the two slows the run down if the broker falls behind.
+    Raises whatever ``stream`` raised.
+    """
+    send, receive = anyio.create_memory_object_stream[tuple[str, str]](_BATCH)
+    failed: list[Exception] = []
+
+    async def produce() -> None:
+        async with send:
+            try:
+                turn = time.monotonic()  # the first event goes out at once
+                async for item in stream:
+                    try:
+                        send.send_nowait(item)  # no scheduling round per event
+                    except anyio.WouldBlock:
+                        await send.send(item)  # the broker is behind: wait for room
+                    if time.monotonic() >= turn:
+                        # A run producing events without ever waiting (a fast model, a
+                        # burst of custom events) would otherwise hold the loop until it
+                        # ends: its clients would see its first event only then.
+                        await anyio.lowlevel.checkpoint()
+                        turn = time.monotonic() + _TURN
+            except Exception as exc:  # raised below, as itself (not in an ExceptionGroup)
+                failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while len(batch) < _BATCH:
+                        batch.append(receive.receive_nowait())
+                await publish_batch(broker, run_id, batch)
+    if failed:
+        raise failed[0]
+
+
 @attrs.define(eq=False)
 class RunRecord:
     """A run executed by this server process: its status and cancel scope."""
@@ -162,15 +229,7 @@ async def execute(
         record.status = "running"
         task_status.started()
         try:
-            turn = time.monotonic() + _TURN
-            async for name, text in stream:
-                await publish(broker, run_id, name, text)
-                if time.monotonic() >= turn:
-                    # A run producing events without ever waiting (a fast model, a burst of
-                    # custom events) would hold the loop until it ends: its own first event
-                    # would reach the client only then, and every other run would stall.
-                    await anyio.lowlevel.checkpoint()
-                    turn = time.monotonic() + _TURN
+            await publish_stream(broker, run_id, stream)
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 body = {"type": type(exc).__name__, "message": str(exc)}

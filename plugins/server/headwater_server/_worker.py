@@ -21,7 +21,7 @@ from headwater.broker import Broker
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
-from ._runs import EventEncoder, encode_json, publish
+from ._runs import EventEncoder, encode_json, publish, publish_stream
 
 __all__ = ["job_stream", "run_job", "work"]
 
@@ -98,8 +98,7 @@ async def run_job(
             tg.start_soon(heartbeat)
             try:
                 stream = job_stream(graph, input, config, job.stream)
-                async for name, text in _entries(stream, job.stream, job.attempts):
-                    await publish(broker, job.run_id, name, text)
+                await publish_stream(broker, job.run_id, _entries(stream, job.stream, job.attempts))
             except Exception as exc:
                 status, error = "error", f"{type(exc).__name__}: {exc}"
                 with anyio.CancelScope(shield=True):
