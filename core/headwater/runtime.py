@@ -143,6 +143,7 @@ class Run:
 
     __slots__ = (
         "_by_kind",
+        "_direct_by_kind",
         "_inbox",
         "_loop_thread",
         "_root",
@@ -186,6 +187,7 @@ class Run:
         self._root: Run = parent._root if parent is not None else self
         self._subs: list[Subscription] = self._root._subs if parent is not None else []
         self._by_kind: dict[str, tuple[Subscription, ...]] = {}
+        self._direct_by_kind: dict[str, Callable[[Any], None] | None] = {}
         self._seq: list[int] = self._root._seq if parent is not None else [0]
         self._valves: list[Callable[[], Awaitable[None] | None]] = (
             self._root._valves if parent is not None else []
@@ -204,6 +206,7 @@ class Run:
         """
         self._subs.append(subscription)
         self._by_kind.clear()
+        self._direct_by_kind.clear()
 
     def add_valve(self, valve: Callable[[], Awaitable[None] | None]) -> None:
         """Register a backpressure valve: awaited by producers at their await points.
@@ -216,6 +219,27 @@ class Run:
             run.add_valve(lambda: None if queue_has_room() else wait_for_room())
         """
         self._valves.append(valve)
+
+    def direct(self, kind: str) -> Callable[[Any], None] | None:
+        """A data-only sink for ``kind`` (see :attr:`Subscription.bind`), when this run's
+        one subscription for it wants nothing but events' ``data``; else ``None``.
+
+        Example::
+
+            put = run.direct("task_end")
+            if put is not None:
+                put({"node": "a", "update": {...}, "error": None, "interrupt": None})
+        """
+        try:
+            return self._direct_by_kind[kind]
+        except KeyError:
+            subs = self.subscriptions(kind)
+            only = subs[0] if len(subs) == 1 else None
+            put = None
+            if only is not None and only.bind is not None and only.accept is None:
+                put = only.bind(kind, self.ns)
+            self._direct_by_kind[kind] = put
+            return put
 
     def subscriptions(self, kind: str) -> tuple[Subscription, ...]:
         """The subscriptions that want ``kind`` (empty: nobody; do not build the event).
@@ -390,6 +414,10 @@ class Task:
     def dispatch(self, kind: str, data: Any, name: str | None = None) -> None:
         """Emit an event of ``kind`` attributed to this task (built only if wanted)."""
         run = self.run
+        direct = run.direct(kind)
+        if direct is not None and threading.get_ident() == run._loop_thread:
+            direct(data)  # the one subscriber wants just the data: no id, no metadata
+            return
         subs = run.subscriptions(kind)
         if subs:
             run.emit(
