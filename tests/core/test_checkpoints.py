@@ -138,15 +138,21 @@ async def test_interrupt_value_reaches_the_stream_and_resume_answers_it() -> Non
     assert final.values == {"n": 7, "log": ["review", "sibling"], "answer": "yes"}
 
 
-@pytest.mark.anyio
-async def test_updates_mode_reports_the_interrupt() -> None:
+def asking_graph() -> Any:
+    """One node, ``ask``, that pauses on ``interrupt("name?")``."""
+
     def ask(state: State) -> dict[str, Any]:
         return {"answer": interrupt("name?")}
 
     graph = StateGraph(State)
     graph.add_node("ask", ask)
     graph.add_edge(START, "ask")
-    app = graph.compile(checkpointer="memory:")
+    return graph.compile(checkpointer="memory:")
+
+
+@pytest.mark.anyio
+async def test_updates_mode_reports_the_interrupt() -> None:
+    app = asking_graph()
     chunks = [c async for c in app.astream({"n": 0}, config("t"), stream_mode="updates")]
     ((key, value),) = chunks[-1].items()
     assert key == "__interrupt__" and [i.value for i in value] == ["name?"]
@@ -154,13 +160,7 @@ async def test_updates_mode_reports_the_interrupt() -> None:
 
 @pytest.mark.anyio
 async def test_a_paused_node_ends_its_events_and_tasks_report_the_interrupt() -> None:
-    def ask(state: State) -> dict[str, Any]:
-        return {"answer": interrupt("name?")}
-
-    graph = StateGraph(State)
-    graph.add_node("ask", ask)
-    graph.add_edge(START, "ask")
-    app = graph.compile(checkpointer="memory:")
+    app = asking_graph()
 
     events = [e async for e in app.astream_events({"n": 0}, config("e"))]
     node = [e for e in events if e["name"] == "ask" and e["event"].startswith("on_chain")]
