@@ -16,7 +16,7 @@ import pytest
 
 import headwater
 from headwater import END, START, StateGraph
-from headwater.errors import HeadwaterError, InvalidInputError, InvalidUpdateError
+from headwater.errors import ChatModelError, HeadwaterError, InvalidInputError, InvalidUpdateError
 from headwater.messages import (
     AIMessage,
     AIMessageChunk,
@@ -32,6 +32,7 @@ from headwater.messages import (
 )
 from headwater.models import init_chat_model
 from headwater.retrievers import Document, InMemoryRetriever, Retriever
+from headwater.testing.conformance import ChatModelConformance, Reply
 from headwater.testing.fake import FakeChatModel, ScriptedError, split_tokens
 from headwater.tools import ToolError, ToolNode, tool
 
@@ -640,3 +641,27 @@ async def test_messages_given_twice_are_a_clear_error() -> None:
     with pytest.raises(InvalidInputError, match=r"messages twice.*llm\.invoke\(messages\)"):
         await llm.ainvoke("hi", messages=["a"])
     assert llm.calls == []  # refused before the model was called
+
+
+class TestFakeChatModelConformance(ChatModelConformance):
+    """The scripted fake behaves as the adapters' conformance suite requires."""
+
+    def make_model(self, replies: list[Reply]) -> FakeChatModel:
+        script: list[Any] = []
+        for reply in replies:
+            if reply.cut_after is not None:
+                error = ChatModelError("the connection was cut")
+                partial = "".join(reply.tokens)
+                script.append(ScriptedError(error, after=reply.cut_after, partial=partial))
+            elif reply.tool_calls:
+                script.append(
+                    [
+                        AIMessageChunk(
+                            tool_call_chunks=(ToolCallChunk(name=name, args=args, id=id_, index=i),)
+                        )
+                        for i, (id_, name, args) in enumerate(reply.tool_calls)
+                    ]
+                )
+            else:
+                script.append(list(reply.tokens))
+        return FakeChatModel(script)

@@ -1,6 +1,7 @@
 """Conformance suites that every backend runs — and third-party backends can run too.
 
-Subclass :class:`CheckpointerConformance` in your test module and provide the backend;
+Subclass :class:`CheckpointerConformance`, :class:`BrokerConformance` or
+:class:`ChatModelConformance` in your test module and provide the backend;
 pytest collects every check as its own test, on asyncio and trio (through anyio's pytest
 plugin; define an ``anyio_backend`` fixture to choose).
 
@@ -18,12 +19,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import pickle
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypedDict
 
 import anyio
+import attrs
 import pytest
 
 from headwater._graph import StateGraph
@@ -38,10 +41,11 @@ from headwater.checkpoint import (
     new_checkpoint_id,
 )
 from headwater.errors import CheckpointError, SerdeError
-from headwater.messages import AIMessage, HumanMessage, ToolCall
+from headwater.messages import AIMessage, AIMessageChunk, HumanMessage, ToolCall, add_messages
+from headwater.models import ChatModel
 from headwater.runtime import interrupt, new_id
 
-__all__ = ["BrokerConformance", "CheckpointerConformance"]
+__all__ = ["BrokerConformance", "ChatModelConformance", "CheckpointerConformance", "Reply"]
 
 
 def _checkpoint(thread_id: str, step: int = 0, ns: str = "", **values: Any) -> Checkpoint:
@@ -400,3 +404,139 @@ class BrokerConformance:
                 tg.start_soon(reader)
         assert seen == [[str(i) for i in range(20)]] * 10
         await broker.aclose()
+
+
+# -- chat models ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reply:
+    """One scripted answer of a chat model under :class:`ChatModelConformance`.
+
+    ``tokens`` stream as text, in that chunking; ``tool_calls`` are ``(id, name,
+    arguments JSON text)`` (the text may be malformed on purpose); with ``cut_after``
+    the stream breaks after that many tokens (a connection cut, a provider error event).
+
+    Example::
+
+        Reply(tokens=("Rivers", " run"))
+        Reply(tool_calls=(("call_1", "add", '{"a": 1, "b": 2}'),))
+    """
+
+    tokens: tuple[str, ...] = ()
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+    cut_after: int | None = None
+
+
+class _Chat(TypedDict):
+    messages: Annotated[list[Any], add_messages]
+
+
+class ChatModelConformance:
+    """The behaviour every chat-model adapter must have, as a pytest suite to subclass.
+
+    Implement :meth:`make_model`: a model of your adapter that answers its next calls
+    with ``replies``, in order (for an HTTP provider: script a local server speaking the
+    provider's wire format, and point the model at it). The suite checks live token
+    streaming into ``astream_events`` and ``messages`` from async and sync nodes, that
+    the chunks add up to the response, tool calls (well-formed and malformed), a stream
+    cut mid-way, and a caller that stops reading early.
+
+    Example::
+
+        class TestMyModel(ChatModelConformance):
+            def make_model(self, replies):
+                server.script = [to_wire(r) for r in replies]
+                return MyChatModel(model="m", base_url=server.url)
+    """
+
+    def make_model(self, replies: list[Reply]) -> ChatModel:
+        """Return a model that answers its next calls with ``replies``, in order."""
+        raise NotImplementedError("Override make_model(replies) to return your adapter.")
+
+    def _graph(self, model: ChatModel, *, sync: bool) -> Any:
+        def sync_node(state: _Chat) -> dict[str, Any]:
+            return {"messages": [model.invoke(state["messages"])]}
+
+        async def async_node(state: _Chat) -> dict[str, Any]:
+            return {"messages": [await model.ainvoke(state["messages"])]}
+
+        graph = StateGraph(_Chat)
+        graph.add_node("talk", sync_node if sync else async_node, tags=["llm"])
+        graph.add_edge(START, "talk")
+        graph.add_edge("talk", END)
+        return graph.compile()
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("sync", [False, True], ids=["async_node", "sync_node"])
+    async def test_tokens_stream_as_events_in_order_and_add_up_to_the_response(
+        self, sync: bool
+    ) -> None:
+        tokens = ("Rivers", " run", " to", " the", " sea.")
+        model = self.make_model([Reply(tokens=tokens)])
+        events = [
+            e async for e in self._graph(model, sync=sync).astream_events({"messages": ["go"]})
+        ]
+        streams = [e for e in events if e["event"] == "on_chat_model_stream"]
+        assert [c for e in streams if (c := e["data"]["chunk"].text)] == list(tokens)
+        assert {e["name"] for e in streams} == {"talk"}  # unnamed models take the node's name
+        (start,) = [e for e in events if e["event"] == "on_chat_model_start"]
+        assert start["metadata"]["ls_provider"] == model.provider
+        assert start["metadata"]["ls_model_name"] == model.model
+        assert "llm" in start["tags"]
+        (end,) = [e for e in events if e["event"] == "on_chat_model_end"]
+        total = AIMessageChunk.merge(e["data"]["chunk"] for e in streams).to_message()
+        assert end["data"]["output"].text == total.text == "".join(tokens)
+        assert events[-1]["data"]["output"]["messages"][-1].text == "".join(tokens)
+
+    @pytest.mark.anyio
+    async def test_messages_mode_yields_each_token_once(self) -> None:
+        tokens = ("One", " two", " three")
+        app = self._graph(self.make_model([Reply(tokens=tokens)]), sync=False)
+        got = [
+            chunk.text
+            async for chunk, metadata in app.astream({"messages": ["go"]}, stream_mode="messages")
+            if chunk.text and metadata["node"] == "talk"
+        ]
+        assert got == list(tokens)
+
+    @pytest.mark.anyio
+    async def test_tool_calls_are_parsed_into_the_response(self) -> None:
+        calls = (("call_1", "add", '{"a": 1, "b": 2}'), ("call_2", "add", '{"a": 3, "b": 4}'))
+        reply = await self.make_model([Reply(tool_calls=calls)]).ainvoke("add these")
+        assert [(c.id, c.name, dict(c.args)) for c in reply.tool_calls] == [
+            ("call_1", "add", {"a": 1, "b": 2}),
+            ("call_2", "add", {"a": 3, "b": 4}),
+        ]
+        assert reply.invalid_tool_calls == ()
+
+    @pytest.mark.anyio
+    async def test_malformed_tool_arguments_become_invalid_tool_calls(self) -> None:
+        calls = (("call_1", "add", '{"a": 1,'),)
+        reply = await self.make_model([Reply(tool_calls=calls)]).ainvoke("add")
+        assert reply.tool_calls == ()
+        (bad,) = reply.invalid_tool_calls
+        assert (bad.id, bad.name, bad.args) == ("call_1", "add", '{"a": 1,')
+        assert "not valid JSON" in bad.error
+
+    @pytest.mark.anyio
+    async def test_a_stream_cut_mid_way_fails_after_the_tokens_before_it(self) -> None:
+        tokens = ("Rivers", " run", " far")
+        model = self.make_model([Reply(tokens=tokens, cut_after=2)])
+        events: list[dict[str, Any]] = []
+        with pytest.raises(Exception):  # noqa: B017 - adapters raise their own error types
+            async for event in self._graph(model, sync=False).astream_events({"messages": []}):
+                events.append(event)
+        streamed = [e["data"]["chunk"].text for e in events if e["event"] == "on_chat_model_stream"]
+        assert [t for t in streamed if t] == list(tokens[:2])
+        kinds = [e["event"] for e in events]
+        assert "on_chat_model_error" in kinds and "on_chat_model_end" not in kinds
+
+    @pytest.mark.anyio
+    async def test_a_caller_that_stops_reading_ends_the_call(self) -> None:
+        model = self.make_model([Reply(tokens=("a", " b", " c", " d"))])
+        with anyio.fail_after(10):  # the adapter must close its stream, not hang
+            async with contextlib.aclosing(model.astream("go")) as stream:
+                async for chunk in stream:
+                    if chunk.text:
+                        break

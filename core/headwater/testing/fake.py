@@ -52,13 +52,14 @@ class ScriptedError:
     partial: str = ""
 
 
-Script = str | AIMessage | ScriptedError | Sequence[str]
+Script = str | AIMessage | ScriptedError | Sequence[str | AIMessageChunk]
 
 
 class FakeChatModel(ChatModel):
     """A chat model that plays back scripted responses, one per call, in order.
 
-    A response is a string (streamed word by word), a list of tokens (streamed as given),
+    A response is a string (streamed word by word), a list of tokens (streamed as given;
+    an item may also be an :class:`~headwater.messages.AIMessageChunk`, sent as it is),
     an :class:`~headwater.messages.AIMessage` (its text, then its tool calls streamed as
     JSON fragments), or a :class:`ScriptedError`. ``token_delay`` sleeps between tokens;
     ``cycle=True`` starts over when the script runs out (otherwise that is an error).
@@ -106,14 +107,15 @@ class FakeChatModel(ChatModel):
             for token in split_tokens(script.partial)[: script.after]:
                 yield await self._token(token)
             raise script.error
+        tokens: list[str | AIMessageChunk]
         if isinstance(script, AIMessage):
-            tokens = split_tokens(script.text)
+            tokens = list(split_tokens(script.text))
             calls = script.tool_calls
         else:
-            tokens = split_tokens(script) if isinstance(script, str) else list(script)
+            tokens = list(split_tokens(script)) if isinstance(script, str) else list(script)
             calls = ()
-        for token in tokens:
-            yield await self._token(token)
+        for item in tokens:
+            yield await self._token(item)
         for index, call in enumerate(calls):
             text = json.dumps(dict(call.args))
             half = len(text) // 2
@@ -131,7 +133,7 @@ class FakeChatModel(ChatModel):
         prompt = sum(len(m.text.split()) for m in messages)
         yield AIMessageChunk(usage=Usage(input_tokens=prompt, output_tokens=len(tokens)))
 
-    async def _token(self, token: str) -> AIMessageChunk:
+    async def _token(self, token: str | AIMessageChunk) -> AIMessageChunk:
         if self.token_delay:
             await anyio.sleep(self.token_delay)
-        return AIMessageChunk(content=token)
+        return token if isinstance(token, AIMessageChunk) else AIMessageChunk(content=token)

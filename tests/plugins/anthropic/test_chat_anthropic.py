@@ -56,6 +56,7 @@ from headwater.messages import (
     add_messages,
 )
 from headwater.models import init_chat_model
+from headwater.testing.conformance import ChatModelConformance, Reply
 from headwater.tools import ToolNode, tool
 
 pytestmark = pytest.mark.anyio
@@ -1219,3 +1220,24 @@ async def test_plain_functions_and_tool_specs_bind_as_tools(server: FakeAnthropi
         anthropic_spec,
         server_tool,
     ]
+
+
+# -- the conformance suite every adapter runs ------------------------------------------
+
+
+class TestConformance(ChatModelConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, server: FakeAnthropic) -> None:
+        self.server = server
+
+    def make_model(self, replies: list[Reply]) -> ChatAnthropic:
+        for reply in replies:
+            if reply.tool_calls:
+                self.server.script.append(tool_calls(*reply.tool_calls))
+            elif reply.cut_after is not None:
+                head = [message_start(9), text_start(0)]
+                tokens = [text_delta(0, t) for t in reply.tokens[: reply.cut_after]]
+                self.server.script.append(Stream([*head, *tokens, RuntimeError("cut")]))
+            else:
+                self.server.script.append(text(reply.tokens))
+        return llm(self.server)

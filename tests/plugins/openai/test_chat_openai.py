@@ -49,6 +49,7 @@ from headwater.messages import (
     add_messages,
 )
 from headwater.models import init_chat_model
+from headwater.testing.conformance import ChatModelConformance, Reply
 from headwater.tools import ToolNode, tool
 
 pytestmark = pytest.mark.anyio
@@ -834,3 +835,24 @@ async def test_plain_functions_and_openai_specs_bind_as_tools(server: FakeOpenAI
     assert [t["function"]["name"] for t in sent["tools"]] == ["shout", "noop"]
     assert sent["tools"][0]["function"]["parameters"]["properties"] == {"text": {"type": "string"}}
     assert sent["tool_choice"] == "required"
+
+
+# -- the conformance suite every adapter runs ------------------------------------------
+
+
+class TestConformance(ChatModelConformance):
+    @pytest.fixture(autouse=True)
+    def _server(self, server: FakeOpenAI) -> None:
+        self.server = server
+
+    def make_model(self, replies: list[Reply]) -> ChatOpenAI:
+        for reply in replies:
+            if reply.tool_calls:
+                self.server.script.append(tool_calls(*reply.tool_calls))
+            elif reply.cut_after is not None:
+                head = chunk({"role": "assistant", "content": ""})
+                tokens = [chunk({"content": t}) for t in reply.tokens[: reply.cut_after]]
+                self.server.script.append(Stream([head, *tokens, RuntimeError("cut")]))
+            else:
+                self.server.script.append(text(reply.tokens))
+        return llm(self.server)
