@@ -56,6 +56,7 @@ from headwater.events import (
     TASK_START,
 )
 from headwater.runtime import Run, Task, current_task
+from headwater.sinks import close_sinks, open_sinks
 
 if TYPE_CHECKING:
     from headwater._stream import RunStream
@@ -641,7 +642,15 @@ class CompiledGraph:
         """Execute ``run`` with hooks and graph-level events around the supersteps."""
         pm = run.plugin_manager if run.plugin_manager is not None else self.plugin_manager
         hooks = pm.hook
-        start = await self._restore(run, input)  # bad input fails here, before any event
+        specs = run.config.get("sinks") if run.parent is None else None
+        sinks = await open_sinks(specs, pm) if specs is not None else []
+        try:
+            start = await self._restore(run, input)  # bad input fails here, before any event
+        except BaseException:
+            if sinks:
+                with anyio.CancelScope(shield=True):
+                    await close_sinks(sinks)
+            raise
         error: BaseException | None = None
         header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
         try:
@@ -649,6 +658,8 @@ class CompiledGraph:
                 for subscriptions in hooks.headwater_event_subscribers(run=run):
                     for subscription in subscriptions or ():
                         run.subscribe(subscription)
+                for sink in sinks:
+                    run.subscribe(sink.subscription())
             for result in hooks.headwater_run_start(run=run):
                 if inspect.isawaitable(result):
                     await result
@@ -677,10 +688,15 @@ class CompiledGraph:
                 run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
             raise
         finally:
-            for result in hooks.headwater_run_end(run=run, error=error):
-                if inspect.isawaitable(result):
+            try:
+                for result in hooks.headwater_run_end(run=run, error=error):
+                    if inspect.isawaitable(result):
+                        with anyio.CancelScope(shield=True):
+                            await result
+            finally:
+                if sinks:  # after the run's last event, however it ended
                     with anyio.CancelScope(shield=True):
-                        await result
+                        await close_sinks(sinks)
 
     async def _restore(self, run: Run, input: Any) -> _Start:
         """Where a run starts: fresh input, new input on a thread, or a resume."""

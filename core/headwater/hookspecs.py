@@ -225,7 +225,12 @@ def headwater_chat_models() -> Mapping[str, Any] | None:
 
 @hookspec
 def headwater_sinks() -> Mapping[str, Any] | None:
-    """Register transport sinks (``sse``, ``websocket``, ``redis`` …) that carry a run's events.
+    """Register sinks that carry a run's events somewhere else (a file, a queue, a socket).
+
+    A run names the sinks it wants in its config, ``config={"sinks": ["name:target"]}``;
+    the run calls ``factory(target)`` when it starts, subscribes the returned sink's
+    ``subscription()`` and calls its ``close()`` (which may return an awaitable) after
+    the run's last event. See :mod:`headwater.sinks`.
 
     **Called:** once per plugin manager; the merged result is cached.
 
@@ -237,7 +242,7 @@ def headwater_sinks() -> Mapping[str, Any] | None:
 
         @headwater.hookimpl
         def headwater_sinks():
-            return {"sse": SseSink}
+            return {"jsonl": JsonlSink}  # app.invoke(state, {"sinks": ["jsonl:run.jsonl"]})
     """
 
 

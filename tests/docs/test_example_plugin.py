@@ -362,3 +362,13 @@ def test_sink_factory_from_the_registry(pm: headwater.PluginManager, tmp_path: P
         sink.close()
     with pytest.raises(InvalidInputError, match="unknown event kinds"):
         make(tmp_path / "x.jsonl", kinds=["on_chain_ended"])
+
+
+def test_the_jsonl_sink_named_in_a_runs_config(pm: headwater.PluginManager, tmp_path: Path) -> None:
+    path = tmp_path / "named.jsonl"
+    fan_out(pm).invoke({"n": 0}, {"sinks": [f"jsonl:{path}"]})
+    kinds = [record["event"] for record in read_lines(path)]
+    assert kinds[0] == "on_chain_start" and kinds[-1] == "on_chain_end"
+    assert all(not k.startswith(("task_", "step_")) for k in kinds)  # public events only
+    with pytest.raises(InvalidInputError, match="jsonl sink writes to a file"):
+        fan_out(pm).invoke({"n": 0}, {"sinks": ["jsonl:"]})  # no target: a clear error

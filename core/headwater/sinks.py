@@ -1,0 +1,121 @@
+"""Sinks: carry a run's events somewhere else (a file, a queue, a socket), by name.
+
+A plugin registers sink factories with the ``headwater_sinks`` hook. A run names the
+sinks it wants in its config, as ``"name:target"`` strings (the target, which may be
+empty, goes to the factory): ``config={"sinks": ["jsonl:run.jsonl"]}``. The run opens
+each sink when it starts, subscribes it to the run's events, and closes it after the
+run's last event (also when the run fails or is cancelled). A sink works the same for
+``invoke``, ``astream``, ``astream_events`` and runs served by ``headwater serve``.
+
+A sink is any object with ``subscription()``, returning the
+:class:`~headwater.events.Subscription` that receives the events (called on the event
+loop: be quick, buffer any I/O; ``kinds=PUBLIC_KINDS`` for the events
+``astream_events`` shows), and ``close()``, which may return an awaitable.
+
+Example::
+
+    @headwater.hookimpl
+    def headwater_sinks():
+        return {"jsonl": JsonlSink}  # JsonlSink(target) has subscription() and close()
+
+    app.invoke({"topic": "rivers"}, {"sinks": ["jsonl:events.jsonl"]})
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Awaitable
+from typing import Any, Protocol, runtime_checkable
+
+from headwater.errors import InvalidInputError
+from headwater.events import Subscription
+
+__all__ = ["Sink", "close_sinks", "open_sinks"]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What a ``headwater_sinks`` factory returns for one run.
+
+    Example::
+
+        class PrintSink:
+            def subscription(self):
+                return Subscription(callback=lambda e: print(e.event, e.name))
+
+            def close(self):
+                print("run over")
+    """
+
+    def subscription(self) -> Subscription:
+        """The subscription that receives this run's events."""
+
+    def close(self) -> Awaitable[None] | None:
+        """Called once after the run's last event."""
+
+
+async def open_sinks(specs: Any, plugin_manager: Any) -> list[Sink]:
+    """Make the sinks a run's ``config["sinks"]`` names (``["name:target", ...]``).
+
+    Raises :class:`~headwater.errors.InvalidInputError` naming what is wrong: not a list
+    of strings, a name no installed plugin registers (with the installed names), or a
+    factory that did not return a sink. Sinks opened before the failure are closed.
+
+    Example::
+
+        sinks = await open_sinks(["jsonl:run.jsonl"], get_plugin_manager())
+    """
+    if isinstance(specs, str) or not isinstance(specs, list | tuple):
+        raise InvalidInputError(
+            f"config['sinks'] must be a list of 'name:target' strings, e.g. "
+            f"['jsonl:run.jsonl']; got {type(specs).__name__}: {specs!r:.80}."
+        )
+    registry = plugin_manager.registrations("headwater_sinks")
+    opened: list[Sink] = []
+    try:
+        for spec in specs:
+            if not isinstance(spec, str) or not spec:
+                raise InvalidInputError(
+                    f"Each entry of config['sinks'] is a 'name:target' string; got {spec!r:.80}."
+                )
+            name, _, target = spec.partition(":")
+            factory = registry.get(name)
+            if factory is None:
+                installed = sorted(registry)
+                close = difflib.get_close_matches(name, installed, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise InvalidInputError(
+                    f"Unknown sink {name!r} in config['sinks'] entry {spec!r}.{hint} Installed "
+                    f"sinks: {', '.join(installed) or '(none: install a plugin that has one)'}."
+                )
+            sink = factory(target)
+            if not isinstance(sink, Sink):
+                raise InvalidInputError(
+                    f"The factory of sink {name!r} returned {type(sink).__name__}, which has no "
+                    "subscription() and close(): fix or uninstall the plugin that registers it."
+                )
+            opened.append(sink)
+    except BaseException:
+        await close_sinks(opened)
+        raise
+    return opened
+
+
+async def close_sinks(sinks: list[Sink]) -> None:
+    """Close every sink (all of them, even if one fails; the first error is raised).
+
+    Example::
+
+        await close_sinks(sinks)
+    """
+    first: BaseException | None = None
+    for sink in sinks:
+        try:
+            result = sink.close()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
