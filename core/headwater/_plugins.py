@@ -100,7 +100,7 @@ class PluginManager(pluggy.PluginManager):
             return f"plugin {plugin_name!r}"
         label = _describe(plugin)
         if plugin_name == str(id(plugin)):  # an object registered without a name
-            return f"plugin {label}"
+            return f"an unnamed plugin ({label})"
         return (
             f"plugin {plugin_name!r}"
             if label == plugin_name
@@ -230,7 +230,12 @@ class PluginManager(pluggy.PluginManager):
 
 
 def _describe(plugin: Any) -> str:
-    return getattr(plugin, "__name__", None) or repr(plugin)
+    """A module or class by its name; an instance by its class (``an instance of m.Cls``)."""
+    name = getattr(plugin, "__name__", None)
+    if isinstance(name, str) and name:
+        return name
+    kind = type(plugin)
+    return f"an instance of {kind.__module__}.{kind.__qualname__}"
 
 
 def _upper_first(text: str) -> str:

@@ -276,7 +276,9 @@ def test_cli_hook_raising_names_the_plugin() -> None:
             raise RuntimeError("no click today")
 
     pm = create_plugin_manager(autoload=False, plugins=[Broken()])
-    with pytest.raises(PluginLoadError, match=r"Broken object at .* failed in headwater_cli_c"):
+    with pytest.raises(
+        PluginLoadError, match=r"unnamed plugin \(an instance of .*\.Broken\) failed"
+    ):
         build_cli(pm)
 
 

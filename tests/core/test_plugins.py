@@ -1023,3 +1023,20 @@ def test_errors_are_plugin_errors() -> None:
     assert issubclass(PluginLoadError, PluginError)
     assert issubclass(PluginConflictError, PluginError)
     assert issubclass(PluginError, headwater.errors.HeadwaterError)
+
+
+def test_a_conflict_between_unnamed_plugin_objects_names_their_classes() -> None:
+    class First:
+        @headwater.hookimpl
+        def headwater_sinks(self) -> dict[str, Any]:
+            return {"audit": object}
+
+    class Second(First):
+        pass
+
+    pm = create_plugin_manager(autoload=False, plugins=[First(), Second()])
+    with pytest.raises(PluginConflictError) as raised:
+        pm.registrations("headwater_sinks")
+    message = str(raised.value)
+    assert "an unnamed plugin (an instance of" in message and ".First)" in message
+    assert ".Second)" in message and "object at 0x" not in message
