@@ -400,6 +400,9 @@ def test_mount_into_an_existing_app() -> None:
         assert sse(client, "GET", f"/hw/runs/{run}/stream")[-1]["event"] == "end"
 
 
+BURST = 150_000  # about 2 s of publishing here: the client reads well before the end
+
+
 def test_a_run_that_never_waits_still_streams_while_it_runs() -> None:
     # A node emitting a burst of events without awaiting anything used to hold the event
     # loop until the run ended: the client got its first event only after the last one.
@@ -408,9 +411,9 @@ def test_a_run_that_never_waits_still_streams_while_it_runs() -> None:
 
     async def burst(state: Burst) -> dict[str, int]:
         write = get_stream_writer()
-        for i in range(20_000):
+        for i in range(BURST):
             write({"i": i})
-        return {"n": 20_000}
+        return {"n": BURST}
 
     graph = StateGraph(Burst)
     graph.add_node("burst", burst)
