@@ -313,6 +313,13 @@ def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> State
     )
 
 
+def _task_end(
+    node: str, *, update: Any = None, error: BaseException | None = None, interrupt: Any = None
+) -> dict[str, Any]:
+    """The ``data`` of a ``task_end`` event (see :data:`headwater.events.TASK_END`)."""
+    return {"node": node, "update": update, "error": error, "interrupt": interrupt}
+
+
 class CompiledGraph:
     """A validated, runnable graph made by ``StateGraph.compile()``.
 
@@ -868,12 +875,7 @@ class CompiledGraph:
                 )
         subs = run.subscriptions(TASK_END)
         if subs:
-            data = {
-                "node": INTERRUPT_KEY,
-                "update": tuple(interrupts),
-                "error": None,
-                "interrupt": None,
-            }
+            data = _task_end(INTERRUPT_KEY, update=tuple(interrupts))
             run.emit(
                 subs,
                 TASK_END,
@@ -993,16 +995,13 @@ class CompiledGraph:
                     "(or another backend) and run it with a thread_id."
                 ) from None
             if streaming:  # the task ends paused: neither an update nor an error
-                end = {"node": task.node, "update": None, "error": None}
-                task.dispatch(TASK_END, {**end, "interrupt": paused.interrupt})
+                task.dispatch(TASK_END, _task_end(task.node, interrupt=paused.interrupt))
                 task.dispatch(ON_CHAIN_END, {"output": None, "interrupt": paused.interrupt})
             return _Outcome(None, (), paused.interrupt)
         except Exception as exc:
             if streaming:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
-                task.dispatch(
-                    TASK_END, {"node": task.node, "update": None, "error": exc, "interrupt": None}
-                )
+                task.dispatch(TASK_END, _task_end(task.node, error=exc))
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
@@ -1012,10 +1011,7 @@ class CompiledGraph:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
             raise
         if streaming:
-            task.dispatch(
-                TASK_END,
-                {"node": task.node, "update": outcome.update, "error": None, "interrupt": None},
-            )
+            task.dispatch(TASK_END, _task_end(task.node, update=outcome.update))
             task.dispatch(ON_CHAIN_END, {"output": out})
             if run._valves:
                 await run.relieve()

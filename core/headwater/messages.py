@@ -347,7 +347,7 @@ class ChunkSum:
     )
 
     def __init__(self) -> None:
-        self._text: _Text | None = _Text()
+        self._text = _Text()
         self._blocks: list[Any] | None = None  # once any content is a list of blocks
         self._id: str | None = None
         self._name: str | None = None
@@ -364,14 +364,11 @@ class ChunkSum:
         """
         content = chunk.content
         if self._blocks is None and isinstance(content, str):
-            assert self._text is not None
             if content:
                 self._text.add(content)
         else:
-            if self._blocks is None:
-                assert self._text is not None
+            if self._blocks is None:  # from now on, content is a list of blocks
                 self._blocks = _as_blocks(self._text.value())
-                self._text = None
             self._blocks.extend(_as_blocks(content))
         self._id = self._id or chunk.id
         self._name = self._name or chunk.name
@@ -402,12 +399,7 @@ class ChunkSum:
 
             total.result().content  # "Hello"
         """
-        content: str | list[Any]
-        if self._blocks is not None:
-            content = list(self._blocks)
-        else:
-            assert self._text is not None
-            content = self._text.value()
+        content = list(self._blocks) if self._blocks is not None else self._text.value()
         return AIMessageChunk(
             content=content,
             id=self._id,

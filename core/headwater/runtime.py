@@ -499,9 +499,7 @@ class StreamWriter:
                     task.event_tags,
                     task.event_metadata,
                 )
-                only = subs[0] if len(subs) == 1 else None
-                if only is not None and only.bind is not None and only.accept is None:
-                    self._direct = only.bind(ON_CUSTOM_EVENT, run.ns)
+                self._direct = run.direct(ON_CUSTOM_EVENT)
         if subs:
             node, run_id, parent_ids, tags, metadata = self._header
             self._task.run.emit(

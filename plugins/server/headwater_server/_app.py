@@ -25,12 +25,12 @@ from headwater.runtime import new_id
 
 from ._runs import (
     TERMINAL,
-    EventEncoder,
     RunRecord,
     encode_event,
     encode_json,
     execute,
     follow,
+    wire_entries,
 )
 
 __all__ = ["ApiError", "create_app", "mount"]
@@ -235,7 +235,7 @@ class _Server:
             mode = body.get("stream_mode")
             if mode is not None:
                 source = graph.astream(input, config, stream_mode=mode)
-                stream = _modes(source, single=isinstance(mode, str), name=mode)
+                stream = wire_entries(source, mode)
                 spec["stream_mode"] = mode
             else:
                 filters = {k: body[k] for k in _FILTER_KEYS if body.get(k) is not None}
@@ -246,7 +246,7 @@ class _Server:
                     raise ApiError(
                         400, "bad_filter", "filters must be a list of installed filter names."
                     )
-                stream = _events(graph.astream_events(input, config, filters=named, **filters))
+                stream = wire_entries(graph.astream_events(input, config, filters=named, **filters))
                 spec.update(filters, filters=named)
         except HeadwaterError as exc:
             raise ApiError(400, type(exc).__name__, str(exc)) from None
@@ -342,22 +342,6 @@ class _Server:
 
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
-
-async def _events(stream: Any) -> AsyncIterator[tuple[str, str]]:
-    encode = EventEncoder()
-    async with stream:
-        async for event in stream:
-            yield event["event"], encode(event)
-
-
-async def _modes(stream: Any, *, single: bool, name: Any) -> AsyncIterator[tuple[str, str]]:
-    async with stream:
-        async for chunk in stream:
-            if single:
-                yield name, encode_json(chunk)
-            else:
-                yield chunk[0], encode_json(chunk[1])
 
 
 def create_app(

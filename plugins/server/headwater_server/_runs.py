@@ -32,6 +32,7 @@ __all__ = [
     "encode_json",
     "publish_batch",
     "publish_stream",
+    "wire_entries",
     "execute",
     "follow",
     "publish",
@@ -81,6 +82,26 @@ class EventEncoder:
         return f'{body[:-1]}{"," if fields else ""}"_event":{meta}}}'
 
 
+async def wire_entries(
+    stream: Any, stream_mode: Any = None, extra: Mapping[str, Any] | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """``(event, JSON text)`` log entries of a run's stream, closing the stream at the end.
+
+    ``stream_mode`` is what the stream was opened with: ``None`` for ``astream_events``
+    (entries named by event type, encoded by :class:`EventEncoder` with ``extra``), a mode
+    name (entries named by it), or a list of modes (``(mode, chunk)`` pairs).
+    """
+    encode = EventEncoder(extra)
+    async with stream:
+        async for item in stream:
+            if stream_mode is None:
+                yield item["event"], encode(item)
+            elif isinstance(stream_mode, str):
+                yield stream_mode, encode_json(item)
+            else:
+                yield item[0], encode_json(item[1])
+
+
 def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
     """A log entry as the spec's WebSocket message ``{"type", "name", "data", ...}``."""
     data = json.loads(entry.data)
@@ -109,34 +130,31 @@ PUBLISH_BUDGET = 15.0
 async def publish(
     broker: Broker, run_id: str, event: str, data: str, *, must: bool = False
 ) -> None:
-    """Publish, retrying with backoff through a broker outage (a Redis restart).
+    """Publish one entry, retrying through a broker outage (see :func:`publish_batch`).
 
-    The run does not stop for the broker: after :data:`PUBLISH_BUDGET` seconds an event
-    is dropped (its effect on the state is safe in the checkpointer), except a terminal
-    entry (``must``), which keeps retrying so followers learn that the run ended.
+    ``must`` marks a terminal entry, which keeps retrying so followers learn that the
+    run ended.
     """
-    delay, waited = 0.05, 0.0
-    while True:
-        try:
-            await broker.publish(run_id, event, data)
-            return
-        except BrokerError:
-            if not must and waited >= PUBLISH_BUDGET:
-                return
-            await anyio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 1.0)
+    await publish_batch(broker, run_id, [(event, data)], must=must)
 
 
-async def publish_batch(broker: Broker, run_id: str, entries: list[tuple[str, str]]) -> None:
-    """:func:`publish` for several entries in one round trip (same retry budget)."""
+async def publish_batch(
+    broker: Broker, run_id: str, entries: list[tuple[str, str]], *, must: bool = False
+) -> None:
+    """Publish entries in one round trip, retrying with backoff through a broker outage
+    (a Redis restart).
+
+    The run does not stop for the broker: after :data:`PUBLISH_BUDGET` seconds the
+    entries are dropped (their effect on the state is safe in the checkpointer), except
+    with ``must``, which keeps retrying.
+    """
     delay, waited = 0.05, 0.0
     while True:
         try:
             await broker.publish_many(run_id, entries)
             return
         except BrokerError:
-            if waited >= PUBLISH_BUDGET:
+            if not must and waited >= PUBLISH_BUDGET:
                 return
             await anyio.sleep(delay)
             waited += delay

@@ -11,7 +11,7 @@ a ``resumed`` entry ``{"attempt": n}``, and every event of the new attempt carri
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -21,7 +21,7 @@ from headwater.broker import Broker
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
-from ._runs import EventEncoder, encode_json, publish, publish_stream
+from ._runs import encode_json, publish, publish_stream, wire_entries
 
 __all__ = ["job_stream", "run_job", "work"]
 
@@ -44,21 +44,6 @@ def job_stream(
         return graph.astream(input, config, stream_mode=mode)
     filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
     return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
-
-
-async def _entries(
-    stream: Any, spec: Mapping[str, Any], attempt: int
-) -> AsyncIterator[tuple[str, str]]:
-    mode = spec.get("stream_mode")
-    encode = EventEncoder({"attempt": attempt})
-    async with stream:
-        async for item in stream:
-            if mode is None:
-                yield item["event"], encode(item)
-            elif isinstance(mode, str):
-                yield mode, encode_json(item)
-            else:
-                yield item[0], encode_json(item[1])
 
 
 async def run_job(
@@ -98,7 +83,10 @@ async def run_job(
             tg.start_soon(heartbeat)
             try:
                 stream = job_stream(graph, input, config, job.stream)
-                await publish_stream(broker, job.run_id, _entries(stream, job.stream, job.attempts))
+                entries = wire_entries(
+                    stream, job.stream.get("stream_mode"), {"attempt": job.attempts}
+                )
+                await publish_stream(broker, job.run_id, entries)
             except Exception as exc:
                 status, error = "error", f"{type(exc).__name__}: {exc}"
                 with anyio.CancelScope(shield=True):
