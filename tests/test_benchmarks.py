@@ -37,6 +37,8 @@ WORKLOADS = [
     "tokens-messages-async",
     "tokens-messages-sync",
     "tokens-memory",
+    "tokens-otel",
+    "tokens-otel-quiet",
     *(f"checkpoint-{kind}-{mode}" for kind in ("memory", "sqlite", "postgres")
       for mode in ("sync", "async")),
 ]  # fmt: skip
