@@ -38,7 +38,7 @@ _SERVICE_NAME = "headwater"
 _EXIT_TIMEOUT_MS = 3000
 
 _lock = threading.Lock()
-_built: TracerProvider | None = None
+_built: TracerProvider | trace.NoOpTracerProvider | None = None
 
 
 def resolve_provider() -> Any:
@@ -51,15 +51,30 @@ def resolve_provider() -> Any:
     return built_provider()
 
 
-def built_provider() -> TracerProvider:
-    """The provider built from the environment (made on first use, once per process)."""
+def built_provider() -> TracerProvider | trace.NoOpTracerProvider:
+    """The provider built from the environment (made on first use, once per process).
+
+    An environment the SDK refuses (``OTEL_BSP_MAX_QUEUE_SIZE=abc``) is logged as an error
+    naming the problem, and runs go on untraced: tracing never fails a run.
+    """
     global _built
     if _built is not None:
         return _built
     with _lock:
         if _built is None:
-            _built = _build()
-            atexit.register(_shutdown_at_exit, _built)
+            try:
+                made = _build()
+            except Exception as exc:
+                _log.error(
+                    "headwater-otel: cannot set up tracing from the OTEL_* environment "
+                    "variables (%s: %s); runs go on untraced until it is fixed.",
+                    type(exc).__name__,
+                    exc,
+                )
+                _built = trace.NoOpTracerProvider()
+            else:
+                _built = made
+                atexit.register(_shutdown_at_exit, made)
     return _built
 
 
@@ -68,7 +83,7 @@ def shutdown_built() -> None:
     global _built
     with _lock:
         provider, _built = _built, None
-    if provider is not None:
+    if isinstance(provider, TracerProvider):
         _bounded_shutdown(provider)
 
 

@@ -152,6 +152,24 @@ def test_grpc_is_refused_with_a_clear_log_and_the_run_still_works(
     assert "exports OTLP over HTTP only" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("OTEL_BSP_MAX_QUEUE_SIZE", "lots"), ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+)
+def test_an_environment_the_sdk_refuses_is_logged_and_fails_no_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, value: str
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", closed_port_url())
+    monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.ERROR, logger="headwater_otel"):
+        for _ in range(2):
+            out = build_rag().invoke(QUESTION, {"sinks": ["otel"]})
+            assert out["messages"][-1].content == "The sum is 5."
+    errors = [r for r in caplog.records if r.name == "headwater_otel"]
+    assert len(errors) == 1  # once, not once per run
+    assert "cannot set up tracing from the OTEL_* environment" in errors[0].getMessage()
+
+
 def test_a_collector_that_is_down_fails_no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", closed_port_url())
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1")  # export right away: into the void
