@@ -154,7 +154,11 @@ def test_grpc_is_refused_with_a_clear_log_and_the_run_still_works(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("OTEL_BSP_MAX_QUEUE_SIZE", "lots"), ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+    [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+    ],
 )
 def test_an_environment_the_sdk_refuses_is_logged_and_fails_no_run(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, value: str
