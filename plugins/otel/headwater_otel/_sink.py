@@ -13,9 +13,10 @@ under it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
 
@@ -63,6 +64,10 @@ KINDS: Final = frozenset(
 """The event kinds the sink turns into spans (and span events)."""
 
 _GRAPH, _NODE, _CHAT, _TOOL, _RETRIEVER = range(5)
+_CHAINS = frozenset({_GRAPH, _NODE})
+_CHATS = frozenset({_CHAT})
+_TOOLS = frozenset({_TOOL})
+_RETRIEVERS = frozenset({_RETRIEVER})
 
 _DESCRIPTION_LIMIT = 1024
 
@@ -117,20 +122,20 @@ class OtelSink:
         self._open: dict[str, _Open] = {}
         self._first: dict[str, _Open] = {}  # chat spans still waiting for their first token
         self._failures = 0
-        self._handlers = {
+        self._handlers: dict[str, Callable[..., None]] = {
             "on_chain_start": self._start_chain,
             "on_chain_end": self._end,
-            "on_chain_error": self._error,
+            "on_chain_error": functools.partial(self._error, _CHAINS),
             "on_interrupt": self._interrupt,
             "on_chat_model_start": self._start_chat,
             "on_chat_model_end": self._end_chat,
-            "on_chat_model_error": self._error,
+            "on_chat_model_error": functools.partial(self._error, _CHATS),
             "on_tool_start": self._start_tool,
             "on_tool_end": self._end_tool,
-            "on_tool_error": self._error,
+            "on_tool_error": functools.partial(self._error, _TOOLS),
             "on_retriever_start": self._start_retriever,
             "on_retriever_end": self._end_retriever,
-            "on_retriever_error": self._error,
+            "on_retriever_error": functools.partial(self._error, _RETRIEVERS),
         }
 
     def __repr__(self) -> str:
@@ -228,7 +233,9 @@ class OtelSink:
         parent: _Open | None,
         metadata: Mapping[str, Any],
         attributes: dict[str, Any],
-    ) -> _Open:
+    ) -> _Open | None:
+        if run_id in self._open:  # an id already in use (events sent by hand): ignored
+            return None
         if parent is not None:
             base: Context | None = parent.context
         elif isinstance(metadata, Mapping) and TRACEPARENT in metadata:
@@ -242,6 +249,15 @@ class OtelSink:
         open_ = _Open(span, role, trace.set_span_in_context(span, base), start)
         open_.token = otel_context.attach(open_.context)
         self._open[run_id] = open_
+        return open_
+
+    def _take(self, run_id: str, roles: frozenset[int]) -> _Open | None:
+        """The open span of ``run_id`` if it is of one of ``roles`` (an end of another
+        family with the same id does not end it), removed from the open ones."""
+        open_ = self._open.get(run_id)
+        if open_ is None or open_.role not in roles:
+            return None
+        del self._open[run_id]
         return open_
 
     def _finish(self, open_: _Open) -> None:
@@ -261,7 +277,7 @@ class OtelSink:
         metadata: Mapping[str, Any],
         data: Any,
     ) -> None:
-        open_ = self._open.pop(run_id, None)
+        open_ = self._take(run_id, _CHAINS)
         if open_ is None:
             return
         interrupt = data.get("interrupt") if isinstance(data, Mapping) else None
@@ -276,6 +292,7 @@ class OtelSink:
 
     def _error(
         self,
+        roles: frozenset[int],
         name: str,
         run_id: str,
         parent_ids: tuple[str, ...],
@@ -283,10 +300,11 @@ class OtelSink:
         metadata: Mapping[str, Any],
         data: Any,
     ) -> None:
-        self._first.pop(run_id, None)
-        open_ = self._open.pop(run_id, None)
+        open_ = self._take(run_id, roles)
         if open_ is None:
             return
+        if open_.role == _CHAT:
+            self._first.pop(run_id, None)
         error = data.get("error") if isinstance(data, Mapping) else None
         span = open_.span
         if span.is_recording():
@@ -314,7 +332,9 @@ class OtelSink:
         data: Any,
     ) -> None:
         open_ = self._open.get(run_id)  # the paused graph run's own span
-        if open_ is None or not open_.span.is_recording() or not isinstance(data, Mapping):
+        if open_ is None or open_.role != _GRAPH or not open_.span.is_recording():
+            return
+        if not isinstance(data, Mapping):
             return
         self._mark_interrupt(open_.span, data.get("id"), data.get("node"), data.get("value"))
 
@@ -344,8 +364,10 @@ class OtelSink:
             attributes = _task_attributes(metadata, tags, run_id)
             node = metadata.get("node") or name
             attributes["headwater.node"] = str(node)
-            self._begin(_NODE, str(node), SpanKind.INTERNAL, run_id, parent, metadata, attributes)
-            if parent.needs_thread:
+            opened = self._begin(
+                _NODE, str(node), SpanKind.INTERNAL, run_id, parent, metadata, attributes
+            )
+            if opened is not None and parent.needs_thread:
                 _fill_thread(parent, metadata)
             return
         attributes = {
@@ -394,6 +416,8 @@ class OtelSink:
             metadata,
             attributes,
         )
+        if open_ is None:
+            return
         self._first[run_id] = open_
         if self._content and open_.span.is_recording() and isinstance(data, Mapping):
             messages = _genai.input_messages(data.get("messages"))
@@ -409,10 +433,10 @@ class OtelSink:
         metadata: Mapping[str, Any],
         data: Any,
     ) -> None:
-        self._first.pop(run_id, None)
-        open_ = self._open.pop(run_id, None)
+        open_ = self._take(run_id, _CHATS)
         if open_ is None:
             return
+        self._first.pop(run_id, None)
         span = open_.span
         if span.is_recording() and isinstance(data, Mapping):
             response = data.get("response", data.get("output"))
@@ -458,6 +482,8 @@ class OtelSink:
             metadata,
             attributes,
         )
+        if open_ is None:
+            return
         if self._content and open_.span.is_recording() and isinstance(data, Mapping):
             open_.span.set_attribute(
                 "gen_ai.tool.call.arguments", _genai.plain_json(data.get("input"))
@@ -472,7 +498,7 @@ class OtelSink:
         metadata: Mapping[str, Any],
         data: Any,
     ) -> None:
-        open_ = self._open.pop(run_id, None)
+        open_ = self._take(run_id, _TOOLS)
         if open_ is None:
             return
         if self._content and open_.span.is_recording() and isinstance(data, Mapping):
@@ -502,6 +528,8 @@ class OtelSink:
             metadata,
             attributes,
         )
+        if open_ is None:
+            return
         if self._content and open_.span.is_recording() and isinstance(data, Mapping):
             query = data.get("query")
             if query is not None:
@@ -516,7 +544,7 @@ class OtelSink:
         metadata: Mapping[str, Any],
         data: Any,
     ) -> None:
-        open_ = self._open.pop(run_id, None)
+        open_ = self._take(run_id, _RETRIEVERS)
         if open_ is None:
             return
         span = open_.span

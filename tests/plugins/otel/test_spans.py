@@ -428,3 +428,34 @@ async def test_a_graph_invoked_inside_a_tool_nests_under_the_tool(
         "        help",
         "          chat fake-model",
     ]
+
+
+@pytest.mark.anyio
+async def test_odd_events_from_node_code_fail_no_run(
+    receiver: tuple[OtlpReceiver, str], provider: TracerProvider
+) -> None:
+    from headwater.runtime import dispatch_event
+
+    async def odd(state: Chat) -> dict[str, Any]:
+        dispatch_event("on_chat_model_stream", {"chunk": "no start before me"})
+        dispatch_event("on_tool_end", 42)  # an end with no start, data not a mapping
+        dispatch_event("on_tool_start", "not a mapping", name="weird")
+        dispatch_event("on_tool_error", {"error": "a string, not an exception"}, name="weird")
+        dispatch_event("on_chat_model_start", None, name="bare")
+        dispatch_event("on_chat_model_end", {"response": object()}, name="bare")
+        dispatch_event("on_retriever_start", {"query": ["not", "text"]}, name="r")
+        dispatch_event("on_retriever_end", {"documents": "not a list"}, name="r")
+        return {"messages": ["fine"]}
+
+    graph = StateGraph(Chat)
+    graph.add_node("odd", odd)
+    graph.add_edge(START, "odd")
+    graph.add_edge("odd", END)
+    headwater_otel.enable(provider, capture_content=True)
+    out = await graph.compile(name="odd").ainvoke({"messages": ["hi"]})
+    assert out["messages"][-1].content == "fine"
+    tree = received(receiver, provider, 2)
+    # Those events carry the node's own run id: they neither open spans over the node's
+    # nor end it; the node and the run end as they ran.
+    assert tree.render() == ["invoke_workflow odd", "  odd"]
+    assert {s.status for s in tree.spans} == {"UNSET"}
