@@ -19,6 +19,7 @@ __all__ = [
     "auto_enabled",
     "capture_content",
     "names_otel_sink",
+    "reread_environment",
     "sdk_disabled",
 ]
 
@@ -58,20 +59,39 @@ def sdk_disabled() -> bool:
     return os.environ.get(SDK_DISABLED_ENV, "").strip().lower() == "true"
 
 
+_from_environment: bool | None = None
+"""What the environment said, read once (looking up four variables costs microseconds,
+too much for every run of a process that is not traced)."""
+
+
 def auto_enabled() -> bool:
     """Whether every run is traced (without naming the ``otel`` sink in its config).
 
     Off under ``OTEL_SDK_DISABLED=true``; else as :func:`headwater_otel.enable` /
     ``disable`` said; else on when an OTLP endpoint is set or ``OTEL_TRACES_EXPORTER``
-    names an exporter (``none`` keeps it off).
+    names an exporter (``none`` keeps it off). The environment is read on the first run
+    (as the SDK reads it once, when its exporter is built); :func:`reread_environment`
+    reads it again.
     """
-    environ = os.environ
-    if STATE.enabled is not None:
-        return STATE.enabled and not sdk_disabled()
-    exporter = environ.get(EXPORTER_ENV, "").strip().lower()
-    if exporter == "none" or sdk_disabled():
-        return False
-    return bool(exporter or environ.get(ENDPOINT_ENVS[0]) or environ.get(ENDPOINT_ENVS[1]))
+    global _from_environment
+    enabled = STATE.enabled
+    if enabled is not None:
+        return enabled and not sdk_disabled()
+    if _from_environment is None:
+        environ = os.environ
+        exporter = environ.get(EXPORTER_ENV, "").strip().lower()
+        _from_environment = (
+            exporter != "none"
+            and not sdk_disabled()
+            and bool(exporter or environ.get(ENDPOINT_ENVS[0]) or environ.get(ENDPOINT_ENVS[1]))
+        )
+    return _from_environment
+
+
+def reread_environment() -> None:
+    """Forget what the environment said: the next run reads it again."""
+    global _from_environment
+    _from_environment = None
 
 
 def capture_content() -> bool:

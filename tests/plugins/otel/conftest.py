@@ -42,11 +42,13 @@ def clean_tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     state = _settings.STATE
     saved = (state.enabled, state.provider, state.capture_content)
     state.enabled = state.provider = state.capture_content = None
+    _settings.reread_environment()  # the test's own OTEL_* variables are read at its first run
     try:
         yield
     finally:
         _provider.shutdown_built()
         state.enabled, state.provider, state.capture_content = saved
+        _settings.reread_environment()
 
 
 @pytest.fixture
