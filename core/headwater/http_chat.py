@@ -89,6 +89,8 @@ _HEAD = 200
 """Bytes of a body quoted when it held no stream events at all."""
 _ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer read to find the provider's message in it."""
+_DETAIL_LIMIT = 1000
+"""Characters of the provider's message quoted in an error."""
 
 
 class HTTPClient(Protocol):
@@ -130,9 +132,24 @@ class StreamedResponse(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
 
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, in pieces as they arrive.
 
-    async def aclose(self) -> None: ...
+        Example::
+
+            async for piece in response.aiter_bytes():
+                events = decoder.feed(piece)
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the response (hang up): the base does when it stops reading early.
+
+        Example::
+
+            await response.aclose()
+        """
+        ...
 
 
 def _classes(
@@ -543,7 +560,7 @@ class HTTPChatModel(ChatModel):
         if not key:
             where = f"set the {self.api_key_env} environment variable or " * bool(self.api_key_env)
             raise InvalidInputError(
-                f"{cls} needs an API key: {where}pass api_key=...{self.api_key_help or '.'}"
+                f"{cls} needs an API key: {where}pass api_key=...{self.api_key_help}"
             )
         if max_tokens is None and self.requires_max_tokens:
             raise InvalidInputError(
@@ -882,20 +899,25 @@ class HTTPChatModel(ChatModel):
     ) -> ChatModelError:
         """The error for an error answer the client did not raise (read up to 64 KiB)."""
         raw = b""
-        async for piece in response.aiter_bytes():
-            raw += piece
-            if len(raw) >= _ERROR_BODY_LIMIT:
-                break
+        body = response.aiter_bytes()
+        try:
+            async for piece in body:
+                raw += piece
+                if len(raw) >= _ERROR_BODY_LIMIT:
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _abandon(response, body)
         text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", errors="replace")
         try:
-            body: object = json.loads(text)
+            decoded: object = json.loads(text)
         except ValueError:
-            body = text
+            decoded = text
         headers = response.headers
         return self._status_error(
             status,
             str(getattr(response, "reason_phrase", "") or ""),
-            self._error_detail(body, text or "(no body)"),
+            self._error_detail(decoded, text or "(no body)"),
             where,
             request,
             request_id=headers.get("request-id") or headers.get("x-request-id"),
@@ -937,6 +959,8 @@ class HTTPChatModel(ChatModel):
         hints.append(self._status_hint(status, request))
         if request_id:
             hints.append(f"Request id: {request_id}.")
+        if len(detail) > _DETAIL_LIMIT:
+            detail = f"{detail[:_DETAIL_LIMIT]}... ({len(detail):,} characters)"
         status_text = f"{status} {reason or self.status_reasons.get(status, '')}".rstrip()
         hint = " ".join(h for h in hints if h)
         return ChatModelError(

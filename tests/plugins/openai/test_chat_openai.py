@@ -837,6 +837,26 @@ async def test_plain_functions_and_openai_specs_bind_as_tools(server: FakeOpenAI
     assert sent["tool_choice"] == "required"
 
 
+async def test_parallel_tool_calls_and_a_per_call_tool_choice(server: FakeOpenAI) -> None:
+    server.script = [text(["ok"]), text(["ok"])]
+    await llm(server).bind_tools([add], parallel_tool_calls=False).ainvoke("hi")
+    assert server.requests[0]["parallel_tool_calls"] is False
+    assert "tool_choice" not in server.requests[0]
+    await llm(server).ainvoke("hi", tools=[add], tool_choice="add")
+    assert server.requests[1]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    assert "parallel_tool_calls" not in server.requests[1]
+    with pytest.raises(InvalidInputError, match=r"tool_choice='any' needs tools"):
+        await llm(server).ainvoke("hi", tool_choice="any")
+    assert len(server.requests) == 2
+
+
+async def test_an_error_answer_names_the_request_id(server: FakeOpenAI) -> None:
+    body = {"error": {"message": "Slow down.", "type": "requests", "param": None, "code": None}}
+    server.script = [Failure(429, body, headers={"x-request-id": "req_123"})]
+    with pytest.raises(ChatModelError, match=r"HTTP 429 Too Many Requests: Slow down\. .*req_123"):
+        await llm(server).ainvoke("hi")
+
+
 # -- the conformance suite every adapter runs ------------------------------------------
 
 
