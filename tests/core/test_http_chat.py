@@ -19,10 +19,7 @@ import contextlib
 import json
 import socket
 import sys
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -30,9 +27,8 @@ import anyio.to_thread
 import httpx
 import pytest
 from fixtures.loopback import serving
+from fixtures.sse_provider import Event, Failure, Gate, Pause, ScriptedProvider, Stream
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import headwater
@@ -172,36 +168,6 @@ class ChatParrot(HTTPChatModel):
 # -- the server --------------------------------------------------------------------------
 
 
-@dataclass
-class Gate:
-    """Hold the stream here until the test has seen what came before (proves liveness)."""
-
-    opened: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class Pause:
-    """Send nothing for this long (a provider that stalls)."""
-
-    seconds: float
-
-
-Event = Mapping[str, Any] | str | bytes | Gate | Pause | BaseException
-
-
-@dataclass
-class Stream:
-    events: Sequence[Event]
-    delay: float = 0.0  # before the response headers
-
-
-@dataclass
-class Failure:
-    status: int
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 def text(tokens: Sequence[str], *, prompt: int = 9) -> Stream:
     return Stream(
         [
@@ -219,61 +185,21 @@ def calls(*wanted: tuple[str, str, str]) -> Stream:
     return Stream([*events, {"stop": "calls", "usage": {"in": 5, "out": 7}}])
 
 
-class FakeParrot:
-    def __init__(self) -> None:
-        self.script: list[Stream | Failure] = []
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.url = ""
-        self.hung_up = threading.Event()
-
-    def reset(self, url: str) -> None:
-        self.script, self.requests, self.headers, self.url = [], [], [], url
-        self.hung_up = threading.Event()
-
-    async def chat(self, request: Request) -> Response:
-        self.requests.append(await request.json())
-        self.headers.append(dict(request.headers))
-        if not self.script:
-            return JSONResponse({"error": {"kind": "script", "message": "no reply left"}}, 500)
-        reply = self.script.pop(0)
-        if isinstance(reply, Failure):
-            if isinstance(reply.body, bytes | str):
-                return Response(reply.body, reply.status, headers=dict(reply.headers))
-            return JSONResponse(reply.body, reply.status, headers=dict(reply.headers))
-        await anyio.sleep(reply.delay)
-        return StreamingResponse(self.body(reply.events), media_type="text/event-stream")
-
-    async def body(self, events: Sequence[Event]) -> AsyncIterator[bytes]:
-        try:
-            for event in events:
-                if isinstance(event, Gate):
-                    deadline = time.monotonic() + 10
-                    while not event.opened.is_set():
-                        if time.monotonic() > deadline:
-                            return
-                        await anyio.sleep(0.005)
-                elif isinstance(event, Pause):
-                    await anyio.sleep(event.seconds)
-                elif isinstance(event, BaseException):
-                    raise event  # uvicorn drops the connection mid-body
-                elif isinstance(event, bytes):
-                    yield event
-                elif isinstance(event, str):
-                    yield event.encode()
-                else:
-                    yield f"data: {json.dumps(event)}\n\n".encode()
-        except anyio.get_cancelled_exc_class():
-            self.hung_up.set()
-            raise
+def sse(event: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
 
 
-_SERVER = FakeParrot()
+FakeParrot = ScriptedProvider
+
+
+_SERVER = FakeParrot(
+    encode=sse, exhausted={"error": {"kind": "script", "message": "no reply left"}}
+)
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/chat", _SERVER.chat, methods=["POST"])])
+    app = Starlette(routes=[Route("/v1/chat", _SERVER.handle, methods=["POST"])])
     with serving(app, log_level="critical") as url:
         yield url
 
