@@ -557,6 +557,11 @@ class HTTPChatModel(ChatModel):
             )
         super().__init__(model=model, name=name, tags=tags, metadata=metadata, streaming=streaming)
         key = api_key if api_key is not None else _environ(self.api_key_env)
+        for name, value in (("api_key", api_key), ("base_url", base_url)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInputError(
+                    f"{cls}({name}=...) must be a string; got {type(value).__name__}."
+                )
         if not key:
             where = f"set the {self.api_key_env} environment variable or " * bool(self.api_key_env)
             raise InvalidInputError(
@@ -730,6 +735,10 @@ class HTTPChatModel(ChatModel):
             **self.reserved,
         }
         for key in params:
+            if not isinstance(key, str):
+                raise InvalidInputError(
+                    f"{where}: parameter names are strings; got {type(key).__name__} {key!r:.40}."
+                )
             if key in reserved:
                 raise InvalidInputError(f"{where} cannot set {key!r}: {reserved[key]}.")
             known = self._known_parameters()

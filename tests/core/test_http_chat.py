@@ -433,6 +433,9 @@ def test_key_and_server_from_the_environment(
         ),
         ({"model_kwargs": {"top_pp": 1}}, r"Did you mean 'top_p'\?"),
         ({"model_kwargs": {"max_tokens": -3}}, "max_tokens"),
+        ({"model_kwargs": {1: 2}}, r"parameter names are strings; got int 1\."),
+        ({"api_key": 12345}, r"api_key=\.\.\.\) must be a string; got int"),
+        ({"base_url": b"http://x"}, r"base_url=\.\.\.\) must be a string; got bytes"),
     ],
 )
 def test_bad_settings_are_refused_when_the_model_is_made(
