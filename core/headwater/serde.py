@@ -351,6 +351,26 @@ class RemoteError(Exception):
         return hash((self.cls, self.message))
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _json_text(data: Any) -> str:
+    """``json.dumps(data, separators=(",", ":"), allow_nan=False)`` of :func:`encode`'s
+    output, without building an encoder per call (``dumps`` with arguments does)."""
+    return _JSON.encode(data)
+
+
+if _c_encoder is not None:  # CPython: the C encoder itself, made once
+    _one_shot = _c_encoder(
+        None, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",",
+        False, False, False,
+    )  # fmt: skip
+
+    def _json_text(data: Any) -> str:
+        return "".join(_one_shot(data, 0))
+
+
 def dumps(value: Any) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON bytes.
 
@@ -358,7 +378,7 @@ def dumps(value: Any) -> bytes:
 
         dumps({"a": (1, 2)})  # b'{"a":{"__type__":"tuple","items":[1,2]}}'
     """
-    return json.dumps(encode(value), separators=(",", ":"), allow_nan=False).encode()
+    return _json_text(encode(value)).encode()
 
 
 def loads(data: bytes | str) -> Any:
