@@ -32,8 +32,9 @@ from headwater.checkpoint import (
     Interrupt,
     PendingTask,
     PendingWrite,
+    Record,
     StateSnapshot,
-    WriteBatch,
+    _CheckpointEncoder,
     checkpointer_from_url,
     new_checkpoint_id,
 )
@@ -139,24 +140,20 @@ class _Persist:
         self.run = run
         self.checkpoint_id: str | None = None
         self.durable = run.config.get("durability", "sync") == "sync"
-        self._queue: list[Checkpoint | WriteBatch] = []
+        self._encoder = _CheckpointEncoder()
+        self._queue: list[Record] = []
         self._wake: anyio.Event | None = None
         self._room: anyio.Event | None = None
         self._error: BaseException | None = None
 
-    async def _store(self, item: Checkpoint | WriteBatch, *, now: bool = False) -> None:
+    async def _store(self, records: list[Record], *, now: bool = False) -> None:
         """Write now (``durability="sync"``, or ``now``) or hand to the background writer."""
         if self.durable or (now and not self._queue):
-            if isinstance(item, Checkpoint):
-                await self.saver.aput(item)
-            else:
-                await self.saver.aput_writes(
-                    item.thread_id, item.ns, item.checkpoint_id, item.writes
-                )
+            await self.saver.aput_records(records)
             return
         if self._error is not None:
             raise self._error
-        self._queue.append(item)
+        self._queue.extend(records)
         if self._wake is not None:
             self._wake.set()
         while len(self._queue) > _ASYNC_BACKLOG and self._error is None:
@@ -171,7 +168,7 @@ class _Persist:
                 continue
             batch, self._queue = self._queue, []
             try:
-                await self.saver.aput_batch(batch)
+                await self.saver.aput_records(batch)
             except Exception as exc:  # surfaced by the next save, or when the run ends
                 self._error = exc
             if self._room is not None:
@@ -230,7 +227,7 @@ class _Persist:
         joins: list[set[str]],
         step: int,
         source: str,
-        writes: Mapping[str, Any],
+        writes: Sequence[tuple[str, Mapping[str, Any]]],
     ) -> None:
         checkpoint_id = new_checkpoint_id()
         for i, p in enumerate(pending):
@@ -262,9 +259,19 @@ class _Persist:
             },
             created_at=datetime.datetime.now(datetime.UTC).isoformat(),
         )
+        written = {key for _, update in writes for key in update}
+        # Encoded now, on the loop: what is stored is the state as of this step, even if
+        # a later step mutates it, and a value that cannot be stored fails this step.
+        record = Record(
+            thread_id=self.thread_id,
+            ns=self.ns,
+            checkpoint_id=checkpoint_id,
+            value=checkpoint,
+            data=self._encoder.encode(checkpoint, written),
+        )
         # A run's input checkpoint is always written before its first step, even with
         # durability="async": a crash can then cost repeated steps, never the run itself.
-        await self._store(checkpoint, now=source == "input")
+        await self._store([record], now=source == "input")
         self.checkpoint_id = checkpoint_id
         run = self.run
         subs = run.subscriptions(CHECKPOINT)
@@ -291,7 +298,10 @@ class _Persist:
             interrupt=outcome.interrupt,
             resume=task.resume,
         )
-        await self._store(WriteBatch(self.thread_id, self.ns, self.checkpoint_id, (write,)))
+        record = Record(
+            thread_id=self.thread_id, ns=self.ns, checkpoint_id=self.checkpoint_id, value=write
+        )
+        await self._store([record])
 
 
 def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateSnapshot:
@@ -602,7 +612,7 @@ class CompiledGraph:
         if as_node is not None:
             pending = await self._route([as_node], {}, state, joins, run)
         await persist.save(
-            state, pending, joins, step, "update", {as_node or "update_state": update}
+            state, pending, joins, step, "update", [(as_node or "update_state", update)]
         )
         return {"configurable": {"thread_id": thread_id, "checkpoint_id": persist.checkpoint_id}}
 
@@ -784,7 +794,9 @@ class CompiledGraph:
                 run.emit(step_subs, STEP_END, *header, data)
             pending = await self._route([START], {}, values, join_seen, run)
             if persist is not None:
-                await persist.save(values, pending, join_seen, step, "input", {START: start.update})
+                await persist.save(
+                    values, pending, join_seen, step, "input", [(START, start.update)]
+                )
         else:
             pending = start.pending
         resumed = start.update is None
@@ -844,7 +856,7 @@ class CompiledGraph:
                     await run.relieve()
             pending = await self._route(ran, goto, values, join_seen, run)
             if persist is not None:
-                await persist.save(values, pending, join_seen, step, "loop", dict(writes))
+                await persist.save(values, pending, join_seen, step, "loop", writes)
             if step_end_hook is not None:
                 for result in step_end_hook(run=run, step=step):
                     if inspect.isawaitable(result):

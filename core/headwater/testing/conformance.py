@@ -38,6 +38,7 @@ from headwater.checkpoint import (
     Interrupt,
     PendingTask,
     PendingWrite,
+    Record,
     new_checkpoint_id,
 )
 from headwater.errors import CheckpointError, SerdeError
@@ -217,6 +218,49 @@ class CheckpointerConformance:
         await saver.aput(cp)
         with pytest.raises(CheckpointError):
             await saver.aput(cp)
+
+    @pytest.mark.anyio
+    async def test_encoded_records_round_trip_in_order(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        first, second = _checkpoint(thread, 0, n=0), _checkpoint(thread, 1, n=1)
+        writes = [
+            Record(
+                thread_id=thread,
+                ns="",
+                checkpoint_id=second.id,
+                value=PendingWrite(task_id=f"{second.id}/0", node="a", update={"n": n}),
+            )
+            for n in (2, 3)  # the same task twice: the later one wins
+        ]
+        await saver.aput_records([Record.of(first), Record.of(second), *writes])
+        found = await saver.aget(thread)
+        assert found is not None and found.checkpoint == second
+        assert [w.update for w in found.writes] == [{"n": 3}]
+        assert [c.id for c in await saver.alist(thread)] == [second.id, first.id]
+
+    @pytest.mark.anyio
+    async def test_a_duplicate_among_concurrent_saves_fails_only_its_own(
+        self, saver: Checkpointer
+    ) -> None:
+        thread = new_id()
+        taken = _checkpoint(thread, 0)
+        await saver.aput(taken)
+        fresh = [_checkpoint(thread, step, n=step) for step in range(1, 20)]
+        failed: list[str] = []
+
+        async def save(checkpoint: Checkpoint) -> None:
+            try:
+                await saver.aput_records([Record.of(checkpoint)])
+            except CheckpointError:
+                failed.append(checkpoint.id)
+
+        async with anyio.create_task_group() as tg:
+            for i, checkpoint in enumerate(fresh):
+                tg.start_soon(save, checkpoint)
+                if i == 9:
+                    tg.start_soon(save, taken)  # saved before: refused, alone
+        assert failed == [taken.id]
+        assert {c.id for c in await saver.alist(thread)} == {taken.id} | {c.id for c in fresh}
 
     @pytest.mark.anyio
     async def test_many_concurrent_threads(self, saver: Checkpointer) -> None:
