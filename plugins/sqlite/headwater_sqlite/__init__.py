@@ -1,10 +1,12 @@
 """headwater-sqlite: checkpoints in SQLite — a file (WAL mode) or ``:memory:``.
 
 Registered for the ``sqlite`` URL scheme: ``compile(checkpointer="sqlite:///app.db")``
-(a relative path), ``sqlite:////var/lib/app.db`` (absolute) or ``sqlite:///:memory:``.
-Queries run on worker threads, one connection per checkpointer behind a lock; several
-processes may share a file (SQLite's own locking, with a busy timeout). Each write is
-its own committed transaction, so a process killed mid-run loses nothing it had saved.
+(a relative path), ``sqlite:////var/lib/app.db`` (absolute) or ``sqlite:///:memory:``;
+``?synchronous=full`` makes every commit survive a power loss too (see
+``docs/checkpointers.md``). Queries run on one long-lived thread per checkpointer, with
+one connection; writes that queue up meanwhile are committed together. Several
+processes may share a file (SQLite's own locking, with a busy timeout). A write is
+committed before the run goes on, so a process killed mid-run loses nothing it had saved.
 
 Example::
 
@@ -19,18 +21,18 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
-
-import anyio.to_thread
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from headwater.checkpoint import (
     Checkpoint,
     Checkpointer,
     CheckpointTuple,
+    DatabaseThread,
     PendingWrite,
+    Record,
     WriteBatch,
     decode_record,
-    encode_record,
+    records_of,
 )
 from headwater.errors import CheckpointError
 from headwater.hookspecs import hookimpl
@@ -63,40 +65,82 @@ _MIGRATIONS: dict[int, str] = {
 T = TypeVar("T")
 
 
+_SYNCHRONOUS = ("normal", "full")
+_HERE_BYTES = 64 * 1024
+"""Records up to this size may be committed on the event loop (see ``_commit_here``)."""
+_WAL_CHECKPOINT_PAGES = 1000
+"""About how many pages those commits add to the WAL before the thread checkpoints it
+(SQLite's own ``wal_autocheckpoint`` default; a commit adds a few pages)."""
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+_PUT_CHECKPOINT = "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, ?, ?, ?)"
+_PUT_WRITE = (
+    "INSERT OR REPLACE INTO writes (thread_id, ns, checkpoint_id, task_id, data) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
 class SqliteCheckpointer(Checkpointer):
     """A :class:`~headwater.checkpoint.Checkpointer` on one SQLite database.
 
     ``path`` is a file path or ``":memory:"``; ``busy_timeout`` (seconds) is how long a
-    write waits for another process holding the file.
+    write waits for another process holding the file; ``synchronous`` is ``"normal"``
+    (commits survive the process being killed; a power loss may undo the last ones) or
+    ``"full"`` (every commit is flushed to the disk before the run goes on: it survives a
+    power loss too, at the cost of one flush per checkpoint).
 
     Example::
 
         saver = SqliteCheckpointer("app.db")
+        strict = SqliteCheckpointer("app.db", synchronous="full")
         app = graph.compile(checkpointer=saver)
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "normal"
+    ) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
+        if synchronous not in _SYNCHRONOUS:
+            raise CheckpointError(
+                f"SQLite synchronous={synchronous!r} is not one of {', '.join(_SYNCHRONOUS)}: "
+                "'normal' survives a process crash, 'full' a power loss too."
+            )
+        self.synchronous = synchronous
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
             )
         except sqlite3.Error as exc:
             raise CheckpointError(f"Cannot open SQLite database {self.path!r}: {exc}.") from exc
-        with self._lock:
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._migrate()
+        # From here on, only this thread uses the connection.
+        self._thread = DatabaseThread(self._commit, name=f"headwater-sqlite {self.path}")
+        # Small commits that need neither a flush nor a wait are made on the spot, on the
+        # event loop, through a second connection that never waits (see _commit_here).
+        self._here: sqlite3.Connection | None = None
+        self._here_lock = threading.Lock()
+        self._here_pages = 0  # about how many pages those commits added to the WAL
+        if self.path != ":memory:" and synchronous == "normal":
+            here = sqlite3.connect(
+                self.path, timeout=0, check_same_thread=False, isolation_level=None
+            )
+            here.execute("PRAGMA synchronous=NORMAL")
+            here.execute("PRAGMA wal_autocheckpoint=0")  # WAL checkpoints flush: the thread's
+            self._here = here
 
     @classmethod
     def from_url(cls, url: str) -> SqliteCheckpointer:
-        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``.
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite:///:memory:``,
+        optionally ``?synchronous=full``.
 
         Example::
 
             SqliteCheckpointer.from_url("sqlite:///:memory:")
+            SqliteCheckpointer.from_url("sqlite:///app.db?synchronous=full")
         """
         parts = urlsplit(url)
         path = unquote(parts.path)
@@ -105,7 +149,16 @@ class SqliteCheckpointer(Checkpointer):
                 f"SQLite URL {url!r} is not of the form sqlite:///relative/path.db, "
                 "sqlite:////absolute/path.db or sqlite:///:memory:."
             )
-        return cls(path[1:])
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"synchronous"})
+        if unknown or any(len(v) != 1 for v in query.values()):
+            raise CheckpointError(
+                f"SQLite URL {url!r} has unknown or repeated parameter(s) "
+                f"{unknown or sorted(query)}; the one known parameter is "
+                "synchronous=normal|full."
+            )
+        synchronous = query.get("synchronous", ["normal"])[0].lower()
+        return cls(path[1:], synchronous=synchronous)
 
     def _migrate(self) -> None:
         db = self._db
@@ -131,87 +184,114 @@ class SqliteCheckpointer(Checkpointer):
                 db.execute("ROLLBACK")
                 raise
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                try:
-                    return fn(self._db)
-                except sqlite3.Error as exc:
-                    raise CheckpointError(f"SQLite error on {self.path!r}: {exc}.") from exc
+    def _commit(self, records: Sequence[Record], db: sqlite3.Connection | None = None) -> None:
+        """On the thread: commit ``records`` in one transaction (all or nothing)."""
+        db = self._db if db is None else db
+        try:
+            if len(records) == 1:
+                self._put(db, records[0])  # one statement: its own transaction
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for record in records:
+                    self._put(db, record)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"SQLite error on {self.path!r}: {exc}.") from exc
 
-        return await anyio.to_thread.run_sync(locked)
-
-    async def aput(self, checkpoint: Checkpoint) -> None:
-        """Save a checkpoint (a duplicate id is a CheckpointError)."""
-        data = encode_record(checkpoint)
-
-        def put(db: sqlite3.Connection) -> None:
+    @staticmethod
+    def _put(db: sqlite3.Connection, record: Record) -> None:
+        value = record.value
+        if isinstance(value, Checkpoint):
             try:
                 db.execute(
-                    "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, ?, ?, ?)",
-                    (checkpoint.thread_id, checkpoint.ns, checkpoint.id, data),
+                    _PUT_CHECKPOINT,
+                    (record.thread_id, record.ns, record.checkpoint_id, record.data),
                 )
             except sqlite3.IntegrityError:
                 raise CheckpointError(
-                    f"Checkpoint {checkpoint.id!r} of thread {checkpoint.thread_id!r} "
+                    f"Checkpoint {record.checkpoint_id!r} of thread {record.thread_id!r} "
                     "already exists."
                 ) from None
+        else:
+            db.execute(
+                _PUT_WRITE,
+                (record.thread_id, record.ns, record.checkpoint_id, value.task_id, record.data),
+            )
 
-        await self._run(put)
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                raise CheckpointError(f"SQLite error on {self.path!r}: {exc}.") from exc
+
+        return await self._thread.call(call)
+
+    async def aput_records(self, records: Sequence[Record]) -> None:
+        """Save encoded checkpoints and writes in order, in one transaction."""
+        if self._here is not None and self._commit_here(records):
+            return
+        await self._thread.commit(records)
+
+    def _commit_here(self, records: Sequence[Record]) -> bool:
+        """Commit on the calling thread if that cannot wait: whether it was done.
+
+        With ``synchronous=NORMAL`` a WAL commit flushes nothing: it copies a few pages
+        into the operating system's cache (about as long as encoding the record), which
+        costs less than handing it to a thread and back. So a small commit is made here —
+        unless another connection holds the write lock (SQLITE_BUSY at once, as this
+        connection has no busy timeout) or this one is in use: those go to the thread.
+        WAL checkpoints, which do flush, are left to the thread.
+        """
+        size = sum(len(r.data) for r in records)
+        if size > _HERE_BYTES or not self._here_lock.acquire(blocking=False):
+            return False
+        try:
+            assert self._here is not None
+            self._commit(records, self._here)
+        except CheckpointError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and (
+                getattr(cause, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+            ):
+                return False  # nothing was written: the thread waits for the lock
+            raise
+        finally:
+            self._here_lock.release()
+        self._here_pages += 2 + size // 4096  # a table and an index page, and the data
+        if self._here_pages >= _WAL_CHECKPOINT_PAGES:
+            self._here_pages = 0
+            self._thread.post(self._checkpoint_wal)
+        return True
+
+    def _checkpoint_wal(self) -> None:
+        """On the thread: copy the WAL into the database, so that the next writer starts
+        it over. Commits on the loop wait meanwhile (they go to this thread): a checkpoint
+        that overlaps a write may complete and still leave the WAL to grow."""
+        with self._here_lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass  # another connection is checkpointing: the next one catches up
+
+    async def aput(self, checkpoint: Checkpoint) -> None:
+        """Save a checkpoint (a duplicate id is a CheckpointError)."""
+        await self.aput_records([Record.of(checkpoint)])
 
     async def aput_writes(
         self, thread_id: str, ns: str, checkpoint_id: str, writes: Sequence[PendingWrite]
     ) -> None:
         """Save pending writes (a task's later write replaces its earlier one)."""
-        rows = [(thread_id, ns, checkpoint_id, w.task_id, encode_record(w)) for w in writes]
-
-        def put(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN")
-            try:
-                db.executemany(
-                    "INSERT OR REPLACE INTO writes (thread_id, ns, checkpoint_id, task_id, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-        await self._run(put)
+        batch = WriteBatch(thread_id, ns, checkpoint_id, tuple(writes))
+        await self.aput_records(Record.writes(batch))
 
     async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
         """Save checkpoints and write batches in order, in one transaction."""
-        rows: list[tuple[str, tuple[Any, ...]]] = []
-        for item in items:
-            if isinstance(item, Checkpoint):
-                rows.append(
-                    (
-                        "INSERT INTO checkpoints (thread_id, ns, id, data) VALUES (?, ?, ?, ?)",
-                        (item.thread_id, item.ns, item.id, encode_record(item)),
-                    )
-                )
-            else:
-                rows.extend(
-                    (
-                        "INSERT OR REPLACE INTO writes (thread_id, ns, checkpoint_id, task_id, "
-                        "data) VALUES (?, ?, ?, ?, ?)",
-                        (item.thread_id, item.ns, item.checkpoint_id, w.task_id, encode_record(w)),
-                    )
-                    for w in item.writes
-                )
-
-        def put(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN")
-            try:
-                for sql, args in rows:
-                    db.execute(sql, args)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-        await self._run(put)
+        await self.aput_records(records_of(items))
 
     async def aget(
         self, thread_id: str, ns: str = "", checkpoint_id: str | None = None
@@ -285,8 +365,15 @@ class SqliteCheckpointer(Checkpointer):
         await self._run(delete)
 
     async def aclose(self) -> None:
-        """Close the connection."""
-        await self._run(lambda db: db.close())
+        """Close the connection (and stop its thread)."""
+        try:
+            await self._run(lambda db: db.close())
+        except CheckpointError:
+            return  # closed already
+        await self._thread.aclose()
+        if self._here is not None:
+            with self._here_lock:
+                self._here.close()
 
 
 @hookimpl

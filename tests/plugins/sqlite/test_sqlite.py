@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 import sqlite3
@@ -130,4 +131,103 @@ async def test_fifty_concurrent_runs_on_one_checkpointer(tmp_path: Path) -> None
     for i in (0, 49):
         history = await app.aget_state_history({"configurable": {"thread_id": f"t{i}"}})
         assert [h.metadata["step"] for h in history] == [3, 2, 1, 0]
+    await saver.aclose()
+
+
+def _chain(saver: Checkpointer, length: int = 3) -> object:
+    graph = StateGraph(_Counter)
+    names = [f"s{i}" for i in range(length)]
+    for name in names:
+        graph.add_node(name, _step)
+    graph.add_edge(START, names[0])
+    for a, b in itertools.pairwise(names):
+        graph.add_edge(a, b)
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize(
+    ("make", "level"),
+    [
+        (lambda p: SqliteCheckpointer(p), 1),
+        (lambda p: SqliteCheckpointer(p, synchronous="full"), 2),
+        (lambda p: checkpointer_from_url(f"sqlite:///{p}?synchronous=FULL"), 2),
+        (lambda p: checkpointer_from_url(f"sqlite:///{p}?synchronous=normal"), 1),
+    ],
+)
+def test_synchronous_setting_reaches_every_connection(
+    tmp_path: Path, make: object, level: int
+) -> None:
+    saver = make(tmp_path / "s.db")  # type: ignore[operator]
+    assert isinstance(saver, SqliteCheckpointer)
+    assert saver._db.execute("PRAGMA synchronous").fetchone()[0] == level
+    if level == 2:  # every commit flushes: none is made on the event loop
+        assert saver._here is None
+    else:
+        assert saver._here is not None
+        assert saver._here.execute("PRAGMA synchronous").fetchone()[0] == level
+    app = _chain(saver)
+    assert app.invoke({"n": 0, "log": []}, {"configurable": {"thread_id": "t"}})["n"] == 3  # type: ignore[attr-defined]
+    anyio.run(saver.aclose)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///x.db?synchronous=off", "synchronous='off' is not one of normal, full"),
+        ("sqlite:///x.db?sync=full", "unknown or repeated parameter(s) ['sync']"),
+        ("sqlite:///x.db?synchronous=full&synchronous=normal", "unknown or repeated"),
+    ],
+)
+def test_bad_url_parameters_are_named(url: str, message: str) -> None:
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpointer_from_url(url)
+
+
+@pytest.mark.anyio
+async def test_a_write_lock_held_elsewhere_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    saver = SqliteCheckpointer(path)
+    app = _chain(saver, 4)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another connection (or process) holds the write lock
+    ticks = 0
+    result: dict[str, object] = {}
+
+    async def run() -> None:
+        result.update(await app.ainvoke({"n": 0, "log": []}, {"configurable": {"thread_id": "t"}}))  # type: ignore[attr-defined]
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not result:
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            tg.start_soon(ticker)
+            await anyio.sleep(0.3)
+            assert not result  # the run waits for the lock, on the checkpointer's thread,
+            assert ticks >= 10  # while the loop goes on
+            other.execute("COMMIT")
+    assert result["n"] == 4
+    history = await app.aget_state_history({"configurable": {"thread_id": "t"}})  # type: ignore[attr-defined]
+    assert [h.metadata["step"] for h in history] == [4, 3, 2, 1, 0]
+    other.close()
+    await saver.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_wal_stays_bounded_when_commits_are_made_on_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    saver = SqliteCheckpointer(path)
+    app = _chain(saver, 50)
+    config = {"recursion_limit": 100}
+    for i in range(60):  # ~3,000 commits of ~600 bytes: far beyond 1,000 WAL pages unchecked
+        await app.ainvoke({"n": 0, "log": []}, {**config, "configurable": {"thread_id": f"t{i}"}})  # type: ignore[attr-defined]
+    await saver._thread.call(lambda: None)  # any WAL checkpoint posted meanwhile is done
+    wal = path.with_name(path.name + "-wal")
+    assert wal.stat().st_size < 8 * 2**20
+    found = await saver.aget("t59")
+    assert found is not None and found.checkpoint.values["n"] == 50
     await saver.aclose()
