@@ -16,10 +16,12 @@ from headwater.checkpoint import (
     Checkpoint,
     Checkpointer,
     CheckpointTuple,
+    DatabaseThread,
     PendingWrite,
+    Record,
     WriteBatch,
     decode_record,
-    encode_record,
+    records_of,
 )
 from headwater.errors import CheckpointError
 from headwater.queue import QueueError, RunJob, RunQueue
@@ -78,6 +80,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 T = TypeVar("T")
 
+_PUT_CHECKPOINT = (
+    "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_PUT_WRITE = (
+    "INSERT INTO headwater_writes (thread_id, ns, checkpoint_id, task_id, data) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, task_id) "
+    "DO UPDATE SET data = EXCLUDED.data"
+)
+
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ``***`` (for error messages).
@@ -133,6 +145,9 @@ class PostgresCheckpointer(Checkpointer):
                 "user are right."
             ) from exc
         self._migrate()
+        # Writes go through one long-lived thread (no hand-off to a fresh worker per
+        # write; writes queued meanwhile share a transaction); reads use the pool.
+        self._writer = DatabaseThread(self._commit, name=f"headwater-postgres {redact(url)}")
 
     @classmethod
     def from_url(cls, url: str) -> PostgresCheckpointer:
@@ -172,70 +187,75 @@ class PostgresCheckpointer(Checkpointer):
 
         return await anyio.to_thread.run_sync(pooled)
 
+    def _error(self, exc: BaseException) -> CheckpointError:
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            return CheckpointError(
+                f"No PostgreSQL connection available at {redact(self.url)}: {exc}."
+            )
+        return CheckpointError(
+            f"PostgreSQL error at {redact(self.url)}: {type(exc).__name__}: {exc}".strip()
+        )
+
+    def _commit(self, records: Sequence[Record]) -> None:
+        """On the writer thread: commit ``records`` in one transaction (all or nothing).
+
+        One record is one statement in autocommit mode (one round trip); several are
+        pipelined inside a transaction (two round trips: the statements, the commit)."""
+        try:
+            with self._pool.connection() as db:
+                if len(records) == 1:
+                    self._put(db, records[0])
+                    return
+                with db.pipeline() as pipeline, db.transaction():
+                    cursors = [self._put(db, record, check=False) for record in records]
+                    pipeline.sync()  # the row counts, before the commit
+                    for record, cursor in zip(records, cursors, strict=True):
+                        if cursor is not None and cursor.rowcount != 1:
+                            self._duplicate(record)  # rolls the transaction back
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._error(exc) from exc
+
+    def _put(
+        self, db: psycopg.Connection[Any], record: Record, check: bool = True
+    ) -> psycopg.Cursor[Any] | None:
+        value = record.value
+        if isinstance(value, Checkpoint):
+            cursor = db.execute(
+                _PUT_CHECKPOINT, (record.thread_id, record.ns, record.checkpoint_id, record.data)
+            )
+            if check and cursor.rowcount != 1:
+                self._duplicate(record)
+            return cursor
+        db.execute(
+            _PUT_WRITE,
+            (record.thread_id, record.ns, record.checkpoint_id, value.task_id, record.data),
+        )
+        return None
+
+    @staticmethod
+    def _duplicate(record: Record) -> None:
+        raise CheckpointError(
+            f"Checkpoint {record.checkpoint_id!r} of thread {record.thread_id!r} already exists."
+        )
+
+    async def aput_records(self, records: Sequence[Record]) -> None:
+        """Save encoded checkpoints and writes in order, in one transaction (one commit)."""
+        await self._writer.commit(records)
+
     async def aput(self, checkpoint: Checkpoint) -> None:
         """Save a checkpoint (a duplicate id is a CheckpointError)."""
-        data = encode_record(checkpoint)
-
-        def put(db: psycopg.Connection[Any]) -> int:
-            cursor = db.execute(
-                "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (checkpoint.thread_id, checkpoint.ns, checkpoint.id, data),
-            )
-            return cursor.rowcount
-
-        if await self._run(put) != 1:
-            raise CheckpointError(
-                f"Checkpoint {checkpoint.id!r} of thread {checkpoint.thread_id!r} already exists."
-            )
+        await self.aput_records([Record.of(checkpoint)])
 
     async def aput_writes(
         self, thread_id: str, ns: str, checkpoint_id: str, writes: Sequence[PendingWrite]
     ) -> None:
         """Save pending writes (a task's later write replaces its earlier one)."""
-        rows = [(thread_id, ns, checkpoint_id, w.task_id, encode_record(w)) for w in writes]
-
-        def put(db: psycopg.Connection[Any]) -> None:
-            with db.transaction(), db.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO headwater_writes (thread_id, ns, checkpoint_id, task_id, data) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, "
-                    "task_id) DO UPDATE SET data = EXCLUDED.data",
-                    rows,
-                )
-
-        await self._run(put)
+        batch = WriteBatch(thread_id, ns, checkpoint_id, tuple(writes))
+        await self.aput_records(Record.writes(batch))
 
     async def aput_batch(self, items: Sequence[Checkpoint | WriteBatch]) -> None:
         """Save checkpoints and write batches in order, in one transaction (one commit)."""
-        rows: list[tuple[str, tuple[Any, ...]]] = []
-        for item in items:
-            if isinstance(item, Checkpoint):
-                rows.append(
-                    (
-                        "INSERT INTO headwater_checkpoints (thread_id, ns, id, data) "
-                        "VALUES (%s, %s, %s, %s)",
-                        (item.thread_id, item.ns, item.id, encode_record(item)),
-                    )
-                )
-            else:
-                rows.extend(
-                    (
-                        "INSERT INTO headwater_writes "
-                        "(thread_id, ns, checkpoint_id, task_id, data) "
-                        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (thread_id, ns, checkpoint_id, "
-                        "task_id) DO UPDATE SET data = EXCLUDED.data",
-                        (item.thread_id, item.ns, item.checkpoint_id, w.task_id, encode_record(w)),
-                    )
-                    for w in item.writes
-                )
-
-        def put(db: psycopg.Connection[Any]) -> None:
-            with db.transaction(), db.cursor() as cursor:
-                for sql, args in rows:
-                    cursor.execute(sql, args)
-
-        await self._run(put)
+        await self.aput_records(records_of(items))
 
     async def aget(
         self, thread_id: str, ns: str = "", checkpoint_id: str | None = None
@@ -305,7 +325,8 @@ class PostgresCheckpointer(Checkpointer):
         await self._run(delete)
 
     async def aclose(self) -> None:
-        """Close the pool."""
+        """Close the pool (and stop the writer thread)."""
+        await self._writer.aclose()
         await anyio.to_thread.run_sync(self._pool.close)
 
 
