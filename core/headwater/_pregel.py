@@ -10,7 +10,6 @@ then decide the next step's tasks. The run ends when a step triggers nothing.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -35,8 +34,8 @@ from headwater.checkpoint import (
     Record,
     StateSnapshot,
     _CheckpointEncoder,
+    _stamp,
     checkpointer_from_url,
-    new_checkpoint_id,
 )
 from headwater.errors import (
     CheckpointError,
@@ -229,7 +228,7 @@ class _Persist:
         source: str,
         writes: Sequence[tuple[str, Mapping[str, Any]]],
     ) -> None:
-        checkpoint_id = new_checkpoint_id()
+        checkpoint_id, created_at = _stamp()
         for i, p in enumerate(pending):
             p.id = f"{checkpoint_id}/{i}"
         checkpoint = Checkpoint(
@@ -257,7 +256,7 @@ class _Persist:
                 "writes": dict(writes),
                 "run_id": self.run.run_id,
             },
-            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+            created_at=created_at,
         )
         written = {key for _, update in writes for key in update}
         # Encoded now, on the loop: what is stored is the state as of this step, even if

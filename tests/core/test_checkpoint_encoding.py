@@ -20,6 +20,7 @@ from headwater.checkpoint import (
     PendingTask,
     Record,
     _CheckpointEncoder,
+    _created_at,
     decode_record,
     encode_record,
     new_checkpoint_id,
@@ -99,7 +100,11 @@ def histories(draw: st.DrawFn) -> list[tuple[dict[str, Any], set[str], Checkpoin
             values=dict(state),
             next=tasks,
             joins=draw(st.sampled_from([(), (("a", "b"),), (("a",), ())])),
-            metadata={"source": "loop", "step": step, "writes": {"a": {k: state[k] for k in written}}},
+            metadata={
+                "source": "loop",
+                "step": step,
+                "writes": {"a": {k: state[k] for k in written}},
+            },
             created_at=datetime.datetime.now(datetime.UTC).isoformat(),
         )
         parent = checkpoint.id
@@ -230,3 +235,13 @@ async def test_send_arguments_are_encoded_with_their_tasks() -> None:
     assert final == {"got": [(0, "x"), (1, "x"), (2, "x")]}
     first = (await app.aget_state_history({"configurable": {"thread_id": "t"}}))[-1]
     assert [t.arg for t in first.tasks] == [{"i": i, "t": (i, "x")} for i in range(3)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 253_402_300_799 * 10**9), st.integers(0, 999_999))
+def test_created_at_is_datetimes_isoformat(seconds_ns: int, micros: int) -> None:
+    now = (seconds_ns // 10**9) * 10**9 + micros * 1000 + seconds_ns % 1000
+    expected = datetime.datetime.fromtimestamp(now // 10**9, datetime.UTC).replace(
+        microsecond=(now // 1000) % 10**6
+    )
+    assert _created_at(now) == expected.isoformat()
