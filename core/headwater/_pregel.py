@@ -64,7 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
 
 _ASYNC_BACKLOG = 256
-"""Checkpoint writes an ``async`` run may have in flight before its steps wait."""
+"""Checkpoint writes an ``async`` run may have queued before its steps wait."""
+
+_ASYNC_BATCH = 32
+"""Queued writes at which an ``async`` run hands a batch to an idle writer."""
 
 INTERRUPT_KEY = "__interrupt__"
 """Key under which a paused run's result (and ``updates`` stream) carries its interrupts."""
@@ -143,6 +146,8 @@ class _Persist:
         self._queue: list[Record] = []
         self._wake: anyio.Event | None = None
         self._room: anyio.Event | None = None
+        self._writing = False
+        self._drained: anyio.Event | None = None
         self._error: BaseException | None = None
 
     async def _store(self, records: list[Record], *, now: bool = False) -> None:
@@ -153,8 +158,12 @@ class _Persist:
         if self._error is not None:
             raise self._error
         self._queue.extend(records)
-        if self._wake is not None:
+        if self._wake is not None and len(self._queue) >= _ASYNC_BATCH:
+            # The writer is idle: let it take this batch to the backend now, so that it
+            # is written while the next steps run instead of all at the end.
             self._wake.set()
+            self._wake = None
+            await anyio.lowlevel.checkpoint()
         while len(self._queue) > _ASYNC_BACKLOG and self._error is None:
             self._room = anyio.Event()  # bounded memory: wait for the writer to catch up
             await self._room.wait()
@@ -162,18 +171,24 @@ class _Persist:
     async def _writer(self) -> None:
         while True:
             if not self._queue:
+                if self._drained is not None:
+                    self._drained.set()
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
             batch, self._queue = self._queue, []
+            if self._room is not None:  # the steps may go on while this batch is written:
+                self._room.set()  # at most two backlogs are held, the queue and this batch
+            self._writing = True
             try:
                 await self.saver.aput_records(batch)
             except Exception as exc:  # surfaced by the next save, or when the run ends
                 self._error = exc
-            if self._room is not None:
-                self._room.set()
-            if self._error is not None:
+                if self._drained is not None:
+                    self._drained.set()
                 return
+            finally:
+                self._writing = False
 
     @contextlib.asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
@@ -189,11 +204,12 @@ class _Persist:
             except BaseException as exc:  # re-raised below as it is, not in an ExceptionGroup
                 failed = exc
             finally:
-                with anyio.CancelScope(shield=True):
-                    while self._queue and self._error is None:
-                        await anyio.lowlevel.checkpoint()
+                with anyio.CancelScope(shield=True):  # flush: queued and in-flight writes
+                    while (self._queue or self._writing) and self._error is None:
+                        self._drained = anyio.Event()
                         if self._wake is not None:
                             self._wake.set()
+                        await self._drained.wait()
                 tg.cancel_scope.cancel()
         if failed is not None:
             raise failed

@@ -233,7 +233,7 @@ class SqliteCheckpointer(Checkpointer):
 
     async def aput_records(self, records: Sequence[Record]) -> None:
         """Save encoded checkpoints and writes in order, in one transaction."""
-        if self._here is not None and self._commit_here(records):
+        if self._here is not None and len(records) == 1 and self._commit_here(records):
             return
         await self._thread.commit(records)
 
