@@ -628,6 +628,8 @@ def _open_checkpointer(kind: str, tmp: Path) -> Any:
         return checkpointer_from_url("memory:")
     if kind == "sqlite":
         return checkpointer_from_url(f"sqlite:///{tmp / 'bench.db'}")
+    if kind == "sqlite-full":
+        return checkpointer_from_url(f"sqlite:///{tmp / 'bench.db'}?synchronous=full")
     return checkpointer_from_url(postgres_url())
 
 
@@ -639,12 +641,13 @@ class BareCommits:
     stored (read back from the database), with the same driver, settings and statements
     as the checkpointer: the floor for ``durability="sync"``.
 
-    SQLite: its own connection to the same file, WAL, ``synchronous=NORMAL``, autocommit,
-    the same ``INSERT``. PostgreSQL: a ``psycopg_pool`` pool with the same connection
-    settings, one pooled connection per commit, the same ``INSERT … ON CONFLICT``.
+    SQLite: its own connection to the same file, WAL, ``synchronous=NORMAL`` (or ``FULL``,
+    as the checkpointer), autocommit, the same ``INSERT``. PostgreSQL: a ``psycopg_pool``
+    pool with the same connection settings, one pooled connection per commit, the same
+    ``INSERT … ON CONFLICT``.
     """
 
-    def __init__(self, kind: str, tmp: Path, thread_id: str) -> None:
+    def __init__(self, kind: str, tmp: Path, thread_id: str, synchronous: str = "NORMAL") -> None:
         self.kind = kind
         if kind == "sqlite":
             import sqlite3
@@ -653,7 +656,7 @@ class BareCommits:
                 tmp / "bench.db", timeout=30.0, isolation_level=None, check_same_thread=False
             )
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
             prefix, mark = "", "?"
             self.rows = self._read(self.db, "", "?", thread_id)
         else:
@@ -837,6 +840,56 @@ async def checkpoint_memory(sizes: Sizes) -> list[Result]:
 @workload("checkpoint-sqlite-sync", "checkpoint-sqlite-async")
 async def checkpoint_sqlite(sizes: Sizes) -> list[Result]:
     return await _checkpoint_rows("sqlite", sizes)
+
+
+@workload("checkpoint-sqlite-full")
+async def checkpoint_sqlite_full(sizes: Sizes) -> list[Result]:
+    """``durability="sync"`` on SQLite with ``synchronous=full`` (a flush per commit)
+    beside the same commits made by a bare loop at ``PRAGMA synchronous=FULL``."""
+    name, n, repeats = "checkpoint-sqlite-full", sizes.chain, sizes.heavy_repeats
+    target = Target(ratio=1.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saver = await anyio.to_thread.run_sync(_open_checkpointer, "sqlite-full", Path(tmp))
+        except Exception as exc:  # a headwater-sqlite without the setting
+            print(f"note: skipping {name}: {type(exc).__name__}: {exc}")
+            return [
+                Result(
+                    name=name,
+                    unit="µs/node",
+                    headwater={},
+                    baseline=None,
+                    baseline_kind="bare commit",
+                    ratio=None,
+                    target=target.text("µs/node"),
+                    ok=None,
+                    note="skipped",
+                )
+            ]
+        app = chain_graph(n, checkpointer=saver)
+        bare: BareCommits | None = None
+
+        def run(thread: str | None = None) -> Any:
+            configurable = {"thread_id": thread or uuid.uuid4().hex}
+            return app.ainvoke({"n": 0}, chain_config(n, configurable=configurable))
+
+        try:
+            first = uuid.uuid4().hex
+            await run(first)
+            bare = await anyio.to_thread.run_sync(BareCommits, "sqlite", Path(tmp), first, "FULL")
+
+            async def commit_loop() -> None:
+                assert bare is not None
+                bare.run()
+
+            hw, base = await measure(run, commit_loop, repeats=repeats)
+            result = make_result(name, "µs/node", n, hw, base, target, baseline_kind="bare commit")
+            result.note = f"{bare.commits} commits, each flushed (fsync)"
+            return [result]
+        finally:
+            if bare is not None:
+                await anyio.to_thread.run_sync(bare.close)
+            await saver.aclose()
 
 
 @workload("checkpoint-postgres-sync", "checkpoint-postgres-async")

@@ -42,6 +42,7 @@ WORKLOADS = [
     *(f"checkpoint-{kind}-{mode}" for kind in ("memory", "sqlite", "postgres")
       for mode in ("sync", "async")),
 ]  # fmt: skip
+WORKLOADS.insert(WORKLOADS.index("checkpoint-postgres-sync"), "checkpoint-sqlite-full")
 SCRIPTS = ("run", "serve", "scaleout", "adapters")
 
 
