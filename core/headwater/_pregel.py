@@ -22,6 +22,7 @@ import anyio.to_thread
 import attrs
 
 from headwater import _concurrency
+from headwater._bus import Emitter
 from headwater._graph import Branch, NodeSpec, StateGraph
 from headwater._state import MISSING, Schema
 from headwater._types import END, START, Command, Send
@@ -137,6 +138,7 @@ class _Persist:
         self.thread_id = thread_id
         self.ns = ""
         self.run = run
+        self.emit = _graph_emitter(run)
         self.checkpoint_id: str | None = None
         self.durable = run.config.get("durability", "sync") == "sync"
         self._queue: list[Checkpoint | WriteBatch] = []
@@ -266,20 +268,8 @@ class _Persist:
         # durability="async": a crash can then cost repeated steps, never the run itself.
         await self._store(checkpoint, now=source == "input")
         self.checkpoint_id = checkpoint_id
-        run = self.run
-        subs = run.subscriptions(CHECKPOINT)
-        if subs:
-            snapshot = _snapshot(checkpoint, ())
-            run.emit(
-                subs,
-                CHECKPOINT,
-                "checkpoint",
-                run.run_id,
-                run.parent_ids,
-                run.tags,
-                run.metadata,
-                snapshot,
-            )
+        if self.run.bus.subscriptions(CHECKPOINT):
+            self.emit.emit(CHECKPOINT, _snapshot(checkpoint, ()), "checkpoint")
 
     async def save_write(self, task: Task, outcome: _Outcome) -> None:
         assert self.checkpoint_id is not None
@@ -292,6 +282,11 @@ class _Persist:
             resume=task.resume,
         )
         await self._store(WriteBatch(self.thread_id, self.ns, self.checkpoint_id, (write,)))
+
+
+def _graph_emitter(run: Run) -> Emitter:
+    """The emitter of a graph run's own events: named after the graph, the run's header."""
+    return run.bus.emitter((run.graph_name, run.run_id, run.parent_ids, run.tags, run.metadata))
 
 
 def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateSnapshot:
@@ -632,9 +627,13 @@ class CompiledGraph:
             run_id = config.get("run_id")
             if run_id is not None and not isinstance(run_id, str):
                 raise InvalidInputError(f"config['run_id'] must be a string; got {run_id!r:.40}.")
-            run = Run(graph_name=self.name, config=config, input=input, run_id=run_id)
-            run.plugin_manager = self.plugin_manager
-            return run
+            return Run(
+                graph_name=self.name,
+                config=config,
+                input=input,
+                run_id=run_id,
+                plugin_manager=self.plugin_manager,
+            )
         outer = parent.run
         return Run(
             graph_name=self.name,
@@ -647,7 +646,7 @@ class CompiledGraph:
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]:
         """Execute ``run`` with hooks and graph-level events around the supersteps."""
-        pm = run.plugin_manager if run.plugin_manager is not None else self.plugin_manager
+        pm = run.plugin_manager
         hooks = pm.hook
         specs = run.config.get("sinks") if run.parent is None else None
         sinks = await open_sinks(specs, pm) if specs is not None else []
@@ -659,40 +658,32 @@ class CompiledGraph:
                     await close_sinks(sinks)
             raise
         error: BaseException | None = None
-        header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
+        bus = run.bus
+        emit = _graph_emitter(run)
         try:
             if run.parent is None:  # a subgraph's run shares its root run's subscribers
                 for subscriptions in hooks.headwater_event_subscribers(run=run):
                     for subscription in subscriptions or ():
-                        run.subscribe(subscription)
+                        bus.subscribe(subscription)
                 for sink in sinks:
-                    run.subscribe(sink.subscription())
+                    bus.subscribe(sink.subscription())
             for result in hooks.headwater_run_start(run=run):
                 if inspect.isawaitable(result):
                     await result
-            subs = run.subscriptions(ON_CHAIN_START)
-            if subs:
-                run.emit(subs, ON_CHAIN_START, *header, {"input": input})
+            if bus.streaming:
+                emit.emit(ON_CHAIN_START, {"input": input})
             if start.persist is not None:
                 async with start.persist.background():
-                    values = await self._loop(run, start, pm)
+                    values = await self._loop(run, start, pm, emit)
             else:
-                values = await self._loop(run, start, pm)
-            subs = run.subscriptions(ON_CHAIN_END)
-            if subs:
-                run.emit(subs, ON_CHAIN_END, *header, {"output": dict(values)})
+                values = await self._loop(run, start, pm, emit)
+            if bus.streaming:
+                emit.emit(ON_CHAIN_END, {"output": dict(values)})
             return values
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: every start still gets its error event
             error = exc
-            subs = run.subscriptions(ON_CHAIN_ERROR)
-            if subs:
-                run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
-            raise
-        except BaseException as exc:  # cancelled: every start still gets its error event
-            error = exc
-            subs = run.subscriptions(ON_CHAIN_ERROR)
-            if subs:
-                run.emit(subs, ON_CHAIN_ERROR, *header, {"error": exc})
+            if bus.streaming:
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
             raise
         finally:
             try:
@@ -765,7 +756,7 @@ class CompiledGraph:
             persist=persist,
         )
 
-    async def _loop(self, run: Run, start: _Start, pm: Any) -> dict[str, Any]:
+    async def _loop(self, run: Run, start: _Start, pm: Any, emit: Emitter) -> dict[str, Any]:
         limit = run.config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
         values = start.values
         persist = start.persist
@@ -774,14 +765,14 @@ class CompiledGraph:
         step_end_hook = (
             pm.hook.headwater_step_end if pm.hook.headwater_step_end.get_hookimpls() else None
         )
-        step_subs = run.subscriptions(STEP_END)
-        header = (self.name, run.run_id, run.parent_ids, run.tags, run.metadata)
+        bus = run.bus
+        step_subs = bus.subscriptions(STEP_END)
         join_seen: list[set[str]] = start.joins or [set() for _ in self._joins]
         if start.update is not None:  # new input: step `step` applies it
             self._apply(values, [(START, start.update)], step)
             if step_subs:
                 data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
-                run.emit(step_subs, STEP_END, *header, data)
+                emit.emit(STEP_END, data)
             pending = await self._route([START], {}, values, join_seen, run)
             if persist is not None:
                 await persist.save(values, pending, join_seen, step, "input", {START: start.update})
@@ -794,7 +785,8 @@ class CompiledGraph:
             if not resumed and persist is not None and self._interrupt_before:
                 hits = [p for p in pending if p.node in self._interrupt_before]
                 if hits:
-                    return self._pause(run, values, [Interrupt(node=p.node, id=p.id) for p in hits])
+                    hit = [Interrupt(node=p.node, id=p.id) for p in hits]
+                    return self._pause(emit, values, hit)
             resumed = False
             steps_run += 1
             step += 1
@@ -813,7 +805,7 @@ class CompiledGraph:
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
-                return self._pause(run, values, paused)
+                return self._pause(emit, values, paused)
             done = {}
             goto: dict[str, tuple[str | Send, ...]] = {}
             if len(tasks) == 1:
@@ -839,9 +831,10 @@ class CompiledGraph:
                 for node, upd in writes:
                     per_node[node] = (*per_node.get(node, ()), upd)
                 data = {"values": dict(values), "writes": per_node, "step": step}
-                run.emit(step_subs, STEP_END, *header, data)
-                if run._valves:
-                    await run.relieve()
+                emit.emit(STEP_END, data)
+                waiting = bus.pressure()
+                if waiting is not None:
+                    await waiting
             pending = await self._route(ran, goto, values, join_seen, run)
             if persist is not None:
                 await persist.save(values, pending, join_seen, step, "loop", dict(writes))
@@ -852,40 +845,19 @@ class CompiledGraph:
             if pending and persist is not None and self._interrupt_after:
                 stopped = [n for n in ran if n in self._interrupt_after]
                 if stopped:
-                    return self._pause(run, values, [Interrupt(node=n) for n in stopped])
+                    return self._pause(emit, values, [Interrupt(node=n) for n in stopped])
         return values
 
     def _pause(
-        self, run: Run, values: dict[str, Any], interrupts: list[Interrupt]
+        self, emit: Emitter, values: dict[str, Any], interrupts: list[Interrupt]
     ) -> dict[str, Any]:
         """End the run paused: report the interrupts; the result carries them too."""
-        subs = run.subscriptions(ON_INTERRUPT)
-        for item in interrupts:
-            if subs:
+        if emit.bus.streaming:
+            for item in interrupts:
                 data = {"value": item.value, "id": item.id, "node": item.node}
-                run.emit(
-                    subs,
-                    ON_INTERRUPT,
-                    item.node,
-                    run.run_id,
-                    run.parent_ids,
-                    run.tags,
-                    run.metadata,
-                    data,
-                )
-        subs = run.subscriptions(TASK_END)
-        if subs:
+                emit.emit(ON_INTERRUPT, data, item.node)
             data = _task_end(INTERRUPT_KEY, update=tuple(interrupts))
-            run.emit(
-                subs,
-                TASK_END,
-                INTERRUPT_KEY,
-                run.run_id,
-                run.parent_ids,
-                run.tags,
-                run.metadata,
-                data,
-            )
+            emit.emit(TASK_END, data, INTERRUPT_KEY)
         return {**values, INTERRUPT_KEY: tuple(interrupts)}
 
     def _make_task(
@@ -976,10 +948,11 @@ class CompiledGraph:
     async def _run_task(self, task: Task, wrap: bool, pm: Any) -> _Outcome:
         current_task.set(task)
         run = task.run
-        streaming = run.streaming
+        streaming = run.bus.streaming
         if streaming:
-            task.dispatch(TASK_START, {"input": task.input, "triggers": task.triggers})
-            task.dispatch(ON_CHAIN_START, {"input": task.input})
+            emit = task.emitter
+            emit.emit(TASK_START, {"input": task.input, "triggers": task.triggers})
+            emit.emit(ON_CHAIN_START, {"input": task.input})
         try:
             call = self._call_node if self.nodes[task.node].retry is None else self._call_retrying
             if wrap:
@@ -995,26 +968,27 @@ class CompiledGraph:
                     "(or another backend) and run it with a thread_id."
                 ) from None
             if streaming:  # the task ends paused: neither an update nor an error
-                task.dispatch(TASK_END, _task_end(task.node, interrupt=paused.interrupt))
-                task.dispatch(ON_CHAIN_END, {"output": None, "interrupt": paused.interrupt})
+                emit.emit(TASK_END, _task_end(task.node, interrupt=paused.interrupt))
+                emit.emit(ON_CHAIN_END, {"output": None, "interrupt": paused.interrupt})
             return _Outcome(None, (), paused.interrupt)
         except Exception as exc:
             if streaming:
-                task.dispatch(ON_CHAIN_ERROR, {"error": exc})
-                task.dispatch(TASK_END, _task_end(task.node, error=exc))
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
+                emit.emit(TASK_END, _task_end(task.node, error=exc))
             exc.add_note(
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
             raise
         except BaseException as exc:  # cancelled (a sibling failed, the consumer left)
             if streaming:
-                task.dispatch(ON_CHAIN_ERROR, {"error": exc})
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
             raise
         if streaming:
-            task.dispatch(TASK_END, _task_end(task.node, update=outcome.update))
-            task.dispatch(ON_CHAIN_END, {"output": out})
-            if run._valves:
-                await run.relieve()
+            emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
+            emit.emit(ON_CHAIN_END, {"output": out})
+            waiting = run.bus.pressure()
+            if waiting is not None:
+                await waiting
         return outcome
 
     async def _call_retrying(self, task: Task) -> Any:
@@ -1051,16 +1025,16 @@ class CompiledGraph:
         if calling.is_async:
             return await spec.fn(*args, **kwargs)
         fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
-        run = task.run
-        if not run.streaming:
+        bus = task.run.bus
+        if not bus.streaming:
             return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
-        run.threads_starting()
+        bus.threads_starting()
         try:
             out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
         except BaseException:
-            run.threads_done(raise_errors=False)  # the node's own error is what counts
+            bus.threads_done(raise_errors=False)  # the node's own error is what counts
             raise
-        run.threads_done()
+        bus.threads_done()
         return out
 
     async def _as_node(self, task: Task, parent_schema: Schema) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class _Pipe:
         self._done: anyio.Event | None = None
         self._closing = False
         self._thread = threading.get_ident()
-        run.subscribe(
+        run.bus.subscribe(
             Subscription(
                 callback=self._on_emit,
                 kinds=frozenset(routes),
@@ -143,7 +143,7 @@ class _Pipe:
                 bind=self._bind,
             )
         )
-        run.add_valve(self._valve)
+        run.bus.add_valve(self._valve)
 
     @property
     def run_id(self) -> str:

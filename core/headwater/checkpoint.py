@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from headwater._ids import new_id
 from headwater.errors import CheckpointError, SerdeError
-from headwater.runtime import new_id
 
 __all__ = [
     "Checkpoint",

@@ -144,7 +144,9 @@ class ChatModel(abc.ABC):
             async for chunk in chunks:
                 total.add(chunk)
                 observed.emit("stream", {"chunk": chunk})
-                await observed.relieve()
+                waiting = observed.pressure()
+                if waiting is not None:
+                    await waiting
                 yield chunk
             message = total.result().to_message()
         except BaseException as exc:  # cancelled or left early too: every start gets an end

@@ -148,7 +148,7 @@ class JsonlSink:
     Example::
 
         sink = JsonlSink("run.jsonl")
-        run.subscribe(sink.subscription())
+        run.bus.subscribe(sink.subscription())
         ...
         sink.close()
     """
