@@ -31,7 +31,7 @@ import contextvars
 import difflib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from headwater._plugins import PluginManager
-    from headwater._pregel import CompiledGraph
+    from headwater.checkpoint import Checkpointer
 
 __all__ = ["BUFFER_SIZE", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
 
@@ -75,6 +75,20 @@ _FILTER_ARGS = (
 _background: set[Any] = set()
 
 
+class Streamable(Protocol):
+    """What a stream needs of the graph it runs (a compiled graph)."""
+
+    name: str
+    checkpointer: Checkpointer | None
+
+    @property
+    def plugin_manager(self) -> PluginManager: ...
+
+    def prepare_run(self, input: Any, config: Mapping[str, Any] | None) -> Run: ...
+
+    async def execute(self, run: Run, input: Any) -> dict[str, Any]: ...
+
+
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     """Start ``fn`` as a task owned by no task group (see the module docstring)."""
     if sniffio.current_async_library() == "trio":
@@ -98,7 +112,7 @@ class _Pipe:
 
     def __init__(
         self,
-        graph: CompiledGraph,
+        graph: Streamable,
         run: Run,
         input: Any,
         routes: Mapping[str, list[tuple[str, StreamMode]]],
@@ -476,7 +490,7 @@ def _shaper(single: bool, subgraphs: bool) -> Callable[[str, tuple[str, ...], An
 
 
 def open_stream(
-    graph: CompiledGraph,
+    graph: Streamable,
     input: Any,
     config: Mapping[str, Any] | None,
     stream_mode: Any,
@@ -601,7 +615,7 @@ def _all_accept(accepts: list[Accept]) -> Accept | None:
 
 
 def open_event_stream(
-    graph: CompiledGraph,
+    graph: Streamable,
     input: Any,
     config: Mapping[str, Any] | None,
     version: str,
