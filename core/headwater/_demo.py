@@ -58,7 +58,7 @@ def _models() -> tuple[ChatModel, ChatModel]:
     if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
         spec = os.environ.get("HEADWATER_DEMO_MODEL", "openai:gpt-4o-mini")
         # A local OpenAI-compatible server (Ollama, vLLM, llama.cpp) checks no key.
-        key = {} if os.environ.get("OPENAI_API_KEY") else {"api_key": "local"}
+        key: dict[str, Any] = {} if os.environ.get("OPENAI_API_KEY") else {"api_key": "local"}
         agent, summariser = (
             init_chat_model(spec, name="agent", **key),
             init_chat_model(spec, name="summarise", **key),

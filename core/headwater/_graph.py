@@ -16,7 +16,9 @@ from headwater.errors import GraphValidationError
 from headwater.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from headwater._plugins import PluginManager
     from headwater._pregel import CompiledGraph
+    from headwater.checkpoint import Checkpointer
 
 __all__ = ["StateGraph"]
 
@@ -423,12 +425,12 @@ class StateGraph:
 
     def compile(
         self,
-        checkpointer: Any = None,
+        checkpointer: Checkpointer | str | None = None,
         *,
         interrupt_before: Sequence[str] = (),
         interrupt_after: Sequence[str] = (),
         name: str | None = None,
-        plugin_manager: Any = None,
+        plugin_manager: PluginManager | None = None,
     ) -> CompiledGraph:
         """Validate the graph and return a runnable :class:`~headwater.CompiledGraph`.
 

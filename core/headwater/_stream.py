@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import difflib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +42,7 @@ from headwater.errors import (
     UnsupportedVersionError,
 )
 from headwater.events import SKIP, Accept, Event, EventFilter, StreamMode, Subscription
+from headwater.hookspecs import EVENTS_MODE
 from headwater.runtime import Run
 
 if TYPE_CHECKING:
@@ -59,18 +59,6 @@ BUFFER_SIZE = 4096
 BATCH_SIZE = 256
 """Items per batch on the queue: producers append to a batch, which is handed over when
 full or at once while the consumer is waiting, so no item waits for company."""
-
-EVENTS_MODE = "events"
-"""The stream mode ``astream_events`` uses (supplied by ``headwater-streams``)."""
-
-_FILTER_ARGS = (
-    "include_names",
-    "include_types",
-    "include_tags",
-    "exclude_names",
-    "exclude_types",
-    "exclude_tags",
-)
 
 _background: set[Any] = set()
 
@@ -435,8 +423,6 @@ class RunStream(AsyncIterator[Any]):
 
 
 def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
-    registry = pm.registrations("headwater_stream_modes")
-    installed = sorted(k for k in registry if k != EVENTS_MODE)
     if isinstance(stream_mode, str):
         names, single = [stream_mode], True
     elif (
@@ -446,20 +432,14 @@ def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
     ):
         names, single = list(dict.fromkeys(stream_mode)), False
     else:
+        installed = sorted(pm.registrations("headwater_stream_modes"))
         raise UnknownStreamModeError(
             f"stream_mode must be a mode name or a non-empty list of mode names, e.g. "
             f"'values' or ['updates', 'custom']; got {type(stream_mode).__name__}: "
             f"{stream_mode!r:.80}. Installed modes: {', '.join(installed) or '(none)'}."
         )
     for name in names:
-        if name not in registry:
-            close = difflib.get_close_matches(name, installed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            extra = "" if installed else " Install headwater-streams for the standard modes."
-            raise UnknownStreamModeError(
-                f"Unknown stream mode {name!r}.{hint} Installed modes: "
-                f"{', '.join(installed) or '(none)'}.{extra}"
-            )
+        pm.lookup("headwater_stream_modes", name, error=UnknownStreamModeError)
     return names, single
 
 
@@ -512,20 +492,13 @@ def open_stream(
 
 
 def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
-    registry = pm.registrations("headwater_event_filters")
-    out: list[EventFilter] = []
-
     def named(name: str, arg: Any, how: str) -> EventFilter:
-        factory = registry.get(name)
-        if factory is None:
-            installed = sorted(registry)
-            close = difflib.get_close_matches(name, installed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            extra = "" if installed else " Install headwater-filters for the standard filters."
-            raise InvalidFilterError(
-                f"{how} names unknown filter {name!r}.{hint} Installed filters: "
-                f"{', '.join(installed) or '(none)'}.{extra}"
-            )
+        factory = pm.lookup(
+            "headwater_event_filters",
+            name,
+            error=InvalidFilterError,
+            unknown=f"{how} names unknown filter {name!r}.",
+        )
         made = factory(arg)
         if not isinstance(made, EventFilter):
             raise InvalidFilterError(
@@ -534,6 +507,7 @@ def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> 
             )
         return made
 
+    out: list[EventFilter] = []
     includes = [
         named(name, arg, f"astream_events({name}=...)")
         for name, arg in args.items()
@@ -566,11 +540,12 @@ def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> 
         elif callable(f):
             out.append(EventFilter(predicate=f))
         else:
+            installed = sorted(pm.registrations("headwater_event_filters"))
             raise InvalidFilterError(
                 f"filters=[...] contains {type(f).__name__} {f!r:.60}; expected a callable "
                 "taking an Event and returning bool, the name of an installed filter, a "
                 "(name, argument) pair, or an EventFilter. Installed filters: "
-                f"{', '.join(sorted(registry)) or '(none)'}."
+                f"{', '.join(installed) or '(none)'}."
             )
     return out
 
@@ -633,15 +608,16 @@ def open_event_stream(
             f"Unknown astream_events version {version!r}; the only version is 'v2' (the default)."
         )
     pm = graph.plugin_manager
-    registry = pm.registrations("headwater_stream_modes")
-    if EVENTS_MODE not in registry:
-        raise UnknownStreamModeError(
-            "astream_events needs the 'events' projection, which no installed plugin provides. "
-            "Install headwater-streams."
-        )
+    pm.lookup(
+        "headwater_stream_modes",
+        EVENTS_MODE,
+        error=UnknownStreamModeError,
+        unknown=f"astream_events needs the {EVENTS_MODE!r} projection, which no installed "
+        "plugin provides.",
+    )
     event_filters = _event_filters(pm, filter_args, filters)
     run = graph.prepare_run(input, config)
-    routes = _routes(run, registry, [EVENTS_MODE])
+    routes = _routes(run, pm.registrations("headwater_stream_modes"), [EVENTS_MODE])
     for f in event_filters:
         if f.kinds is not None:
             routes = {k: v for k, v in routes.items() if k in f.kinds}
