@@ -508,18 +508,15 @@ def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> 
         return made
 
     out: list[EventFilter] = []
-    includes = [
-        named(name, arg, f"astream_events({name}=...)")
-        for name, arg in args.items()
-        if arg is not None and name.startswith("include_")
-    ]
-    out.extend(
-        named(name, arg, f"astream_events({name}=...)")
-        for name, arg in args.items()
-        if arg is not None and not name.startswith("include_")
-    )
-    if includes:
-        out.append(_any_of(includes))
+    groups: dict[str, list[EventFilter]] = {}
+    for name, arg in args.items():  # keyword filters: those sharing an any_of group are OR'd
+        if arg is not None:
+            made = named(name, arg, f"astream_events({name}=...)")
+            if made.any_of is None:
+                out.append(made)
+            else:
+                groups.setdefault(made.any_of, []).append(made)
+    out.extend(_any_of(group) for group in groups.values())
     if filters is None:
         return out
     if isinstance(filters, str | EventFilter) or callable(filters):
@@ -557,7 +554,7 @@ def _header_ok(f: EventFilter, kind: str, name: str, tags: tuple[str, ...], md: 
 
 
 def _any_of(filters: list[EventFilter]) -> EventFilter:
-    """An event passes when it passes any one of ``filters`` (LangGraph's include_* rule)."""
+    """An event passes when it passes any one of ``filters`` (one ``any_of`` group)."""
     if len(filters) == 1:
         return filters[0]
     kinds: frozenset[str] | None = frozenset()

@@ -261,3 +261,7 @@ class EventFilter:
     kinds: frozenset[str] | None = None
     accept: Accept | None = None
     predicate: Callable[[Event], bool] | None = None
+    any_of: str | None = None
+    """Filters given as ``astream_events`` keyword arguments in the same ``any_of`` group
+    pass an event when any one of them does (``headwater-filters`` puts its ``include_*``
+    filters in group ``"include"``); all other filters must each pass."""

@@ -133,7 +133,9 @@ def headwater_event_filters() -> Mapping[str, Any] | None:
     """Register named event filters for ``astream_events(filters=[...])``.
 
     The ``include_*`` / ``exclude_*`` keyword arguments of ``astream_events`` are themselves
-    named filters (``include_names``, ``exclude_types`` …) supplied by ``headwater-filters``.
+    named filters (``include_names``, ``exclude_types`` …) supplied by ``headwater-filters``;
+    keyword filters that share an ``EventFilter.any_of`` group pass an event when any one
+    of them does (how ``include_*`` arguments combine).
 
     **Called:** once per plugin manager; the merged result is cached.
 

@@ -712,6 +712,31 @@ async def test_hook_headwater_event_filters() -> None:
     assert made == ["b"]  # the factory ran once for the run
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("group", "expected"), [("either", ["a", "b"]), (None, [])])
+async def test_keyword_filters_sharing_an_any_of_group_widen_the_stream(
+    group: str | None, expected: list[str]
+) -> None:
+    def named(node: str) -> Callable[[Any], EventFilter]:
+        return lambda _arg: EventFilter(
+            accept=lambda kind, name, tags, metadata: name == node, any_of=group
+        )
+
+    class Filters:
+        @headwater.hookimpl
+        def headwater_stream_modes(self) -> dict[str, Any]:
+            return {"events": events_mode}
+
+        @headwater.hookimpl
+        def headwater_event_filters(self) -> dict[str, Any]:
+            return {"include_names": named("a"), "include_tags": named("b")}
+
+    app = chain("a", "b", pm=fresh(Filters()))
+    stream = app.astream_events({"n": 0}, include_names=["x"], include_tags=["y"])
+    names = sorted({e["name"] async for e in stream})
+    assert names == expected  # one group: either passes; no group: both must pass
+
+
 def test_hook_headwater_checkpointers() -> None:
     urls: list[str] = []
 
