@@ -2,7 +2,8 @@
 
 A small agent: a router decides whether the question needs the notes; a retriever finds
 them (BM25); an LLM with a tool answers, calling the tool first; a summariser condenses
-the answer. State is checkpointed in SQLite. The LLM is a scripted ``FakeChatModel``
+the answer. State is checkpointed in SQLite (in memory when headwater-sqlite is not
+installed). The LLM is a scripted ``FakeChatModel``
 unless ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (then ``init_chat_model`` with
 ``HEADWATER_DEMO_MODEL``, default ``openai:gpt-4o-mini``, through headwater-openai).
 """
@@ -17,9 +18,7 @@ from typing import Annotated, Any, TypedDict
 import anyio
 import click
 
-from headwater._graph import StateGraph
-from headwater._pregel import CompiledGraph
-from headwater._types import END, START
+from headwater import END, START, CompiledGraph, StateGraph, get_plugin_manager
 from headwater.messages import AIMessage, HumanMessage, SystemMessage, ToolCall, add_messages
 from headwater.models import ChatModel, init_chat_model
 from headwater.retrievers import Document, InMemoryRetriever
@@ -142,7 +141,11 @@ def build_demo(checkpointer: str | None = None) -> CompiledGraph:
     graph.add_edge("tools", "agent")
     graph.add_edge("summarise", END)
     if checkpointer is None:
-        checkpointer = f"sqlite:///{os.path.join(tempfile.gettempdir(), 'headwater-demo.db')}"
+        checkpointer = (
+            f"sqlite:///{os.path.join(tempfile.gettempdir(), 'headwater-demo.db')}"
+            if "sqlite" in get_plugin_manager().registrations("headwater_checkpointers")
+            else "memory:"
+        )
     return graph.compile(checkpointer=checkpointer, name="demo")
 
 
