@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import headwater_server
 from click.testing import CliRunner
 
-import headwater_server
 from headwater import create_plugin_manager
 from headwater._cli import build_cli
 
