@@ -175,20 +175,16 @@ class Bus:
     # -- delivery ----------------------------------------------------------------------
 
     def _deliver(
-        self,
-        subs: tuple[Subscription, ...],
-        kind: str,
-        name: str,
-        run_id: str,
-        parent_ids: tuple[str, ...],
-        tags: tuple[str, ...],
-        metadata: Mapping[str, Any],
-        data: Any,
+        self, subs: tuple[Subscription, ...], kind: str, header: Header, data: Any, name: str | None
     ) -> None:
-        """Deliver one event to ``subs``, building the :class:`Event` once if needed."""
+        """Deliver one event to ``subs``, building the :class:`Event` once if needed;
+        ``name``, when given, replaces the header's."""
         if threading.get_ident() != self.loop_thread:
-            self._inbox.put(self, (subs, kind, name, run_id, parent_ids, tags, metadata, data))
+            self._inbox.put(self, (subs, kind, header, data, name))
             return
+        own_name, run_id, parent_ids, tags, metadata = header
+        if name is None:
+            name = own_name
         event = None
         number = 0
         for sub in subs:
@@ -355,17 +351,7 @@ class Emitter:
         except KeyError:
             subs = bus.subscriptions(kind)
         if subs:
-            header = self._header or self.header
-            bus._deliver(
-                subs,
-                kind,
-                header[0] if name is None else name,
-                header[1],
-                header[2],
-                header[3],
-                header[4],
-                data,
-            )
+            bus._deliver(subs, kind, self._header or self.header, data, name)
 
     def emit_to(self, subs: tuple[Subscription, ...], kind: str, data: Any) -> None:
         """Emit to subscriptions already looked up with :meth:`Bus.subscriptions`, for
@@ -377,8 +363,7 @@ class Emitter:
             if subs:
                 emit.emit_to(subs, "on_custom_event", payload)
         """
-        header = self._header or self.header
-        self._bus._deliver(subs, kind, header[0], header[1], header[2], header[3], header[4], data)
+        self._bus._deliver(subs, kind, self._header or self.header, data, None)
 
     def __repr__(self) -> str:
         name = self._header[0] if self._header is not None else "…"

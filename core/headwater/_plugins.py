@@ -19,8 +19,9 @@ import importlib
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import pluggy
@@ -299,6 +300,54 @@ class PluginManager(pluggy.PluginManager):
                 f"pip install {registry.standard}."
             )
         raise error(message)
+
+    def make(
+        self,
+        hook_name: str,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        error: type[Exception],
+        expected: type,
+        where: str = "",
+        unknown: str | None = None,
+        expectation: str | None = None,
+    ) -> Any:
+        """:meth:`lookup` the factory registered under ``name``, call it with ``args`` and
+        ``kwargs``, and check that it made an ``expected``; else ``error`` naming the
+        factory and what it returned (``expectation`` says what was missing).
+
+        Example::
+
+            saver = pm.make("headwater_checkpointers", "sqlite", ["sqlite:///app.db"],
+                            error=CheckpointError, expected=Checkpointer)
+        """
+        factory = self.lookup(hook_name, name, error=error, where=where, unknown=unknown)
+        made = factory(*args, **(kwargs or {}))
+        if not isinstance(made, expected):
+            label = REGISTRIES[hook_name].label if hook_name in REGISTRIES else hook_name
+            wanted = expectation or f"not a {expected.__module__}.{expected.__qualname__}"
+            raise error(
+                f"{_upper_first(label)} {name!r} is broken: the factory of {label} {name!r} "
+                f"returned {type(made).__name__}, {wanted}. Fix or uninstall the plugin "
+                "that registers it."
+            )
+        return made
+
+    def from_url(self, hook_name: str, url: str, *, error: type[Exception], expected: type) -> Any:
+        """:meth:`make` what a URL names: the factory registered for its scheme, called
+        with the whole URL (checkpointers, brokers, run queues).
+
+        Example::
+
+            broker = pm.from_url("headwater_brokers", "redis://localhost:6379/0",
+                                 error=BrokerError, expected=Broker)
+        """
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        return self.make(
+            hook_name, scheme, [url], error=error, expected=expected, where=f" in {url!r}"
+        )
 
     def check_pending(self) -> None:
         """Fail loudly when a plugin implements a hook headwater does not have (a typo).

@@ -60,6 +60,9 @@ BATCH_SIZE = 256
 """Items per batch on the queue: producers append to a batch, which is handed over when
 full or at once while the consumer is waiting, so no item waits for company."""
 
+_MODES = "headwater_stream_modes"
+_FILTERS = "headwater_event_filters"
+
 _background: set[Any] = set()
 
 
@@ -432,28 +435,25 @@ def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
     ):
         names, single = list(dict.fromkeys(stream_mode)), False
     else:
-        installed = sorted(pm.registrations("headwater_stream_modes"))
+        installed = sorted(pm.registrations(_MODES))
         raise UnknownStreamModeError(
             f"stream_mode must be a mode name or a non-empty list of mode names, e.g. "
             f"'values' or ['updates', 'custom']; got {type(stream_mode).__name__}: "
             f"{stream_mode!r:.80}. Installed modes: {', '.join(installed) or '(none)'}."
         )
     for name in names:
-        pm.lookup("headwater_stream_modes", name, error=UnknownStreamModeError)
+        pm.lookup(_MODES, name, error=UnknownStreamModeError)
     return names, single
 
 
 def _routes(
-    run: Run, registry: Mapping[str, Any], names: Iterable[str]
+    run: Run, pm: PluginManager, names: Iterable[str]
 ) -> dict[str, list[tuple[str, StreamMode]]]:
     routes: dict[str, list[tuple[str, StreamMode]]] = {}
     for name in names:
-        mode = registry[name](run)
-        if not isinstance(mode, StreamMode):
-            raise UnknownStreamModeError(
-                f"Stream mode {name!r} is broken: its factory returned "
-                f"{type(mode).__name__}, expected headwater.events.StreamMode."
-            )
+        mode: StreamMode = pm.make(
+            _MODES, name, [run], error=UnknownStreamModeError, expected=StreamMode
+        )
         for kind in mode.kinds:
             routes.setdefault(kind, []).append((name, mode))
     return routes
@@ -480,7 +480,7 @@ def open_stream(
     pm = graph.plugin_manager
     names, single = _modes(pm, stream_mode)
     run = graph.prepare_run(input, config)
-    routes = _routes(run, pm.registrations("headwater_stream_modes"), names)
+    routes = _routes(run, pm, names)
     if graph.checkpointer is None:
         for name, mode in (m for modes in routes.values() for m in modes):
             if mode.needs_checkpointer:
@@ -493,18 +493,10 @@ def open_stream(
 
 def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
     def named(name: str, arg: Any, how: str) -> EventFilter:
-        factory = pm.lookup(
-            "headwater_event_filters",
-            name,
-            error=InvalidFilterError,
-            unknown=f"{how} names unknown filter {name!r}.",
+        unknown = f"{how} names unknown filter {name!r}."
+        made: EventFilter = pm.make(
+            _FILTERS, name, [arg], error=InvalidFilterError, expected=EventFilter, unknown=unknown
         )
-        made = factory(arg)
-        if not isinstance(made, EventFilter):
-            raise InvalidFilterError(
-                f"Filter {name!r} is broken: its factory returned {type(made).__name__}, "
-                "expected headwater.events.EventFilter."
-            )
         return made
 
     out: list[EventFilter] = []
@@ -537,7 +529,7 @@ def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> 
         elif callable(f):
             out.append(EventFilter(predicate=f))
         else:
-            installed = sorted(pm.registrations("headwater_event_filters"))
+            installed = sorted(pm.registrations(_FILTERS))
             raise InvalidFilterError(
                 f"filters=[...] contains {type(f).__name__} {f!r:.60}; expected a callable "
                 "taking an Event and returning bool, the name of an installed filter, a "
@@ -606,7 +598,7 @@ def open_event_stream(
         )
     pm = graph.plugin_manager
     pm.lookup(
-        "headwater_stream_modes",
+        _MODES,
         EVENTS_MODE,
         error=UnknownStreamModeError,
         unknown=f"astream_events needs the {EVENTS_MODE!r} projection, which no installed "
@@ -614,7 +606,7 @@ def open_event_stream(
     )
     event_filters = _event_filters(pm, filter_args, filters)
     run = graph.prepare_run(input, config)
-    routes = _routes(run, pm.registrations("headwater_stream_modes"), [EVENTS_MODE])
+    routes = _routes(run, pm, [EVENTS_MODE])
     for f in event_filters:
         if f.kinds is not None:
             routes = {k: v for k, v in routes.items() if k in f.kinds}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -162,10 +161,6 @@ def broker_from_url(url: str, plugin_manager: PluginManager | None = None) -> Br
         broker_from_url("memory:")
         broker_from_url("redis://127.0.0.1:6379/0")   # needs headwater-redis
     """
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    factory = pm.lookup("headwater_brokers", scheme, error=BrokerError, where=f" in {url!r}")
-    made = factory(url)
-    if not isinstance(made, Broker):
-        raise BrokerError(f"Broker factory for {scheme!r} returned {type(made).__name__}.")
-    return made
+    broker: Broker = pm.from_url("headwater_brokers", url, error=BrokerError, expected=Broker)
+    return broker

@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -362,15 +361,8 @@ def checkpointer_from_url(url: str, plugin_manager: PluginManager | None = None)
         checkpointer_from_url("memory:")
         checkpointer_from_url("sqlite:///app.db")     # needs headwater-sqlite
     """
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    factory = pm.lookup(
-        "headwater_checkpointers", scheme, error=CheckpointError, where=f" in {url!r}"
+    saver: Checkpointer = pm.from_url(
+        "headwater_checkpointers", url, error=CheckpointError, expected=Checkpointer
     )
-    made = factory(url)
-    if not isinstance(made, Checkpointer):
-        raise CheckpointError(
-            f"Checkpointer factory for {scheme!r} returned {type(made).__name__}, "
-            "not a Checkpointer."
-        )
-    return made
+    return saver

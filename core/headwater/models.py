@@ -287,10 +287,12 @@ def init_chat_model(
         )
     provider, model = spec.split(":", 1)
     pm = plugin_manager or get_plugin_manager()
-    factory = pm.lookup("headwater_chat_models", provider, error=InvalidInputError)
-    made = factory(model, **kwargs)
-    if not isinstance(made, ChatModel):
-        raise HeadwaterError(
-            f"Chat model provider {provider!r} returned {type(made).__name__}, not a ChatModel."
-        )
+    made: ChatModel = pm.make(
+        "headwater_chat_models",
+        provider,
+        [model],
+        kwargs,
+        error=InvalidInputError,
+        expected=ChatModel,
+    )
     return made

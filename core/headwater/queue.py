@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -113,10 +112,6 @@ def queue_from_url(url: str, plugin_manager: PluginManager | None = None) -> Run
 
         queue_from_url("postgresql://postgres@127.0.0.1:5432/test")
     """
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    factory = pm.lookup("headwater_run_queues", scheme, error=QueueError, where=f" in {url!r}")
-    made = factory(url)
-    if not isinstance(made, RunQueue):
-        raise QueueError(f"Run queue factory for {scheme!r} returned {type(made).__name__}.")
-    return made
+    queue: RunQueue = pm.from_url("headwater_run_queues", url, error=QueueError, expected=RunQueue)
+    return queue

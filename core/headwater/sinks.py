@@ -81,18 +81,15 @@ async def open_sinks(specs: Any, plugin_manager: PluginManager) -> list[Sink]:
                     f"Each entry of config['sinks'] is a 'name:target' string; got {spec!r:.80}."
                 )
             name, _, target = spec.partition(":")
-            factory = plugin_manager.lookup(
+            sink: Sink = plugin_manager.make(
                 "headwater_sinks",
                 name,
+                [target],
                 error=InvalidInputError,
+                expected=Sink,
                 where=f" in config['sinks'] entry {spec!r}",
+                expectation="which has no subscription() and close()",
             )
-            sink = factory(target)
-            if not isinstance(sink, Sink):
-                raise InvalidInputError(
-                    f"The factory of sink {name!r} returned {type(sink).__name__}, which has no "
-                    "subscription() and close(): fix or uninstall the plugin that registers it."
-                )
             opened.append(sink)
     except BaseException:
         await close_sinks(opened)
