@@ -236,15 +236,15 @@ class Bus:
             if waiting is not None:
                 await waiting
         """
-        for index, valve in enumerate(self._valves):
+        for valve in self._valves:
             waiting = valve()
             if waiting is not None:
-                return self._relieve(waiting, index + 1)
+                return self._relieve(waiting)
         return None
 
-    async def _relieve(self, waiting: Awaitable[None], rest: int) -> None:
+    async def _relieve(self, waiting: Awaitable[None]) -> None:
         await waiting
-        for valve in self._valves[rest:]:
+        for valve in self._valves:  # then every consumer, until all of them have room
             more = valve()
             if more is not None:
                 await more
@@ -304,21 +304,17 @@ class Emitter:
         emit.emit("on_interrupt", data, name="review")   # another name, same header
     """
 
-    __slots__ = ("_bus", "_by_kind", "_direct", "_header", "_make_header")
+    __slots__ = ("_by_kind", "_direct", "_header", "_make_header", "bus")
 
     def __init__(
         self, bus: Bus, header: Header | None, make_header: Callable[[], Header] | None
     ) -> None:
-        self._bus = bus
+        self.bus = bus
+        """The bus this emitter emits into."""
         self._direct = bus._direct  # the bus's per-kind caches (cleared, never replaced)
         self._by_kind = bus._by_kind
         self._header = header
         self._make_header = make_header
-
-    @property
-    def bus(self) -> Bus:
-        """The bus this emitter emits into."""
-        return self._bus
 
     @property
     def header(self) -> Header:
@@ -341,8 +337,8 @@ class Emitter:
         try:
             direct = self._direct[kind]
         except KeyError:
-            direct = self._bus.direct(kind)
-        bus = self._bus
+            direct = self.bus.direct(kind)
+        bus = self.bus
         if direct is not None and threading.get_ident() == bus.loop_thread:
             direct(data)  # the one subscriber wants just the data: no id, no metadata
             return
@@ -363,11 +359,11 @@ class Emitter:
             if subs:
                 emit.emit_to(subs, "on_custom_event", payload)
         """
-        self._bus._deliver(subs, kind, self._header or self.header, data, None)
+        self.bus._deliver(subs, kind, self._header or self.header, data, None)
 
     def __repr__(self) -> str:
         name = self._header[0] if self._header is not None else "…"
-        return f"Emitter(name={name!r}, ns={self._bus.ns!r})"
+        return f"Emitter(name={name!r}, ns={self.bus.ns!r})"
 
 
 class _Inbox:

@@ -196,7 +196,7 @@ class Task:
             task.emitter.emit("on_custom_event", {"progress": 0.5})
         """
         if self._emitter is None:
-            self._emitter = self.run.bus.emitter(make_header=self._header)
+            self._emitter = Emitter(self.run.bus, None, self._header)
         return self._emitter
 
     def _header(self) -> Header:
