@@ -267,6 +267,23 @@ async def serve():
 stream = anyio.run(serve)
 assert '"double"' in stream, stream
 """,
+    "headwater-otel": """
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import headwater_otel
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+headwater_otel.enable(provider)
+try:
+    assert one_node().invoke({"n": 1}) == {"n": 2}
+finally:
+    headwater_otel.disable()
+spans = [span.name for span in exporter.get_finished_spans()]
+assert len(spans) >= 2 and any("double" in name for name in spans), spans
+""",
     "headwater-openai": """
 from headwater.errors import ChatModelError
 from headwater.models import init_chat_model
