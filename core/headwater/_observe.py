@@ -8,7 +8,7 @@ emits nothing and costs one context-variable lookup.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from headwater._bus import Emitter
@@ -30,7 +30,11 @@ def _kinds(family: str) -> dict[str, str]:
 
 
 class Observed:
-    """One observed call: ``emit("start" | "stream" | "end" | "error", data)``."""
+    """One observed call: ``emit("start" | "stream" | "end" | "error", data)``.
+
+    ``emitter`` is ``None`` when nobody streams the run (or outside a run); the hottest
+    loops (a model's chunks) call it directly, with ``kinds[phase]``.
+    """
 
     __slots__ = ("emitter", "kinds", "name")
 
@@ -68,9 +72,3 @@ class Observed:
         emitter = self.emitter
         if emitter is not None:
             emitter.emit(self.kinds[phase], data)
-
-    def pressure(self) -> Awaitable[None] | None:
-        """While a consumer of the run is behind: an awaitable to wait on (backpressure
-        between chunks); else ``None``."""
-        emitter = self.emitter
-        return None if emitter is None else emitter.bus.pressure()

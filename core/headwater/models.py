@@ -143,13 +143,16 @@ class ChatModel(abc.ABC):
         observed.emit("start", {"messages": messages, "input": messages})
         total = ChunkSum()
         chunks = self._astream(messages, **kwargs)
+        emitter = observed.emitter  # per chunk: no call at all when nobody streams
+        stream_kind = observed.kinds["stream"]
         try:
             async for chunk in chunks:
                 total.add(chunk)
-                observed.emit("stream", {"chunk": chunk})
-                waiting = observed.pressure()
-                if waiting is not None:
-                    await waiting
+                if emitter is not None:
+                    emitter.emit(stream_kind, {"chunk": chunk})
+                    waiting = emitter.bus.pressure()
+                    if waiting is not None:
+                        await waiting
                 yield chunk
             message = total.result().to_message()
         except BaseException as exc:  # cancelled or left early too: every start gets an end
