@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import datetime
-import difflib
 import json.encoder
 import os
 import queue
@@ -32,13 +31,13 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from random import getrandbits
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
 import attrs
 
 from headwater import serde
+from headwater._plugins import PluginManager, get_plugin_manager
 from headwater.errors import CheckpointError, SerdeError
 
 __all__ = [
@@ -792,7 +791,7 @@ class DatabaseThread:
                 pass
 
 
-def checkpointer_from_url(url: str, plugin_manager: Any = None) -> Checkpointer:
+def checkpointer_from_url(url: str, plugin_manager: PluginManager | None = None) -> Checkpointer:
     """Make a checkpointer from a URL through the installed plugins.
 
     Example::
@@ -800,27 +799,8 @@ def checkpointer_from_url(url: str, plugin_manager: Any = None) -> Checkpointer:
         checkpointer_from_url("memory:")
         checkpointer_from_url("sqlite:///app.db")     # needs headwater-sqlite
     """
-    from headwater._plugins import get_plugin_manager
-
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    registry = pm.registrations("headwater_checkpointers")
-    factory = registry.get(scheme)
-    if factory is None:
-        installed = sorted(registry)
-        known = {"sqlite": "headwater-sqlite", "postgresql": "headwater-postgres"}
-        close = difflib.get_close_matches(scheme, sorted({*installed, *known}), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close and close[0] != scheme else ""
-        dist = known.get(scheme)
-        extra = f" For {scheme}:// install {dist}." if dist else ""
-        raise CheckpointError(
-            f"Unknown checkpointer scheme {scheme!r} in {url!r}.{hint} Installed: "
-            f"{', '.join(installed) or '(none)'}.{extra}"
-        )
-    made = factory(url)
-    if not isinstance(made, Checkpointer):
-        raise CheckpointError(
-            f"Checkpointer factory for {scheme!r} returned {type(made).__name__}, "
-            "not a Checkpointer."
-        )
-    return made
+    saver: Checkpointer = pm.from_url(
+        "headwater_checkpointers", url, error=CheckpointError, expected=Checkpointer
+    )
+    return saver
