@@ -1,10 +1,13 @@
-"""Shared by ``serve.py`` and ``scaleout.py``: server processes on free loopback ports and
-a load of concurrent SSE clients (httpx, asyncio) that count tokens and time the first one.
+"""Shared by ``serve.py`` and ``scaleout.py``: server processes on free loopback ports, a
+load of concurrent SSE clients (httpx, asyncio) that count tokens and time the first one,
+run in this process (:func:`load`) or in client processes of their own
+(:func:`load_in_processes`, see ``_client.py``), and a process's CPU time from ``/proc``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -34,26 +37,36 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def processes(
-    commands: dict[str, list[str]], tokens: int, ready: dict[str, str], logdir: Path | None
+    commands: dict[str, list[str]],
+    tokens: int,
+    ready: dict[str, str],
+    logdir: Path | None,
+    token_delay: float = 0.0,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Start ``commands`` (name → argv) with ``bench_app`` importable; wait until every URL
     of ``ready`` (name → URL) answers; terminate them all at the end. Their output goes to
-    ``<name>.log`` in ``logdir`` (a temporary directory when ``None``)."""
+    ``<name>.log`` in ``logdir`` (a temporary directory when ``None``). The apps' model
+    streams ``tokens`` tokens per run, ``token_delay`` seconds apart."""
     with contextlib.ExitStack() as stack:
         if logdir is None:
             logdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         logdir.mkdir(parents=True, exist_ok=True)
-        yield stack.enter_context(_processes(commands, tokens, ready, logdir))
+        yield stack.enter_context(_processes(commands, tokens, ready, logdir, token_delay))
 
 
 @contextlib.contextmanager
 def _processes(
-    commands: dict[str, list[str]], tokens: int, ready: dict[str, str], logdir: Path
+    commands: dict[str, list[str]],
+    tokens: int,
+    ready: dict[str, str],
+    logdir: Path,
+    token_delay: float,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "HEADWATER_BENCH_TOKENS": str(tokens),
+        "HEADWATER_BENCH_TOKEN_DELAY": str(token_delay),
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = {name: open(logdir / f"{name}.log", "wb") for name in commands}
@@ -92,6 +105,42 @@ def _processes(
 
 def headwater_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "headwater", *args]
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from
+    ``/proc/<pid>/stat``; its children are included while they run."""
+    total = 0.0
+    for one in (pid, *_descendants(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                todo.append(child)
+    return found
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -143,9 +192,14 @@ class Load:
 
 
 async def one_run(
-    http: httpx.AsyncClient, url: str, body: dict[str, Any], expected: int
+    http: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    expected: int,
+    marker: bytes = MARKER,
 ) -> tuple[float | None, int]:
-    """POST a run and read its SSE stream: (seconds to the first token, tokens seen)."""
+    """POST a run and read its SSE stream: (seconds to the first token, tokens seen: the
+    occurrences of ``marker``)."""
     seen = 0
     first: float | None = None
     tail = b""
@@ -154,16 +208,21 @@ async def one_run(
         response.raise_for_status()
         async for chunk in response.aiter_raw():
             data = tail + chunk
-            found = data.count(MARKER)
+            found = data.count(marker)
             if found and first is None:
                 first = time.perf_counter() - start
             seen += found
-            tail = data[-(len(MARKER) - 1) :]
+            tail = data[-(len(marker) - 1) :]
     return first, min(seen, expected)
 
 
 async def load(
-    urls: list[str], body: dict[str, Any], clients: int, runs_per_client: int, expected: int
+    urls: list[str],
+    body: dict[str, Any],
+    clients: int,
+    runs_per_client: int,
+    expected: int,
+    marker: bytes = MARKER,
 ) -> Load:
     """``clients`` concurrent clients (spread over ``urls``), each doing ``runs_per_client``
     runs back to back; every run must deliver ``expected`` tokens."""
@@ -176,7 +235,7 @@ async def load(
         for _ in range(runs_per_client):
             try:
                 first, seen = await one_run(
-                    http, url, {**body, "thread_id": uuid.uuid4().hex}, expected
+                    http, url, {**body, "thread_id": uuid.uuid4().hex}, expected, marker
                 )
             except httpx.HTTPError as exc:
                 totals["failures"] += 1
@@ -200,19 +259,97 @@ async def load(
     return Load(clients, runs, totals["tokens"], seconds, ttft, totals["failures"], errors)
 
 
+@dataclass
+class Measured:
+    """A load run by client processes, with the CPU time the server used meanwhile."""
+
+    load: Load
+    server_cpu: float  # seconds
+
+    def row(self) -> dict[str, Any]:
+        tokens = self.load.tokens
+        per_token = self.server_cpu / tokens * 1e6 if tokens else float("nan")
+        return {**self.load.row(), "server_cpu_s": self.server_cpu, "cpu_us_per_token": per_token}
+
+
+def load_in_processes(
+    server_pid: int,
+    urls: list[str],
+    body: dict[str, Any],
+    clients: int,
+    runs_per_client: int,
+    expected: int,
+    marker: bytes = MARKER,
+    procs: int = 1,
+) -> Measured:
+    """:func:`load` split over ``procs`` client processes (``_client.py``), none of them
+    the server's: each starts, connects, says it is ready; then the server's CPU time is
+    read, all start at once, and it is read again when the last one is done."""
+    procs = max(1, min(procs, clients))
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    spec = {"urls": urls, "body": body, "runs": runs_per_client, "expected": expected}
+    spec["marker"] = marker.decode()
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_client.py"), json.dumps({**spec, "clients": share})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"client process did not start: {line!r}")
+        before = cpu_seconds(server_pid)
+        start = time.perf_counter()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        results = []
+        for child in children:
+            out, _ = child.communicate(timeout=900)
+            results.append(json.loads(out))
+        seconds = time.perf_counter() - start
+        used = cpu_seconds(server_pid) - before
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    merged = Load(
+        clients=clients,
+        runs=sum(r["runs"] for r in results),
+        tokens=sum(r["tokens"] for r in results),
+        seconds=seconds,
+        ttft=[t for r in results for t in r["ttft"]],
+        failures=sum(r["failures"] for r in results),
+        errors=[e for r in results for e in r["errors"]],
+    )
+    return Measured(merged, used)
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The results as an aligned table, then the first error of any level that had one."""
-    header = ["setup", "clients", "runs", "tokens/s", "ttft p50 ms", "ttft p99 ms", "failures"]
-    header += ["peak RSS MiB"]
+    cpu = any("cpu_us_per_token" in r for r in rows)
+    header = ["setup", "clients", "runs", "tokens/s"]
+    header += ["server CPU µs/token"] if cpu else []
+    header += ["ttft p50 ms", "ttft p99 ms", "failures", "peak RSS MiB"]
     cells = [header]
     for r in rows:
         rss = r.get("peak_rss_mib")
+        per_token = r.get("cpu_us_per_token")
         cells.append(
             [
                 r["setup"],
                 str(r["clients"]),
                 str(r["runs"]),
                 f"{r['tokens_per_s']:,.0f}",
+                *([f"{per_token:.1f}" if per_token is not None else "—"] if cpu else []),
                 f"{r['ttft_p50_ms']:.1f}",
                 f"{r['ttft_p99_ms']:.1f}",
                 str(r["failures"]),

@@ -1,7 +1,8 @@
 """The graph and the baseline apps that ``serve.py`` and ``scaleout.py`` put under load.
 
 ``tokens`` is a one-node graph whose fake chat model streams ``HEADWATER_BENCH_TOKENS``
-tokens (``t0 ``, ``t1 `` …); it is a function returning a ``StateGraph`` so that
+tokens (``t0 ``, ``t1 `` …), ``HEADWATER_BENCH_TOKEN_DELAY`` seconds apart (0: as fast as
+it can; 0.02: a realistic model); it is a function returning a ``StateGraph`` so that
 ``headwater serve bench_app:tokens --checkpointer URL`` can compile it with a checkpointer.
 
 ``fastapi_app`` is the spec's hand-written FastAPI SSE bridge (streaming-guide.md, "Server-Sent
@@ -12,6 +13,7 @@ Events") wrapped around the same graph, with the one fix it needs to run at all:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Annotated, Any, TypedDict
@@ -24,6 +26,7 @@ from headwater.messages import add_messages
 from headwater.testing.fake import FakeChatModel
 
 TOKENS = int(os.environ.get("HEADWATER_BENCH_TOKENS", "500"))
+TOKEN_DELAY = float(os.environ.get("HEADWATER_BENCH_TOKEN_DELAY", "0"))
 
 
 class Chat(TypedDict):
@@ -32,7 +35,7 @@ class Chat(TypedDict):
 
 def tokens() -> StateGraph:
     """A graph with one node streaming ``TOKENS`` tokens from a fake chat model."""
-    llm = FakeChatModel([[f"t{i} " for i in range(TOKENS)]], cycle=True)
+    llm = FakeChatModel([[f"t{i} " for i in range(TOKENS)]], cycle=True, token_delay=TOKEN_DELAY)
 
     async def talk(state: Chat) -> dict[str, Any]:
         return {"messages": [await llm.ainvoke(state["messages"])]}
@@ -73,6 +76,8 @@ async def bare_sse(request: Request) -> StreamingResponse:
 
     async def event_generator() -> Any:
         for i in range(TOKENS):
+            if TOKEN_DELAY:
+                await asyncio.sleep(TOKEN_DELAY)
             data = json.dumps({"chunk": {"content": f"t{i} "}})
             yield f"event: on_chat_model_stream\ndata: {data}\n\n"
 

@@ -1,17 +1,26 @@
-"""``headwater serve`` under concurrent SSE clients, beside the spec's hand-written FastAPI
-bridge serving the same token stream, in the same run.
+"""``headwater serve`` under concurrent SSE clients, judged by the server's own CPU time
+per delivered token, beside the spec's hand-written FastAPI bridge and a bare generator.
 
-    .venv/bin/python benchmarks/serve.py            # 1, 50 and 200 clients, 500-token runs
+    .venv/bin/python benchmarks/serve.py            # 1, 50, 200 clients; then the realistic model
     .venv/bin/python benchmarks/serve.py --quick    # 1 and 5 clients, 50-token runs
     .venv/bin/python benchmarks/serve.py --json serve.json
 
-Three servers, each a separate uvicorn process on a free loopback port with the same
-settings: ``headwater`` (``headwater serve bench_app:tokens``, every event streamed),
+Servers: ``headwater`` (``headwater serve bench_app:tokens``, every event streamed),
 ``fastapi-spec`` (the spec's FastAPI ``StreamingResponse`` around the same graph's
 ``astream_events``) and ``fastapi-bare`` (the same tokens from a plain generator, no graph:
-the floor). Each client POSTs a run and reads the SSE stream to its end; tokens/s is every
-client's tokens over the wall time of the level, ttft the time from request to first token.
-The clients run in this process, on the same machine as the servers.
+the floor), each a uvicorn process of its own on a free loopback port. The clients run in
+client processes of their own (``_client.py``), never in a server's; each POSTs a run and
+reads its SSE stream to the end. For each level the server's CPU time (user + system, from
+``/proc/<pid>/stat``) is read before and after: **server CPU µs/token** is what the server
+spent per token it delivered, whatever the clients cost the shared cores.
+
+Two model speeds: ``instant`` (the fake model never waits: the server's cost per token)
+and ``realistic`` (20 ms between tokens, 500 tokens a run: the time to first token under
+200 concurrent runs).
+
+A **route** is a way to stream a run (an URL, a request body, and the bytes that mark one
+token in its stream): add one to ``ROUTES`` (the LangGraph-protocol route, when the server
+has it) and every level measures it too.
 """
 
 from __future__ import annotations
@@ -19,30 +28,56 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from _load import free_port, headwater_cli, load, peak_rss_mib, print_table, processes
+from _load import (
+    MARKER,
+    free_port,
+    headwater_cli,
+    load,
+    load_in_processes,
+    peak_rss_mib,
+    print_table,
+    processes,
+)
 
 TARGETS = (
-    "targets (issue 6): headwater at 200 clients ≥ 100,000 tokens/s delivered; "
-    "p99 first-token latency at 50 clients ≤ 100 ms"
+    "targets (issue 16): headwater ≤ 8 µs of server CPU per delivered token at 1, 50 and 200 "
+    "clients, every client getting every token; realistic model (20 ms/token, 500 tokens): "
+    "p99 time to first token ≤ 50 ms at 200 clients"
 )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small numbers (a smoke test)")
-    parser.add_argument("--tokens", type=int, help="tokens per run (default 500; quick 50)")
-    parser.add_argument("--clients", type=int, nargs="+", help="levels (default 1 50 200)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--logs", metavar="DIR", type=Path, help="keep the servers' output here")
-    args = parser.parse_args(argv)
-    tokens = args.tokens or (50 if args.quick else 500)
-    levels = args.clients or ([1, 5] if args.quick else [1, 50, 200])
-    runs_for = {1: 1 if args.quick else 20}  # one client alone: several runs back to back
+@dataclass(frozen=True)
+class Route:
+    """One way to stream a run from one of the servers."""
 
+    setup: str  # the name in the table
+    server: str  # which process serves it: "headwater" or "fastapi"
+    path: str
+    body: dict[str, Any] = field(default_factory=dict)
+    marker: bytes = MARKER  # occurs once per token in the stream
+
+
+ROUTES = [
+    Route("headwater", "headwater", "/workflow/stream", {"input": {"messages": ["go"]}}),
+    Route("fastapi-spec", "fastapi", "/workflow/stream", {"state": {"messages": ["go"]}}),
+    Route("fastapi-bare", "fastapi", "/bare/stream"),
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    tokens: int
+    token_delay: float
+    levels: list[int]
+
+
+def servers(logs: Path | None, tokens: int, token_delay: float) -> Any:
     ports = {"headwater": free_port(), "fastapi": free_port()}
     commands = {
         "headwater": headwater_cli(
@@ -55,36 +90,78 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     ready = {"headwater": base["headwater"] + "/graphs", "fastapi": base["fastapi"] + "/health"}
-    setups: list[tuple[str, str, str, dict[str, Any]]] = [
-        ("headwater", "headwater", "/workflow/stream", {"input": {"messages": ["go"]}}),
-        ("fastapi-spec", "fastapi", "/workflow/stream", {"state": {"messages": ["go"]}}),
-        ("fastapi-bare", "fastapi", "/bare/stream", {}),
-    ]
+    return base, processes(commands, tokens, ready, logs, token_delay)
+
+
+def measure_mode(
+    mode: Mode, routes: list[Route], quick: bool, client_procs: int, logs: Path | None
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with processes(commands, tokens, ready, args.logs) as ps:
-        for _setup, server, path, body in setups:  # warm up: imports, plugin loading
-            anyio.run(load, [base[server] + path], body, 1, 1, tokens)
-        for clients in levels:
-            for setup, server, path, body in setups:
-                url = base[server] + path
-                result = anyio.run(load, [url], body, clients, runs_for.get(clients, 1), tokens)
-                row = {"setup": setup, **result.row(), "peak_rss_mib": peak_rss_mib(ps[server].pid)}
+    base, started = servers(logs / mode.name if logs else None, mode.tokens, mode.token_delay)
+    with started as ps:
+        for route in routes:  # warm up: imports, plugin loading, first connections
+            url = base[route.server] + route.path
+            anyio.run(load, [url], route.body, 1, 1, mode.tokens, route.marker)
+        for clients in mode.levels:
+            # one client alone: runs back to back, enough tokens for the CPU clock's 10 ms
+            runs_each = 40 if clients == 1 and not quick and mode.token_delay == 0 else 1
+            procs = 1 if clients == 1 else client_procs
+            for route in routes:
+                url = base[route.server] + route.path
+                pid = ps[route.server].pid
+                measured = load_in_processes(
+                    pid, [url], route.body, clients, runs_each, mode.tokens, route.marker, procs
+                )
+                row = {"setup": route.setup, "mode": mode.name, **measured.row()}
+                row["peak_rss_mib"] = peak_rss_mib(pid)
                 rows.append(row)
-                print(f"… {setup} x {clients}", file=sys.stderr, flush=True)
-    print(
-        f"headwater serve benchmark ({'quick' if args.quick else 'full'}): {tokens} tokens/run, "
-        "clients and servers on the same machine; peak RSS = the server process so far"
+                print(f"… {mode.name} {route.setup} x {clients}", file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small numbers (a smoke test)")
+    parser.add_argument("--tokens", type=int, help="tokens per run (default 500; quick 50)")
+    parser.add_argument("--clients", type=int, nargs="+", help="levels (default 1 50 200)")
+    parser.add_argument(
+        "--client-procs", type=int, default=2, help="client processes per level (default 2)"
     )
-    print_table(rows)
+    parser.add_argument(
+        "--modes", nargs="+", choices=["instant", "realistic"], default=["instant", "realistic"]
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--logs", metavar="DIR", type=Path, help="keep the servers' output here")
+    args = parser.parse_args(argv)
+    tokens = args.tokens or (50 if args.quick else 500)
+    levels = args.clients or ([1, 5] if args.quick else [1, 50, 200])
+    modes = {
+        "instant": Mode("instant", tokens, 0.0, levels),
+        "realistic": Mode("realistic", tokens, 0.02, [max(levels)]),
+    }
+    rows: list[dict[str, Any]] = []
+    for name in args.modes:
+        rows += measure_mode(modes[name], ROUTES, args.quick, args.client_procs, args.logs)
+    print(
+        f"headwater serve benchmark ({'quick' if args.quick else 'full'}): {tokens} tokens/run; "
+        "clients in their own processes; server CPU = user + system time of the server "
+        "process over the level; peak RSS = the server process so far"
+    )
+    for name in args.modes:
+        mode = modes[name]
+        print(
+            f"\n{name} model: "
+            + (f"{mode.token_delay * 1000:g} ms between tokens" if mode.token_delay else "no wait")
+        )
+        print_table([r for r in rows if r["mode"] == name])
+    print()
     print(TARGETS)
     for row in rows:
         if row["setup"] == "headwater":
-            spec = next(
-                r for r in rows if r["setup"] == "fastapi-spec" and r["clients"] == row["clients"]
-            )
             print(
-                f"  {row['clients']:>3} clients: headwater delivers "
-                f"{row['tokens_per_s'] / spec['tokens_per_s']:.2f}x the tokens/s of fastapi-spec"
+                f"  {row['mode']}, {row['clients']:>3} clients: "
+                f"{row['cpu_us_per_token']:.1f} µs server CPU/token, "
+                f"first token p99 {row['ttft_p99_ms']:.0f} ms, failures {row['failures']}"
             )
     if args.json:
         report = {"quick": args.quick, "tokens_per_run": tokens, "results": rows}

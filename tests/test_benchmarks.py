@@ -110,6 +110,7 @@ def test_run_only_selects_by_glob_and_prefix() -> None:
         "fanout-4000",
         "checkpoint-sqlite-sync",
         "checkpoint-sqlite-async",
+        "checkpoint-sqlite-full",
     ]
     with pytest.raises(SystemExit, match="unknown workload"):
         run.selected(["chian"])
@@ -117,14 +118,15 @@ def test_run_only_selects_by_glob_and_prefix() -> None:
 
 def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None:
     output, report = finish(quick_runs, "serve")
-    setups = {(r["setup"], r["clients"]) for r in report["results"]}
-    assert setups == {
-        (setup, clients)
-        for setup in ("headwater", "fastapi-spec", "fastapi-bare")
-        for clients in (1, 5)
+    setups = {(r["mode"], r["setup"], r["clients"]) for r in report["results"]}
+    names = ("headwater", "fastapi-spec", "fastapi-bare")
+    assert setups == {("instant", setup, clients) for setup in names for clients in (1, 5)} | {
+        ("realistic", setup, 5) for setup in names
     }
     assert all(r["failures"] == 0 and r["tokens"] > 0 for r in report["results"])
-    assert rows(output).count("headwater") == 2
+    assert all(r["server_cpu_s"] >= 0 and "cpu_us_per_token" in r for r in report["results"])
+    assert rows(output).count("headwater") == 3
+    assert "server CPU µs/token" in output
 
 
 def test_scaleout_reports_both_setups_or_says_why_not(quick_runs: dict[str, Any]) -> None:
