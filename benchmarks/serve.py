@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 from _load import (
+    HERE,
     MARKER,
     free_port,
     headwater_cli,
@@ -77,19 +78,30 @@ class Mode:
     levels: list[int]
 
 
-def servers(logs: Path | None, tokens: int, token_delay: float) -> Any:
-    ports = {"headwater": free_port(), "fastapi": free_port()}
+FROZEN = Route(
+    "headwater gc.freeze", "headwater-frozen", "/workflow/stream", {"input": {"messages": ["go"]}}
+)
+"""``--gc-freeze``: the same route on a ``headwater serve`` that froze its start-up objects."""
+
+
+def servers(
+    logs: Path | None, tokens: int, token_delay: float, names: set[str]
+) -> tuple[dict[str, str], Any]:
+    ports = {name: free_port() for name in names}
+    frozen = [sys.executable, str(HERE / "_frozen_serve.py")]
     commands = {
-        "headwater": headwater_cli(
-            "serve", "bench_app:tokens", "--port", str(ports["headwater"])
-        ),
+        "headwater": headwater_cli("serve", "bench_app:tokens", "--port", str(ports["headwater"])),
+        "headwater-frozen": [
+            *frozen, "serve", "bench_app:tokens", "--port", str(ports.get("headwater-frozen", 0)),
+        ],
         "fastapi": [
             sys.executable, "-m", "uvicorn", "bench_app:fastapi_app",
-            "--host", "127.0.0.1", "--port", str(ports["fastapi"]), "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(ports.get("fastapi", 0)), "--log-level", "warning",
         ],
     }  # fmt: skip
+    commands = {name: argv for name, argv in commands.items() if name in names}
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    ready = {"headwater": base["headwater"] + "/graphs", "fastapi": base["fastapi"] + "/health"}
+    ready = {name: base[name] + ("/health" if name == "fastapi" else "/graphs") for name in names}
     return base, processes(commands, tokens, ready, logs, token_delay)
 
 
@@ -97,7 +109,9 @@ def measure_mode(
     mode: Mode, routes: list[Route], quick: bool, client_procs: int, logs: Path | None
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    base, started = servers(logs / mode.name if logs else None, mode.tokens, mode.token_delay)
+    names = {route.server for route in routes}
+    logdir = logs / mode.name if logs else None
+    base, started = servers(logdir, mode.tokens, mode.token_delay, names)
     with started as ps:
         for route in routes:  # warm up: imports, plugin loading, first connections
             url = base[route.server] + route.path
@@ -130,9 +144,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=["instant", "realistic"], default=["instant", "realistic"]
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="also measure headwater serve with gc.freeze() after start-up (_frozen_serve.py)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--logs", metavar="DIR", type=Path, help="keep the servers' output here")
     args = parser.parse_args(argv)
+    routes = [*ROUTES, FROZEN] if args.gc_freeze else ROUTES
     tokens = args.tokens or (50 if args.quick else 500)
     levels = args.clients or ([1, 5] if args.quick else [1, 50, 200])
     modes = {
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     rows: list[dict[str, Any]] = []
     for name in args.modes:
-        rows += measure_mode(modes[name], ROUTES, args.quick, args.client_procs, args.logs)
+        rows += measure_mode(modes[name], routes, args.quick, args.client_procs, args.logs)
     print(
         f"headwater serve benchmark ({'quick' if args.quick else 'full'}): {tokens} tokens/run; "
         "clients in their own processes; server CPU = user + system time of the server "
@@ -157,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(TARGETS)
     for row in rows:
-        if row["setup"] == "headwater":
+        if row["setup"].startswith("headwater"):
             print(
-                f"  {row['mode']}, {row['clients']:>3} clients: "
+                f"  {row['setup']}, {row['mode']}, {row['clients']:>3} clients: "
                 f"{row['cpu_us_per_token']:.1f} µs server CPU/token, "
                 f"first token p99 {row['ttft_p99_ms']:.0f} ms, failures {row['failures']}"
             )
