@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -265,7 +266,8 @@ class SqliteCheckpointer(Checkpointer):
         self._here_pages += 2 + size // 4096  # a table and an index page, and the data
         if self._here_pages >= _WAL_CHECKPOINT_PAGES:
             self._here_pages = 0
-            self._thread.post(self._checkpoint_wal)
+            with contextlib.suppress(CheckpointError):  # closing: no WAL checkpoint is due
+                self._thread.post(self._checkpoint_wal)
         return True
 
     def _checkpoint_wal(self) -> None:
