@@ -44,9 +44,6 @@ __all__ = ["Outcome", "Pending", "Persist", "graph_emitter", "snapshot"]
 _ASYNC_BACKLOG = 256
 """Checkpoint writes an ``async`` run may have queued before its steps wait."""
 
-_ASYNC_BATCH = 32
-"""Queued writes at which an ``async`` run hands a batch to an idle writer."""
-
 
 class Pending:
     """A task due in the next step (before it has a :class:`~headwater.runtime.Task`),
@@ -119,12 +116,8 @@ class Persist:
         if self._error is not None:
             raise self._error
         self._queue.extend(records)
-        if self._wake is not None and len(self._queue) >= _ASYNC_BATCH:
-            # The writer is idle: let it take this batch to the backend now, so that it
-            # is written while the next steps run instead of all at the end.
-            self._wake.set()
-            self._wake = None
-            await anyio.lowlevel.checkpoint()
+        if self._wake is not None:
+            self._wake.set()  # the writer takes what queued up when the steps next yield
         while len(self._queue) > _ASYNC_BACKLOG and self._error is None:
             self._room = anyio.Event()  # bounded memory: wait for the writer to catch up
             await self._room.wait()
