@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import pickle
 from collections.abc import AsyncIterator
@@ -261,6 +262,27 @@ class CheckpointerConformance:
                     tg.start_soon(save, taken)  # saved before: refused, alone
         assert failed == [taken.id]
         assert {c.id for c in await saver.alist(thread)} == {taken.id} | {c.id for c in fresh}
+
+    @pytest.mark.anyio
+    async def test_async_durability_has_written_every_step_when_the_run_returns(
+        self, saver: Checkpointer
+    ) -> None:
+        async def step(state: _Flow) -> dict[str, Any]:
+            return {"log": ["x"]}  # never yields: the writer runs only when the run ends
+
+        graph = StateGraph(_Flow)
+        names = [f"s{i}" for i in range(40)]
+        for name in names:
+            graph.add_node(name, step)
+        graph.add_edge(START, names[0])
+        for a, b in itertools.pairwise(names):
+            graph.add_edge(a, b)
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}, "durability": "async"}
+        final = await app.ainvoke({"log": []}, {**config, "recursion_limit": 50})
+        history = await app.aget_state_history(config)
+        assert len(history) == 41  # the input and every step, not only the input
+        assert history[0].values == final
 
     @pytest.mark.anyio
     async def test_many_concurrent_threads(self, saver: Checkpointer) -> None:
