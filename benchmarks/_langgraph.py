@@ -190,7 +190,9 @@ async def one(name: str, quick: bool) -> tuple[str, dict[str, float]] | None:
             run = lambda: drain(app.astream({"messages": ["go"]}, stream_mode="messages"))  # noqa: E731
         (t,) = await measure(run, repeats=1 if quick else 3)
         return "tokens/s", per_unit(t, n, "tokens/s")
-    if name.startswith("checkpoint-memory-") or name.startswith("checkpoint-sqlite-"):
+    if name.rsplit("-", 1)[-1] in ("sync", "async") and (
+        name.startswith("checkpoint-memory-") or name.startswith("checkpoint-sqlite-")
+    ):
         return await checkpointed(name, chain_n, config, repeats)
     return None
 
