@@ -12,12 +12,12 @@ import anyio
 import anyio.lowlevel
 import psycopg
 import pytest
-from headwater_postgres import SCHEMA_VERSION, PostgresCheckpointer, redact
+from headwater_postgres import SCHEMA_VERSION, PostgresCheckpointer, _store, redact
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headwater import START, StateGraph
-from headwater.checkpoint import Checkpointer, checkpointer_from_url
+from headwater.checkpoint import Checkpoint, Checkpointer, checkpointer_from_url, new_checkpoint_id
 from headwater.errors import CheckpointError
 from headwater.testing.conformance import CheckpointerConformance
 from headwater.testing.crash import MAX_KILL_STEP, check_crash_resume
@@ -192,3 +192,48 @@ def test_unreachable_queue_names_the_url() -> None:
 
     with pytest.raises(QueueError, match=r"127\.0\.0\.1:1"):
         queue_from_url("postgresql://127.0.0.1:1/nowhere")
+
+
+def _cp(thread: str, step: int) -> Checkpoint:
+    return Checkpoint(id=new_checkpoint_id(), thread_id=thread, step=step, values={"n": step})
+
+
+@pytest.mark.anyio
+async def test_a_lost_loop_connection_fails_one_write_then_the_thread_takes_over(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver = await anyio.to_thread.run_sync(lambda: PostgresCheckpointer(pg_url, max_size=2))
+    thread = uuid.uuid4().hex
+    first, lost, after = _cp(thread, 0), _cp(thread, 1), _cp(thread, 2)
+    await saver.aput(first)  # opens the connection the event loop writes on
+    here = saver._here
+    assert here is not None
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (here.pg.backend_pid,))
+    with pytest.raises(CheckpointError, match="PostgreSQL error"):
+        await saver.aput(lost)  # its outcome is unknown: reported, not retried
+    assert saver._here is None
+    await saver.aput(after)  # through the writer thread and the pool meanwhile
+    assert saver._here is None
+    monkeypatch.setattr(_store, "_REOPEN_SECONDS", 0.0)
+    await saver.aput(_cp(thread, 3))  # and a new connection once the pause is over
+    assert saver._here is not None and saver._here is not here
+    ids = {c.id for c in await saver.alist(thread)}
+    assert {first.id, after.id} <= ids
+    await saver.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_write_on_the_loop_cancelled_midway_is_still_committed(pg_url: str) -> None:
+    saver = await anyio.to_thread.run_sync(lambda: PostgresCheckpointer(pg_url, max_size=2))
+    thread = uuid.uuid4().hex
+    await saver.aput(_cp(thread, 0))
+    checkpoint = _cp(thread, 1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # cancelled from the first await on: the socket wait
+        await saver.aput(checkpoint)
+    found = await saver.aget(thread)
+    assert found is not None and found.checkpoint.id == checkpoint.id
+    await saver.aput(_cp(thread, 2))  # the connection is usable: no result left pending
+    assert saver._here is not None
+    await saver.aclose()
