@@ -662,8 +662,9 @@ class BareCommits:
     as the checkpointer: the floor for ``durability="sync"``.
 
     SQLite: its own connection to the same file, WAL, ``synchronous=NORMAL`` (or ``FULL``,
-    as the checkpointer), autocommit, the same ``INSERT``. PostgreSQL: a ``psycopg_pool``
-    pool with the same connection settings, one pooled connection per commit, the same
+    as the checkpointer), autocommit, the same ``INSERT``. PostgreSQL: one connection of a
+    ``psycopg_pool`` pool with the same connection settings, held for the whole loop (no
+    checkout per commit; psycopg prepares the repeated statement), autocommit, the same
     ``INSERT … ON CONFLICT``.
     """
 
@@ -747,8 +748,8 @@ class BareCommits:
                     db.executemany(self.write_sql, [(thread, *r) for r in rows])
                     db.execute("COMMIT")
             return
-        for what, rows in self.rows:
-            with self.pool.connection() as pg:
+        with self.pool.connection() as pg:  # held: no checkout per commit
+            for what, rows in self.rows:
                 if what == "checkpoint":
                     pg.execute(self.checkpoint_sql, (thread, *rows[0]))
                 else:

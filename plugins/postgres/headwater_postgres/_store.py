@@ -158,16 +158,13 @@ class _LoopConnection:
         try:
             pg.send_query_prepared(name, params, param_formats=formats)
             try:
-                await self._wait()
+                result = await self._result()
             except BaseException as exc:
                 if not isinstance(exc, anyio.get_cancelled_exc_class()):
                     raise
                 with anyio.CancelScope(shield=True):  # cancelled: see the commit to its end
-                    await self._wait()
+                    result = await self._result()
                 cancelled = exc
-            result = pg.get_result()
-            while pg.get_result() is not None:  # leave nothing pending on the connection
-                pass
         except psycopg.Error as exc:
             raise _LoopConnectionError(str(exc)) from exc
         if cancelled is not None:
@@ -181,15 +178,24 @@ class _LoopConnection:
         if isinstance(value, Checkpoint) and result.command_tuples != 1:
             PostgresCheckpointer._duplicate(record)
 
-    async def _wait(self) -> None:
+    async def _result(self) -> pq.abc.PGresult | None:
+        """The statement's result, once the connection is idle again: libpq's
+        ``PQgetResult`` blocks unless ``PQisBusy`` said otherwise, for the last one (the
+        end of the command) too, so the loop waits for the socket before every call."""
         pg, fd = self.pg, self.fd
         while pg.flush():
             await anyio.wait_writable(fd)
+        first: pq.abc.PGresult | None = None
         while True:
             pg.consume_input()
-            if not pg.is_busy():
-                return
-            await anyio.wait_readable(fd)
+            if pg.is_busy():
+                await anyio.wait_readable(fd)
+                continue
+            result = pg.get_result()
+            if result is None:
+                return first
+            if first is None:
+                first = result
 
     def close(self) -> None:
         if self.pid == os.getpid():
