@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 import attrs
 
@@ -35,6 +35,7 @@ __all__ = [
     "ChunkSum",
     "HumanMessage",
     "InvalidToolCall",
+    "MessagesState",
     "RemoveMessage",
     "SystemMessage",
     "ToolCall",
@@ -450,45 +451,134 @@ AnyMessage = SystemMessage | HumanMessage | AIMessage | AIMessageChunk | ToolMes
 
 _ROLES: dict[str, type[BaseMessage]] = {
     "system": SystemMessage,
+    "developer": SystemMessage,
     "human": HumanMessage,
     "user": HumanMessage,
     "ai": AIMessage,
     "assistant": AIMessage,
+    "tool": ToolMessage,
 }
+
+_ACCEPTED = (
+    "expected a message, a string, a (role, content) pair, or a dict with 'role' (or "
+    "'type') and 'content'; roles: system/developer, user/human, assistant/ai, and tool "
+    "(with 'tool_call_id')"
+)
+
+
+def _tool_call(value: Any) -> ToolCall:
+    """A tool call given as LangChain's ``{"name", "args", "id"}`` or OpenAI's
+    ``{"id", "type": "function", "function": {"name", "arguments": "<json>"}}``."""
+    if isinstance(value, ToolCall):
+        return value
+    if isinstance(value, Mapping):
+        function = value.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            arguments = function.get("arguments") or "{}"
+            try:
+                args = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                args = None
+            if isinstance(args, Mapping):
+                return ToolCall(name=function["name"], args=dict(args), id=value.get("id"))
+        elif isinstance(value.get("name"), str) and isinstance(value.get("args", {}), Mapping):
+            return ToolCall(
+                name=value["name"], args=dict(value.get("args", {})), id=value.get("id")
+            )
+    raise InvalidUpdateError(
+        f"Cannot make a tool call from {type(value).__name__} {value!r:.80}; expected "
+        "{'name': ..., 'args': {...}, 'id': ...} or OpenAI's {'id': ..., 'type': 'function', "
+        "'function': {'name': ..., 'arguments': '<JSON object>'}}."
+    )
+
+
+def _from_role(role: str, content: Any, value: Any, fields: Mapping[str, Any]) -> BaseMessage:
+    cls = _ROLES.get(role)
+    if cls is None:
+        hint = " (use role 'tool' with 'tool_call_id')" if role == "function" else ""
+        raise InvalidUpdateError(
+            f"Cannot make a message from {type(value).__name__} {value!r:.80}: unknown role "
+            f"{role!r}{hint}; {_ACCEPTED}."
+        )
+    if not isinstance(content, str | list):
+        raise InvalidUpdateError(
+            f"Cannot make a message from {type(value).__name__} {value!r:.80}: its content "
+            f"must be a string or a list of content blocks; got {type(content).__name__}."
+        )
+    if cls is ToolMessage:
+        call_id = fields.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise InvalidUpdateError(
+                f"Cannot make a tool message from {type(value).__name__} {value!r:.80}: it "
+                "needs the 'tool_call_id' of the call it answers, e.g. {'role': 'tool', "
+                "'content': '42', 'tool_call_id': 'call_1'}."
+            )
+        return ToolMessage(
+            content=content,
+            id=fields.get("id"),
+            name=fields.get("name"),
+            tool_call_id=call_id,
+            status=str(fields.get("status") or "success"),
+        )
+    if cls is AIMessage:
+        usage = fields.get("usage_metadata")
+        return AIMessage(
+            content=content,
+            id=fields.get("id"),
+            name=fields.get("name"),
+            tool_calls=tuple(_tool_call(c) for c in fields.get("tool_calls") or ()),
+            usage=Usage(
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+            )
+            if isinstance(usage, Mapping)
+            else None,
+            response_metadata=dict(fields.get("response_metadata") or {}),
+        )
+    return cls(content=content, id=fields.get("id"), name=fields.get("name"))
 
 
 def coerce_message(value: Any) -> BaseMessage:
-    """Turn a message-like value into a message.
+    """Turn a message-like value into a message, accepting what LangChain accepts.
 
-    Accepts messages, strings (a human message), ``(role, content)`` pairs and
-    ``{"role": ..., "content": ...}`` dicts; roles are system, human/user, ai/assistant
-    and tool (with ``tool_call_id``).
+    Messages; strings (a human message); ``(role, content)`` pairs (or two-item lists);
+    and dicts with ``role`` or ``type`` plus ``content`` — OpenAI-style
+    (``{"role": "user", "content": "hi"}``) or LangChain-style
+    (``{"type": "human", "content": "hi"}``). Roles are system/developer, human/user,
+    ai/assistant and tool (with ``tool_call_id``). A dict may carry ``id`` and ``name``;
+    an AI message dict ``tool_calls`` (LangChain's or OpenAI's form) and
+    ``usage_metadata``; a tool message dict ``status``. Other keys are ignored.
 
     Example::
 
         coerce_message(("user", "hi"))  # HumanMessage(content="hi")
+        coerce_message({"type": "ai", "content": "", "tool_calls": [
+            {"name": "add", "args": {"a": 1}, "id": "call_1"}]})
     """
     if isinstance(value, BaseMessage):
         return value
     if isinstance(value, str):
         return HumanMessage(content=value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], str | list)
+    ):
         role, content = value
-        cls = _ROLES.get(role)
-        if cls is not None:
-            return cls(content=content)
-    if isinstance(value, Mapping) and isinstance(value.get("role") or value.get("type"), str):
-        role = value.get("role") or value.get("type")
-        fields = {k: v for k, v in value.items() if k in ("content", "id", "name")}
         if role == "tool":
-            return ToolMessage(tool_call_id=str(value.get("tool_call_id", "")), **fields)
-        cls = _ROLES.get(str(role))
-        if cls is not None:
-            return cls(**fields)
+            raise InvalidUpdateError(
+                f"Cannot make a tool message from the pair {value!r:.80}: a tool message "
+                "needs the 'tool_call_id' of the call it answers; give a dict such as "
+                "{'role': 'tool', 'content': '42', 'tool_call_id': 'call_1'}."
+            )
+        return _from_role(role, content, value, {})
+    if isinstance(value, Mapping):
+        role = value.get("role") if "role" in value else value.get("type")
+        if isinstance(role, str):
+            return _from_role(role, value.get("content", ""), value, value)
     raise InvalidUpdateError(
-        f"Cannot make a message from {type(value).__name__} {value!r:.80}; expected a message, "
-        "a string, a (role, content) pair or a {'role': ..., 'content': ...} dict with role "
-        "system, user/human, assistant/ai or tool."
+        f"Cannot make a message from {type(value).__name__} {value!r:.80}; {_ACCEPTED}."
     )
 
 
@@ -533,3 +623,22 @@ def add_messages(
     if removed:
         merged = [m for m in merged if m.id not in removed]
     return merged
+
+
+class MessagesState(TypedDict):
+    """A ready-made state schema for chat graphs: one ``messages`` key with :func:`add_messages`.
+
+    Subclass it to add keys, as with LangGraph's ``MessagesState``.
+
+    Example::
+
+        from headwater import StateGraph
+        from headwater.messages import MessagesState
+
+        class State(MessagesState):
+            summary: str
+
+        graph = StateGraph(State)
+    """
+
+    messages: Annotated[list[AnyMessage], add_messages]
