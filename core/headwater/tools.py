@@ -24,7 +24,7 @@ import json
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.from_thread
@@ -32,10 +32,11 @@ import anyio.to_thread
 
 from headwater._observe import Observed
 from headwater._sync import run_sync
+from headwater._types import END
 from headwater.errors import HeadwaterError
 from headwater.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
 
-__all__ = ["Tool", "ToolError", "ToolNode", "tool"]
+__all__ = ["Tool", "ToolError", "ToolNode", "tool", "tools_condition"]
 
 
 class ToolError(HeadwaterError, ValueError):
@@ -273,3 +274,34 @@ class ToolNode:
                 )
             )
         return {self.messages_key: answers}
+
+
+def tools_condition(state: Any, messages_key: str = "messages") -> Literal["tools", "__end__"]:
+    """A router for ``add_conditional_edges``: ``"tools"`` when the last message asks for
+    tool calls, else ``END``.
+
+    ``state`` may be the graph's state (a mapping or an object with the messages key) or
+    a list of messages. Route to a :class:`ToolNode` added under the name ``"tools"``.
+
+    Example::
+
+        graph.add_node("agent", agent)
+        graph.add_node("tools", ToolNode([search]))
+        graph.add_conditional_edges("agent", tools_condition)
+        graph.add_edge("tools", "agent")
+    """
+    messages: Any
+    if isinstance(state, list | tuple):
+        messages = state
+    elif isinstance(state, Mapping):
+        messages = state.get(messages_key)
+    else:
+        messages = getattr(state, messages_key, None)
+    if not messages:
+        raise ToolError(
+            f"tools_condition found no messages in the state under {messages_key!r} (got "
+            f"{type(state).__name__}); route it after a node that adds an AI message, or pass "
+            "messages_key=... naming the state key that holds the messages."
+        )
+    last = messages[-1]
+    return "tools" if getattr(last, "tool_calls", None) else END
