@@ -10,6 +10,7 @@ then decide the next step's tasks. The run ends when a step triggers nothing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import functools
 import inspect
@@ -60,6 +61,7 @@ from headwater.sinks import close_sinks, open_sinks
 
 if TYPE_CHECKING:
     from headwater._stream import RunStream
+    from headwater.drawing import DrawableGraph
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
 
@@ -376,6 +378,8 @@ class CompiledGraph:
         self._branches = {k: tuple(v) for k, v in branches.items()}
         self._reducers = {k: f.reducer for k, f in self.schema.fields.items()}
         self._fields = self.schema.fields
+        self._end_edges = tuple(dict.fromkeys(s for s, e in builder.edges if e == END))
+        self._config: Mapping[str, Any] | None = None  # bound by with_config()
 
     def __repr__(self) -> str:
         return f"<CompiledGraph {self.name!r} nodes={sorted(self.nodes)}>"
@@ -388,6 +392,46 @@ class CompiledGraph:
 
             return get_plugin_manager()
         return self._pm
+
+    def get_graph(
+        self, config: Mapping[str, Any] | None = None, *, xray: bool | int = False
+    ) -> DrawableGraph:
+        """The graph's nodes and edges, to draw: ``draw_mermaid()``, ``draw_ascii()``,
+        ``to_json()``. ``xray=True`` expands subgraphs into their nodes (an int: that many
+        levels). ``config`` is accepted for LangGraph compatibility and not used.
+
+        Example::
+
+            print(app.get_graph().draw_mermaid())
+        """
+        from headwater.drawing import graph_of
+
+        return graph_of(self, xray)
+
+    def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> CompiledGraph:
+        """A copy of this graph whose runs and thread-state calls start from ``config``.
+
+        A call's own config is merged on top: tags add up, ``metadata`` and
+        ``configurable`` merge key by key, other keys (``recursion_limit`` …) are replaced.
+        Keyword arguments are config keys too.
+
+        Example::
+
+            app_for_ada = app.with_config(configurable={"thread_id": "ada"}, tags=["ui"])
+            app_for_ada.invoke({"messages": ["hi"]})
+        """
+        from headwater._config import merge_configs
+
+        bound = copy.copy(self)
+        bound._config = merge_configs(self._config, config, kwargs)
+        return bound
+
+    def _merged(self, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if self._config is None:
+            return config
+        from headwater._config import merge_configs
+
+        return merge_configs(self._config, config)
 
     # -- public entry points ----------------------------------------------------------
 
@@ -504,6 +548,7 @@ class CompiledGraph:
                 f"Graph {self.name!r} has no checkpointer, so it keeps no thread state; "
                 "compile it with checkpointer='memory:' (or sqlite:///…, postgresql://…)."
             )
+        config = self._merged(config)
         configurable = (config or {}).get("configurable") or {}
         thread_id = configurable.get("thread_id")
         if thread_id is None:
@@ -627,7 +672,7 @@ class CompiledGraph:
         parent: Task | None = None,
     ) -> Run:
         """Make the :class:`Run` record for one execution (subscriptions are added to it)."""
-        config = _check_config(config)
+        config = _check_config(self._merged(config) if parent is None else config)
         if parent is None:
             run_id = config.get("run_id")
             if run_id is not None and not isinstance(run_id, str):
