@@ -18,6 +18,10 @@
   ``$REDIS_URL``.
 * Reference pages list what the code defines: every public event kind on the events
   page, every exception of ``headwater.errors`` as a heading on the errors page.
+* A shell block marked ``<!-- docs: install -->`` (the quickstart's install steps) runs as
+  written, from the checkout's top directory, with a fresh ``$HOME``: it must make a fresh
+  virtual environment in which ``headwater plugins`` lists every standard plugin. pip's
+  and uv's download caches are kept, so only the first run on a machine is slow.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -46,6 +52,7 @@ DOCS = ROOT / "docs"
 EXAMPLE_PLUGIN = DOCS / "plugins" / "example"  # a real package: its files are sources
 PYTHON_INFO = frozenset({"python", "py", "python3"})
 NO_RUN = "<!-- docs: no-run -->"
+INSTALL = "<!-- docs: install -->"
 MAX_NO_RUN = 6
 """Blocks that only configure a real provider (an API key, a server URL) may opt out."""
 BLOCK_TIMEOUT = 60.0
@@ -62,6 +69,7 @@ class Block:
     info: str
     code: str
     run: bool
+    install: bool = False
 
     @property
     def where(self) -> str:
@@ -104,6 +112,7 @@ def fenced_blocks(path: Path) -> list[Block]:
                 info=info,
                 code="\n".join(body) + "\n",
                 run=previous != NO_RUN,
+                install=previous == INSTALL,
             )
         )
         i = j + 1
@@ -307,6 +316,81 @@ def test_the_harness_finds_blocks_and_markers(tmp_path: Path) -> None:
     namespace = {}
     _run_blocks(python_blocks(awaiting), namespace)
     assert namespace["z"] == 2
+
+
+# -- install steps --------------------------------------------------------------------------
+
+STANDARD_PLUGINS = {
+    "anthropic",
+    "filters",
+    "openai",
+    "postgres",
+    "redis",
+    "server",
+    "sqlite",
+    "streams",
+}
+
+
+def _install_blocks() -> list[Block]:
+    return [b for page in pages() for b in fenced_blocks(page) if b.install]
+
+
+def test_the_quickstart_shows_install_steps_for_pip_and_for_uv() -> None:
+    blocks = [b for b in _install_blocks() if b.path == DOCS / "quickstart.md"]
+    assert [b.info for b in blocks] == ["bash", "bash"]
+    assert "\npip install ./core ./plugins/* ." in "\n" + blocks[0].code
+    assert "\nuv pip install ./core ./plugins/* ." in "\n" + blocks[1].code
+
+
+def _cache_dirs() -> dict[str, str]:
+    """pip's and uv's caches as they are for the real user (the blocks get a fresh $HOME)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return {
+        "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(base / "pip"),
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(base / "uv"),
+    }
+
+
+@pytest.mark.parametrize("block", _install_blocks(), ids=lambda b: b.where)
+def test_install_steps_make_a_working_environment(block: Block, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    dev_bin = str(Path(sys.executable).parent)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != dev_bin]
+    uv = shutil.which("uv", path=os.pathsep.join(path)) or shutil.which(
+        "uv", path=str(ROOT / ".tools" / "uv" / "bin")
+    )
+    if "uv " in block.code and uv is None:
+        pytest.fail("uv is not on PATH: run the suite through ./run test, which provides it")
+    if uv is not None:
+        path.insert(0, str(Path(uv).parent))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
+        and not k.startswith("HEADWATER_")
+    }
+    env.update(_cache_dirs(), HOME=str(home), PATH=os.pathsep.join(path))
+    script = block.code + 'echo "__headwater__=$(command -v headwater)"\n'
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (
+        f"{block.where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    where = done.stdout.rsplit("__headwater__=", 1)[1].strip()
+    assert Path(where).is_relative_to(home), f"headwater ran from {where}, not the fresh venv"
+    found = re.search(r"^\[$.*?^\]$", done.stdout, flags=re.M | re.S)  # the JSON listing
+    assert found is not None, done.stdout[-3000:]
+    listing = json.loads(found.group())
+    assert {p["name"] for p in listing} >= STANDARD_PLUGINS
+    assert [p for p in listing if p["error"] is not None] == []
 
 
 # -- reference pages match the code -----------------------------------------------------
