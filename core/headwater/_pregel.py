@@ -14,8 +14,8 @@ import copy
 import datetime
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from headwater.drawing import DrawableGraph
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
+
+T = TypeVar("T")
 
 _ASYNC_BACKLOG = 256
 """Checkpoint writes an ``async`` run may have in flight before its steps wait."""
@@ -438,11 +440,14 @@ class CompiledGraph:
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph to completion from sync code and return the final state.
 
+        Works in a Jupyter cell or other code running an event loop too (the run then
+        executes on a helper thread with a loop of its own), as in LangGraph.
+
         Example::
 
             state = app.invoke({"text": "hi"}, {"recursion_limit": 50})
         """
-        return anyio.run(functools.partial(self.ainvoke, input, config))
+        return _sync(self, "invoke", functools.partial(self.ainvoke, input, config))
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph to completion and return the final state (asyncio or trio).
@@ -453,6 +458,44 @@ class CompiledGraph:
         """
         run = self.prepare_run(input, config)
         return await self.execute(run, input)
+
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Sync :meth:`abatch`.
+
+        Example::
+
+            finals = app.batch([{"text": "a"}, {"text": "b"}])
+        """
+        call = functools.partial(self.abatch, inputs, config, return_exceptions=return_exceptions)
+        return _sync(self, "batch", call)
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run the graph on several inputs concurrently; final states in input order.
+
+        ``config`` is one config for all runs or a list with one per input;
+        ``config["max_concurrency"]`` bounds how many run at once. The first run to fail
+        cancels the others and its exception is raised, unless ``return_exceptions=True``,
+        which puts each run's exception in its place in the list instead.
+
+        Example::
+
+            finals = await app.abatch([{"text": "a"}, {"text": "b"}], {"max_concurrency": 4})
+        """
+        from headwater._batch import run_batch
+
+        return await run_batch(self.ainvoke, inputs, config, return_exceptions)
 
     def astream(
         self,
@@ -581,7 +624,7 @@ class CompiledGraph:
 
             app.get_state({"configurable": {"thread_id": "t1"}}).values
         """
-        return anyio.run(self.aget_state, config)
+        return _sync(self, "get_state", functools.partial(self.aget_state, config))
 
     async def aget_state_history(
         self, config: Mapping[str, Any], *, limit: int | None = None
@@ -606,7 +649,8 @@ class CompiledGraph:
 
             [s.values for s in app.get_state_history(config)]
         """
-        return anyio.run(functools.partial(self.aget_state_history, config, limit=limit))
+        call = functools.partial(self.aget_state_history, config, limit=limit)
+        return _sync(self, "get_state_history", call)
 
     async def aupdate_state(
         self, config: Mapping[str, Any], values: Mapping[str, Any], as_node: str | None = None
@@ -660,7 +704,8 @@ class CompiledGraph:
 
             app.update_state(config, {"approved": True})
         """
-        return anyio.run(functools.partial(self.aupdate_state, config, values, as_node))
+        call = functools.partial(self.aupdate_state, config, values, as_node)
+        return _sync(self, "update_state", call)
 
     # -- running ----------------------------------------------------------------------
 
@@ -1243,6 +1288,17 @@ class CompiledGraph:
                     f"in its path_map; expected one of {list(branch.path_map)!r}."
                 ) from None
         return out
+
+
+def _sync(graph: CompiledGraph, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a sync method's async twin (see :mod:`headwater._sync` for where it runs)."""
+    from headwater._sync import run_sync
+
+    return run_sync(
+        call,
+        what=f"{method}() of graph {graph.name!r}",
+        instead=f"In an async node use `await graph.a{method}(...)`.",
+    )
 
 
 def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:

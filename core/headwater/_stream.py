@@ -38,6 +38,7 @@ import anyio.from_thread
 import sniffio
 
 from headwater.errors import (
+    HeadwaterError,
     InvalidFilterError,
     UnknownStreamModeError,
     UnsupportedVersionError,
@@ -648,7 +649,20 @@ def open_event_stream(
 
 
 def stream_sync(make: Callable[[], RunStream]) -> Iterator[Any]:
-    """Iterate a stream from sync code: the run executes on an event loop in a thread."""
+    """Iterate a stream from sync code: the run executes on an event loop in a thread.
+
+    That works in plain code and on a thread running an event loop of its own (a Jupyter
+    cell); in a node on the event loop's thread it is refused, as blocking would stall
+    the run.
+    """
+    from headwater._sync import in_running_node, on_event_loop
+
+    if on_event_loop() and in_running_node():
+        raise HeadwaterError(
+            "stream() was called in a node on the event loop thread, where it would block "
+            "every other task of the run. In an async node use `async for chunk in "
+            "graph.astream(...)`."
+        )
     with anyio.from_thread.start_blocking_portal() as portal:
         stream = portal.call(make)
         try:

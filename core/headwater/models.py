@@ -38,7 +38,7 @@ import anyio.from_thread
 
 from headwater._concurrency import run_all
 from headwater._observe import Observed
-from headwater._sync import on_event_loop, run_sync
+from headwater._sync import in_running_node, on_event_loop, run_sync
 from headwater.errors import HeadwaterError, InvalidInputError
 from headwater.messages import (
     AIMessage,
@@ -202,10 +202,10 @@ class ChatModel(abc.ABC):
         try:
             anyio.from_thread.run_sync(lambda: None)
         except RuntimeError:
-            if on_event_loop():
+            if on_event_loop() and in_running_node():
                 raise HeadwaterError(
-                    f"{type(self).__name__}.stream() was called on the event loop thread; "
-                    "use `async for chunk in llm.astream(...)` in async nodes."
+                    f"{type(self).__name__}.stream() was called in a node on the event loop "
+                    "thread; use `async for chunk in llm.astream(...)` in async nodes."
                 ) from None
             yield from _drain_outside_loop(agen)
             return
@@ -251,7 +251,8 @@ class ChatModel(abc.ABC):
 def _drain_outside_loop(
     agen: AsyncGenerator[AIMessageChunk, None],
 ) -> Iterator[AIMessageChunk]:
-    """Iterate from plain sync code: an event loop in a helper thread runs the model."""
+    """Iterate from sync code outside any run (plain code, a Jupyter cell): an event loop
+    in a helper thread runs the model."""
 
     async def step() -> AIMessageChunk:
         return await agen.__anext__()

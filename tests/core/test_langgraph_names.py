@@ -442,6 +442,7 @@ async def test_with_config_binds_a_thread_for_runs_and_thread_state() -> None:
     ada = graph.compile(checkpointer="memory:").with_config(configurable={"thread_id": "ada"})
     await ada.ainvoke({"x": 3})
     assert (await ada.aget_state({})).values == {"x": 3}
+    assert ada.get_state({}).values == {"x": 3}  # the sync form, in async code too
     assert len(await ada.aget_state_history({})) == 2
 
 

@@ -329,12 +329,6 @@ def test_model_outside_a_run_and_sync_stream() -> None:
     assert len(llm.calls) == 4
 
 
-@pytest.mark.anyio
-async def test_sync_invoke_on_the_event_loop_is_refused_clearly() -> None:
-    with pytest.raises(HeadwaterError, match=r"await llm\.ainvoke"):
-        FakeChatModel(["x"]).invoke("hi")
-
-
 def test_fake_model_scripts_run_out_clearly() -> None:
     llm = FakeChatModel(["only one"])
     llm.invoke("a")
@@ -613,26 +607,47 @@ def test_the_same_from_plain_sync_code_with_no_loop(kind: str) -> None:
     assert count() == 1
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["model", "tool", "retriever"])
-async def test_sync_invoke_on_the_event_loop_thread_is_refused_with_the_async_form(
-    kind: str,
-) -> None:
+def sync_calls() -> dict[str, tuple[Callable[[], Any], str]]:
     @tool
     def add(a: int, b: int) -> int:
         """Add."""
         return a + b
 
-    call, hint = {
+    return {
         "model": (lambda: FakeChatModel(["x"]).invoke("hi"), "await llm.ainvoke"),
+        "model-stream": (lambda: list(FakeChatModel(["x"]).stream("hi")), "llm.astream"),
         "tool": (lambda: add.invoke({"a": 1, "b": 2}), "await tool.ainvoke"),
         "retriever": (
             lambda: InMemoryRetriever.from_texts(["x"]).invoke("x"),
             "await retriever.ainvoke",
         ),
-    }[kind]
-    with pytest.raises(HeadwaterError, match=f"event loop thread.*{re.escape(hint)}"):
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "model-stream", "tool", "retriever"])
+async def test_sync_invoke_in_an_async_node_is_refused_with_the_async_form(kind: str) -> None:
+    call, hint = sync_calls()[kind]
+
+    async def node(state: Plain) -> dict[str, Any]:
         call()
+        return {}
+
+    graph = StateGraph(Plain)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    with pytest.raises(
+        HeadwaterError, match=f"in a node on the event loop thread.*{re.escape(hint)}"
+    ):
+        await graph.compile().ainvoke({"out": None})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "model-stream", "tool", "retriever"])
+async def test_sync_invoke_in_async_code_outside_a_run_works_as_in_langchain(kind: str) -> None:
+    # A Jupyter cell, `python -m asyncio`, an async test: the call runs on a helper thread.
+    call, _ = sync_calls()[kind]
+    assert call()
 
 
 @pytest.mark.anyio
