@@ -40,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
+from fixtures.markdown import NO_RUN, Block, fenced_blocks
 
 import headwater.errors
 import headwater.events
@@ -51,29 +51,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLE_PLUGIN = DOCS / "plugins" / "example"  # a real package: its files are sources
 PYTHON_INFO = frozenset({"python", "py", "python3"})
-NO_RUN = "<!-- docs: no-run -->"
-INSTALL = "<!-- docs: install -->"
 MAX_NO_RUN = 6
 """Blocks that only configure a real provider (an API key, a server URL) may opt out."""
 BLOCK_TIMEOUT = 60.0
 _MODULE = "headwater_docs_page"
 
-_FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _SERVICES = re.compile(r"<!--\s*docs:\s*services\s+(?P<names>[a-z ,]+?)\s*-->")
-
-
-@attrs.frozen
-class Block:
-    path: Path
-    line: int  # 1-based line of the first line of code
-    info: str
-    code: str
-    run: bool
-    install: bool = False
-
-    @property
-    def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
 def pages() -> list[Path]:
@@ -81,42 +64,6 @@ def pages() -> list[Path]:
         p for p in sorted(DOCS.rglob("*.md")) if EXAMPLE_PLUGIN not in p.parents and p.is_file()
     ]
     return [ROOT / "README.md", *found]
-
-
-def fenced_blocks(path: Path) -> list[Block]:
-    """Every fenced block of a Markdown file, with its info string and position."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    i = 0
-    while i < len(lines):
-        match = _FENCE.match(lines[i])
-        if match is None:
-            i += 1
-            continue
-        indent, fence, info = len(match["indent"]), match["fence"], match["info"].strip()
-        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-        body: list[str] = []
-        j = i + 1
-        while j < len(lines):
-            stripped = lines[j].strip()
-            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
-                break
-            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
-            j += 1
-        else:
-            raise AssertionError(f"{path.relative_to(ROOT)}:{i + 1}: unclosed code fence")
-        blocks.append(
-            Block(
-                path=path,
-                line=i + 2,
-                info=info,
-                code="\n".join(body) + "\n",
-                run=previous != NO_RUN,
-                install=previous == INSTALL,
-            )
-        )
-        i = j + 1
-    return blocks
 
 
 def python_blocks(path: Path) -> list[Block]:
