@@ -73,8 +73,11 @@ _ASYNC_BACKLOG = 256
 INTERRUPT_KEY = "__interrupt__"
 """Key under which a paused run's result (and ``updates`` stream) carries its interrupts."""
 
-DEFAULT_RECURSION_LIMIT = 25
+DEFAULT_RECURSION_LIMIT = 10_007
 """Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise.
+
+LangGraph 1.2's default: a long agent loop just runs, while a loop that never ends still
+stops (in seconds for nodes that do no I/O).
 
 Example::
 
