@@ -83,6 +83,31 @@ class ToolCall:
     args: Mapping[str, Any] = attrs.field(factory=dict)
     id: str | None = None
 
+    def __getitem__(self, key: str) -> Any:
+        """LangChain's dict access: ``call["name"]``, ``["args"]``, ``["id"]``, ``["type"]``.
+
+        Example::
+
+            call["name"], call["args"]["query"]
+        """
+        if key == "type":
+            return "tool_call"
+        if key in ("name", "args", "id"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``call.get("id")``, as on LangChain's tool-call dicts.
+
+        Example::
+
+            call.get("id") or "no id"
+        """
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
 
 @attrs.frozen
 class InvalidToolCall:
@@ -133,6 +158,40 @@ class BaseMessage:
     content: str | list[Any] = ""
     id: str | None = None
     name: str | None = None
+
+    def pretty_repr(self) -> str:
+        """The message as LangChain prints it: a titled rule, the name, the content.
+
+        Example::
+
+            print(HumanMessage(content="hi").pretty_repr())
+            # ================================ Human Message =================================
+            #
+            # hi
+        """
+        title = f" {self.type.capitalize()} Message "
+        left = (80 - len(title)) // 2
+        lines = ["=" * left + title + "=" * (80 - len(title) - left)]
+        if self.name is not None:
+            lines.append(f"Name: {self.name}")
+        text = self.content if isinstance(self.content, str) else self.text
+        if text:
+            lines.extend(["", text])
+        lines.extend(self._pretty_extra())
+        return "\n".join(lines)
+
+    def _pretty_extra(self) -> list[str]:
+        return []
+
+    def pretty_print(self) -> None:
+        """Print :meth:`pretty_repr`.
+
+        Example::
+
+            for message in final_state["messages"]:
+                message.pretty_print()
+        """
+        print(self.pretty_repr())
 
     @property
     def text(self) -> str:
@@ -188,6 +247,32 @@ class AIMessage(BaseMessage):
     invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
     usage: Usage | None = None
     response_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def usage_metadata(self) -> dict[str, int] | None:
+        """:attr:`usage` as LangChain's dict: ``input_tokens``, ``output_tokens``,
+        ``total_tokens`` (``None`` when the provider reported none).
+
+        Example::
+
+            reply.usage_metadata["total_tokens"]
+        """
+        if self.usage is None:
+            return None
+        return {
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "total_tokens": self.usage.total_tokens,
+        }
+
+    def _pretty_extra(self) -> list[str]:
+        if not self.tool_calls:
+            return []
+        lines = ["Tool Calls:"]
+        for call in self.tool_calls:
+            lines += [f"  {call.name} ({call.id})", f" Call ID: {call.id}", "  Args:"]
+            lines += [f"    {key}: {value}" for key, value in call.args.items()]
+        return lines
 
 
 def _merge_tool_chunks(

@@ -455,3 +455,51 @@ def test_with_config_rejects_what_is_not_a_config() -> None:
         app.with_config(42)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="recursion_limit"):
         app.with_config(recursion_limit="many").invoke({})
+
+
+# -- message conveniences LangGraph code uses ----------------------------------------------
+
+
+def test_tool_calls_read_like_langchains_dicts() -> None:
+    call = ToolCall(name="add", args={"a": 2}, id="c1")
+    assert (call["name"], call["args"], call["id"], call["type"]) == (
+        "add",
+        {"a": 2},
+        "c1",
+        "tool_call",
+    )
+    assert call.get("id") == "c1" and call.get("missing", "x") == "x"
+    with pytest.raises(KeyError):
+        call["missing"]
+
+
+def test_usage_metadata_is_langchains_dict() -> None:
+    assert AIMessage(content="x", usage=Usage(input_tokens=1, output_tokens=2)).usage_metadata == {
+        "input_tokens": 1,
+        "output_tokens": 2,
+        "total_tokens": 3,
+    }
+    assert AIMessage(content="x").usage_metadata is None
+
+
+def test_pretty_print_prints_as_langchain_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # LangChain 1.8's pretty_repr() of the same messages, character for character.
+    reply = AIMessage(
+        content="hi there", name="bot", tool_calls=(ToolCall(name="add", args={"a": 1}, id="c1"),)
+    )
+    assert reply.pretty_repr() == (
+        "================================== Ai Message ==================================\n"
+        "Name: bot\n\nhi there\nTool Calls:\n  add (c1)\n Call ID: c1\n  Args:\n    a: 1"
+    )
+    assert HumanMessage(content="hi").pretty_repr() == (
+        "================================ Human Message =================================\n\nhi"
+    )
+    assert ToolMessage(content="5", tool_call_id="c1", name="add").pretty_repr() == (
+        "================================= Tool Message =================================\n"
+        "Name: add\n\n5"
+    )
+    assert AIMessage(content="").pretty_repr() == "=" * 34 + " Ai Message " + "=" * 34
+    SystemMessage(content="s").pretty_print()
+    assert capsys.readouterr().out == (
+        "================================ System Message ================================\n\ns\n"
+    )
