@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, TypedDict
+from typing import Annotated, Any, ClassVar, Final, TypedDict
 
 import attrs
 
@@ -28,6 +28,7 @@ from headwater.errors import InvalidUpdateError
 from headwater.runtime import new_id
 
 __all__ = [
+    "REMOVE_ALL_MESSAGES",
     "AIMessage",
     "AIMessageChunk",
     "AnyMessage",
@@ -531,6 +532,15 @@ class RemoveMessage(BaseMessage):
     type: ClassVar[str] = "remove"
 
 
+REMOVE_ALL_MESSAGES: Final = "__remove_all__"
+"""The id of a :class:`RemoveMessage` that clears the list (what came before it in the
+same update too), as LangGraph's constant of the same name.
+
+Example::
+
+    return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), summary]}
+"""
+
 AnyMessage = SystemMessage | HumanMessage | AIMessage | AIMessageChunk | ToolMessage
 """Any concrete message type."""
 
@@ -692,6 +702,9 @@ def add_messages(
             message = attrs.evolve(message, id=new_id())
         assert message.id is not None
         if isinstance(message, RemoveMessage):
+            if message.id == REMOVE_ALL_MESSAGES:  # everything so far, this update's too
+                merged, index, removed = [], {}, set()
+                continue
             if message.id not in index:
                 raise InvalidUpdateError(
                     f"RemoveMessage(id={message.id!r}) names no message in the list; ids "

@@ -503,3 +503,15 @@ def test_pretty_print_prints_as_langchain_does(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out == (
         "================================ System Message ================================\n\ns\n"
     )
+
+
+def test_remove_all_messages_clears_the_list_as_in_langgraph() -> None:
+    from headwater.messages import REMOVE_ALL_MESSAGES, RemoveMessage
+
+    assert REMOVE_ALL_MESSAGES == "__remove_all__"  # LangGraph 1.2's value
+    a, b, c, d = (HumanMessage(content=x, id=x) for x in "abcd")
+    clear = RemoveMessage(id=REMOVE_ALL_MESSAGES)
+    # LangGraph 1.2: ['c'], [], ['d'] for the same three updates.
+    assert [m.content for m in add_messages([a, b], [clear, c])] == ["c"]
+    assert add_messages([a, b], [c, clear]) == []
+    assert [m.content for m in add_messages([a, b], [c, clear, d])] == ["d"]
