@@ -377,6 +377,11 @@ async def test_filters_any_include_no_exclude_globs_and_named() -> None:
     assert {e["name"] for e in dropped} == {"b_node"}
     by_node = await events_of(app, {}, filters=[("include_nodes", ["a_node"])])
     assert {e["name"] for e in by_node} == {"a_node"}
+    chains = await events_of(app, {}, include_types=["chain"])
+    assert {e["event"] for e in chains} == {"on_chain_start", "on_chain_end"}
+    assert await events_of(app, {}, exclude_types=["chain"]) == []
+    with pytest.raises(headwater.errors.InvalidFilterError, match="Did you mean 'tool'"):
+        app.astream_events({}, include_types=["tools"])
 
 
 @pins("Backpressure")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, TypedDict
 
@@ -314,3 +315,147 @@ def test_the_standard_filters_are_registered_by_the_filters_plugin() -> None:
         "exclude_tags",
         "exclude_nodes",
     } <= set(registry)
+
+
+# -- LangChain's run types in include_types / exclude_types ---------------------------------
+
+
+def agent_with_a_tool() -> headwater.CompiledGraph:
+    """agent (a model call and a custom event) → tools (one tool call) → agent → END, as
+    the LangGraph 1.2 agent these expectations were recorded from."""
+    from headwater.messages import AIMessage, ToolCall
+    from headwater.testing.fake import FakeChatModel
+    from headwater.tools import ToolNode, tool, tools_condition
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    call = AIMessage(content="", tool_calls=(ToolCall(name="add", args={"a": 1, "b": 2}, id="c1"),))
+    llm = FakeChatModel([call, "three"], name="model")
+
+    async def agent(state: headwater.MessagesState, *, writer: Any) -> dict[str, Any]:
+        writer({"progress": 1})
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    g = StateGraph(headwater.MessagesState)
+    g.add_node("agent", agent)
+    g.add_node("tools", ToolNode([add]))
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", tools_condition)
+    g.add_edge("tools", "agent")
+    return g.compile(name="agent_graph")
+
+
+async def kinds_and_names(**kwargs: Any) -> set[tuple[str, str]]:
+    app = agent_with_a_tool()
+    return {
+        (e["event"], e["name"]) async for e in app.astream_events({"messages": ["hi"]}, **kwargs)
+    }
+
+
+async def test_include_types_tool_keeps_tool_events() -> None:
+    # LangGraph 1.2: {('on_tool_start', 'add'), ('on_tool_end', 'add')}
+    assert await kinds_and_names(include_types=["tool"]) == {
+        ("on_tool_start", "add"),
+        ("on_tool_end", "add"),
+    }
+
+
+async def test_include_types_chain_keeps_the_graph_and_its_nodes() -> None:
+    # LangGraph 1.2 also has its routers' chain events (headwater does not trace routers).
+    assert await kinds_and_names(include_types=["chain"]) == {
+        (kind, name)
+        for kind in ("on_chain_start", "on_chain_end")
+        for name in ("agent_graph", "agent", "tools")
+    }
+
+
+async def test_exclude_types_chain_drops_graph_and_node_events() -> None:
+    # LangGraph 1.2: custom events, chat-model and tool events remain.
+    kept = await kinds_and_names(exclude_types=["chain"])
+    assert {kind for kind, _ in kept} == {
+        "on_custom_event",
+        "on_chat_model_start",
+        "on_chat_model_stream",
+        "on_chat_model_end",
+        "on_tool_start",
+        "on_tool_end",
+    }
+
+
+async def test_run_types_and_event_patterns_mix_and_combine_with_names() -> None:
+    assert {k for k, _ in await kinds_and_names(include_types=["chat_model"])} == {
+        "on_chat_model_start",
+        "on_chat_model_stream",
+        "on_chat_model_end",
+    }
+    assert {k for k, _ in await kinds_and_names(exclude_types=["chat_model", "tool"])} == {
+        "on_chain_start",
+        "on_chain_end",
+        "on_custom_event",
+    }
+    mixed = await kinds_and_names(include_types=["tool", "on_chat_model_end"])
+    assert {k for k, _ in mixed} == {"on_tool_start", "on_tool_end", "on_chat_model_end"}
+    # LangGraph 1.2: any include matches — the tool's events plus everything named 'agent'.
+    union = await kinds_and_names(include_types=["tool"], include_names=["agent"])
+    assert ("on_tool_start", "add") in union and ("on_chain_start", "agent") in union
+    assert {n for _, n in union} == {"add", "agent"}
+
+
+async def test_interrupts_are_chain_events() -> None:
+    from headwater import interrupt
+
+    def ask(state: S) -> dict[str, Any]:
+        return {"log": [interrupt("ok?")]}
+
+    g = StateGraph(S)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    app = g.compile(checkpointer="memory:")
+    config = {"configurable": {"thread_id": "t"}}
+    chain = [e["event"] async for e in app.astream_events(INPUT, config, include_types=["chain"])]
+    assert "on_interrupt" in chain
+    others = [e["event"] async for e in app.astream_events(INPUT, config, exclude_types=["chain"])]
+    assert others == []
+
+
+async def test_langchains_other_run_types_are_accepted() -> None:
+    for run_type in ("llm", "prompt", "parser", "retriever"):
+        assert await kinds_and_names(include_types=[run_type]) == set()  # none emitted here
+
+
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [
+        (["tools"], "got 'tools', which matches no event. Did you mean 'tool'?"),
+        (["on_tol_*"], "got 'on_tol_*', which matches no event. Did you mean 'on_tool_*'?"),
+        (["custom"], "Did you mean 'on_custom_*'?"),
+        (["tool", "chian"], "got 'chian'"),
+        ([42], "takes a list of names or glob patterns"),
+    ],
+)
+@pytest.mark.parametrize("argument", ["include_types", "exclude_types"])
+async def test_a_type_that_matches_nothing_is_an_error_before_the_run(
+    argument: str, arg: list[Any], says: str
+) -> None:
+    started = []
+
+    def node(state: S) -> dict[str, Any]:
+        started.append(True)
+        return {}
+
+    g = StateGraph(S)
+    g.add_node("node", node)
+    g.add_edge(START, "node")
+    app = g.compile()
+    with pytest.raises(InvalidFilterError, match=re.escape(says)) as info:
+        app.astream_events(INPUT, **{argument: arg})  # raised here: nothing iterated
+    if "matches no event" in says:
+        message = str(info.value)
+        assert "chain, chat_model, llm, tool, retriever, prompt, parser" in message
+        assert "on_tool_start" in message  # the event types it could have named
+    with pytest.raises(InvalidFilterError):
+        app.astream_events(INPUT, filters=[(argument, arg)])
+    assert started == []
