@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.from_thread
+import attrs
 
 from headwater._concurrency import run_all
 from headwater._observe import Observed
@@ -47,6 +48,7 @@ from headwater.messages import (
     ChunkSum,
     coerce_message,
 )
+from headwater.runtime import new_id
 
 __all__ = ["KNOWN_PROVIDERS", "ChatModel", "init_chat_model"]
 
@@ -147,6 +149,8 @@ class ChatModel(abc.ABC):
                 await observed.relieve()
                 yield chunk
             message = total.result().to_message()
+            if message.id is None:  # as LangChain: every reply has an id (the call's run id)
+                message = attrs.evolve(message, id=observed.run_id or new_id())
         except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
