@@ -51,6 +51,7 @@ from headwater.events import (
     ON_CHAIN_END,
     ON_CHAIN_ERROR,
     ON_CHAIN_START,
+    ON_CHAIN_STREAM,
     ON_INTERRUPT,
     STEP_END,
     TASK_END,
@@ -320,6 +321,11 @@ def _snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> State
     )
 
 
+def _graph_origin(run: Run) -> tuple[str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]]:
+    """``run_id, parent_ids, tags, metadata`` of the events a graph run emits as itself."""
+    return run.run_id, run.parent_ids, run.tags, run.metadata
+
+
 def _task_end(
     node: str, *, update: Any = None, error: BaseException | None = None, interrupt: Any = None
 ) -> dict[str, Any]:
@@ -505,12 +511,13 @@ class CompiledGraph:
         input: Any,
         config: Mapping[str, Any] | None = None,
         *,
-        stream_mode: str | Sequence[str] = "values",
+        stream_mode: str | Sequence[str] = "updates",
         subgraphs: bool = False,
     ) -> RunStream:
         """Stream a run as it happens, shaped by one or more stream modes.
 
-        With one mode, yields that mode's chunks; with a list of modes, ``(mode, chunk)``
+        ``stream_mode`` defaults to ``"updates"``, as in LangGraph. With one mode, yields
+        that mode's chunks; with a list of modes, ``(mode, chunk)``
         tuples in the order they happened; with ``subgraphs=True``, the namespace of the
         (sub)graph comes first: ``(ns, chunk)`` or ``(ns, mode, chunk)``. Modes come from
         plugins (``headwater-streams``: values, updates, messages, custom, debug, tasks).
@@ -530,7 +537,7 @@ class CompiledGraph:
         input: Any,
         config: Mapping[str, Any] | None = None,
         *,
-        stream_mode: str | Sequence[str] = "values",
+        stream_mode: str | Sequence[str] = "updates",
         subgraphs: bool = False,
     ) -> Iterator[Any]:
         """The sync twin of :meth:`astream`: the run executes on an event loop in a thread.
@@ -878,8 +885,11 @@ class CompiledGraph:
             pending = await self._route([START], {}, values, join_seen, run)
             if persist is not None:
                 await persist.save(values, pending, join_seen, step, "input", {START: start.update})
-        else:
+        else:  # a resume: the run starts from the thread's saved state (writes: None)
             pending = start.pending
+            if step_subs:
+                data = {"values": dict(values), "writes": None, "step": step}
+                run.emit(step_subs, STEP_END, *header, data)
         resumed = start.update is None
         done = start.done
         steps_run = 0
@@ -906,7 +916,7 @@ class CompiledGraph:
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
-                return self._pause(run, values, paused)
+                return self._pause(run, values, paused, step=step)
             done = {}
             goto: dict[str, tuple[str | Send, ...]] = {}
             if len(tasks) == 1:
@@ -949,9 +959,18 @@ class CompiledGraph:
         return values
 
     def _pause(
-        self, run: Run, values: dict[str, Any], interrupts: list[Interrupt]
+        self,
+        run: Run,
+        values: dict[str, Any],
+        interrupts: list[Interrupt],
+        *,
+        step: int | None = None,
     ) -> dict[str, Any]:
-        """End the run paused: report the interrupts; the result carries them too."""
+        """End the run paused: report the interrupts; the result carries them too.
+
+        ``step`` is given for a pause by ``interrupt()`` in that step: the ``values`` mode
+        then ends with the state and the interrupts, as LangGraph's does.
+        """
         subs = run.subscriptions(ON_INTERRUPT)
         for item in interrupts:
             if subs:
@@ -979,6 +998,14 @@ class CompiledGraph:
                 run.metadata,
                 data,
             )
+        subs = run.subscriptions(STEP_END)
+        if subs and step is not None:
+            data = {"values": {**values, INTERRUPT_KEY: tuple(interrupts)}, "writes": None}
+            run.emit(subs, STEP_END, self.name, *_graph_origin(run), {**data, "step": step})
+        subs = run.subscriptions(ON_CHAIN_STREAM)
+        if subs and run.parent is None:
+            data = {"chunk": {INTERRUPT_KEY: tuple(interrupts)}}
+            run.emit(subs, ON_CHAIN_STREAM, self.name, *_graph_origin(run), data)
         return {**values, INTERRUPT_KEY: tuple(interrupts)}
 
     def _make_task(
@@ -1105,7 +1132,13 @@ class CompiledGraph:
             raise
         if streaming:
             task.dispatch(TASK_END, _task_end(task.node, update=outcome.update))
+            chunk_subs = run.subscriptions(ON_CHAIN_STREAM)
+            if chunk_subs:  # as LangGraph: the node's output, then {node: update} on the graph
+                task.dispatch(ON_CHAIN_STREAM, {"chunk": out})
             task.dispatch(ON_CHAIN_END, {"output": out})
+            if chunk_subs and run.parent is None:
+                data = {"chunk": {task.node: outcome.update or None}}
+                run.emit(chunk_subs, ON_CHAIN_STREAM, self.name, *_graph_origin(run), data)
             if run._valves:
                 await run.relieve()
         return outcome

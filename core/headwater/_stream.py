@@ -43,7 +43,7 @@ from headwater.errors import (
     UnknownStreamModeError,
     UnsupportedVersionError,
 )
-from headwater.events import SKIP, Accept, Event, EventFilter, StreamMode, Subscription
+from headwater.events import SKIP, Accept, Chunks, Event, EventFilter, StreamMode, Subscription
 from headwater.runtime import Run
 
 if TYPE_CHECKING:
@@ -190,7 +190,11 @@ class _Pipe:
             if chunk is SKIP:
                 continue
             batch = self._batch
-            batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
+            if chunk.__class__ is Chunks:  # several chunks for one event
+                for one in chunk:
+                    batch.append(one if shape is None else shape(mode_name, ns, one))
+            else:
+                batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
             if self._waiting or len(batch) >= self._batch_size:
                 self._flush()
 
