@@ -322,6 +322,7 @@ async def test_event_data_keys() -> None:
         "on_chat_model_start": {"messages", "input"},
         "on_chat_model_stream": {"chunk"},
         "on_chat_model_end": {"response", "output"},
+        "on_chain_stream": {"chunk"},
         "on_chain_end": {"output"},
     }
 
@@ -371,6 +372,7 @@ async def test_filters_any_include_no_exclude_globs_and_named() -> None:
         ("on_chain_start", "Graph"),
         ("on_chain_start", "a_node"),
         ("on_chain_start", "b_node"),
+        ("on_chain_stream", "b_node"),
         ("on_chain_end", "b_node"),
     }
     dropped = await events_of(app, {}, include_names=["*_node"], exclude_names=["a_node"])
@@ -378,7 +380,7 @@ async def test_filters_any_include_no_exclude_globs_and_named() -> None:
     by_node = await events_of(app, {}, filters=[("include_nodes", ["a_node"])])
     assert {e["name"] for e in by_node} == {"a_node"}
     chains = await events_of(app, {}, include_types=["chain"])
-    assert {e["event"] for e in chains} == {"on_chain_start", "on_chain_end"}
+    assert {e["event"] for e in chains} == {"on_chain_start", "on_chain_stream", "on_chain_end"}
     assert await events_of(app, {}, exclude_types=["chain"]) == []
     with pytest.raises(headwater.errors.InvalidFilterError, match="Did you mean 'tool'"):
         app.astream_events({}, include_types=["tools"])
@@ -404,6 +406,29 @@ async def test_leaving_early_cancels_the_run() -> None:
         async for _ in stream:
             break
     assert "second finished" not in ran
+
+
+@pins("A pause by `interrupt_before` / `interrupt_after` names its node")
+@pytest.mark.anyio
+async def test_static_pauses_name_their_node() -> None:
+    app = chain(("a", logs("a")), ("b", logs("b")), checkpointer="memory:", interrupt_before=["b"])
+    updates = [c async for c in app.astream({}, THREAD, stream_mode="updates")]
+    assert updates[0] == {"a": {"log": ["a"]}}
+    ((pause,),) = [c["__interrupt__"] for c in updates[1:]]
+    assert (pause.node, pause.value) == ("b", None)  # LangGraph 1.2: {'__interrupt__': ()}
+    result = await app.ainvoke({}, {"configurable": {"thread_id": "other"}})
+    assert [i.node for i in result["__interrupt__"]] == ["b"]  # LangGraph 1.2: no such key
+
+
+@pins("Task triggers name what scheduled the task")
+@pytest.mark.anyio
+async def test_triggers_name_nodes_not_channels() -> None:
+    app = chain(("prep", logs("prep")), ("work", logs("work")))
+    tasks = [c async for c in app.astream({}, stream_mode="tasks") if "triggers" in c]
+    assert [(t["name"], t["triggers"]) for t in tasks] == [
+        ("prep", ["__start__"]),  # LangGraph 1.2: ('branch:to:prep',)
+        ("work", ["prep"]),
+    ]
 
 
 @pins("An unknown `stream_mode` raises")

@@ -75,15 +75,21 @@ async def test_no_filter_sees_everything(everything: list[tuple[str, str]]) -> N
         ("on_chain_start", "pipeline"),
         ("on_chain_start", "fetch_node"),
         ("on_custom_event", "fetch_node"),
+        ("on_chain_stream", "fetch_node"),
         ("on_chain_end", "fetch_node"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_start", "summarize_node"),
         ("on_custom_event", "summarize_node"),
         ("on_chat_model_stream", "analyzer"),
         ("on_chat_model_stream", "analyzer"),
+        ("on_chain_stream", "summarize_node"),
         ("on_chain_end", "summarize_node"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_start", "report"),
         ("on_custom_event", "report"),
+        ("on_chain_stream", "report"),
         ("on_chain_end", "report"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_end", "pipeline"),
     ]
 
@@ -109,7 +115,7 @@ async def test_include_tags() -> None:
     events = [e async for e in graph().astream_events(INPUT, include_tags=["critical"])]
     assert {e["metadata"]["node"] for e in events} == {"summarize_node"}
     assert all("critical" in e["tags"] for e in events)
-    assert len(events) == 5  # start, custom, 2 tokens, end
+    assert len(events) == 6  # start, custom, 2 tokens, stream, end
 
 
 async def test_exclude_names_types_and_tags(everything: list[tuple[str, str]]) -> None:
@@ -179,7 +185,8 @@ async def test_node_filters_select_by_the_node_events_come_from(
     everything: list[tuple[str, str]],
 ) -> None:
     got = await seen(filters=[("include_nodes", ["summarize_node"])])
-    assert got == everything[4:9]  # the node's own events and its model's tokens
+    # the node's own events and its model's tokens
+    assert got == [e for e in everything if e[1] in ("summarize_node", "analyzer")]
     got = await seen(filters=[("exclude_nodes", ["*_node"])])
     assert got == [e for e in everything if e[1] in ("report", "pipeline")]
 
@@ -277,7 +284,7 @@ async def test_a_named_filter_from_a_plugin() -> None:
     assert await seen(app, filters=["tokens_from"]) == [("on_chat_model_stream", "analyzer")] * 2
     assert made_with == ["analyzer", "other", None]
     # autoload=True keeps the standard filters beside the plugin's
-    assert len(await seen(app, include_names=["report"])) == 3
+    assert len(await seen(app, include_names=["report"])) == 4
     with pytest.raises(InvalidFilterError, match="unknown filter 'tokens_from'"):
         graph().astream_events(INPUT, filters=["tokens_from"])  # not on the default manager
 
@@ -300,7 +307,7 @@ async def test_without_the_filters_plugin_the_keyword_filters_say_what_to_instal
     app = graph(plugin_manager=pm)
     with pytest.raises(InvalidFilterError, match=r"\(none\). Install headwater-filters"):
         app.astream_events(INPUT, include_names=["report"])
-    assert len(await seen(app)) == 13  # no filter asked for: works without the plugin
+    assert len(await seen(app)) == 19  # no filter asked for: works without the plugin
 
 
 def test_the_standard_filters_are_registered_by_the_filters_plugin() -> None:
@@ -367,7 +374,7 @@ async def test_include_types_chain_keeps_the_graph_and_its_nodes() -> None:
     # LangGraph 1.2 also has its routers' chain events (headwater does not trace routers).
     assert await kinds_and_names(include_types=["chain"]) == {
         (kind, name)
-        for kind in ("on_chain_start", "on_chain_end")
+        for kind in ("on_chain_start", "on_chain_stream", "on_chain_end")
         for name in ("agent_graph", "agent", "tools")
     }
 
@@ -393,6 +400,7 @@ async def test_run_types_and_event_patterns_mix_and_combine_with_names() -> None
     }
     assert {k for k, _ in await kinds_and_names(exclude_types=["chat_model", "tool"])} == {
         "on_chain_start",
+        "on_chain_stream",
         "on_chain_end",
         "on_custom_event",
     }
