@@ -423,8 +423,8 @@ def test_entry_point_may_name_an_object(install: Install) -> None:
             """
         },
     )
-    pm = create_plugin_manager()
-    assert pm.registrations("headwater_sinks") == {"null": object}
+    pm = create_plugin_manager()  # every installed plugin too: other sinks may be there
+    assert pm.registrations("headwater_sinks")["null"] is object
     assert pm.distributions["obj"] == ("headwater-obj", "0.1.0")
 
 
