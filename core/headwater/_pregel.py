@@ -880,7 +880,8 @@ class CompiledGraph:
         if start.update is not None:  # new input: step `step` applies it
             self._apply(values, [(START, start.update)], step)
             if step_subs:
-                data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
+                wrote = {START: (start.update,)} if start.update else {}
+                data = {"values": dict(values), "writes": wrote, "step": step}
                 run.emit(step_subs, STEP_END, *header, data)
             pending = await self._route([START], {}, values, join_seen, run)
             if persist is not None:

@@ -64,8 +64,7 @@ def _values(run: Run) -> StreamMode:
 
 
 def _project_values(data: Mapping[str, Any]) -> Any:
-    writes = data["writes"]
-    if writes is not None and not any(u for updates in writes.values() for u in updates):
+    if data["writes"] == {}:
         return SKIP  # a superstep that wrote nothing (LangGraph yields nothing for it)
     return data["values"]  # after a step that wrote, or the saved state a resume starts from
 
