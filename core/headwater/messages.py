@@ -232,11 +232,18 @@ class HumanMessage(BaseMessage):
     type: ClassVar[str] = "human"
 
 
+def _as_tool_calls(calls: Any) -> tuple[ToolCall, ...]:
+    return _tool_calls(calls)  # defined below, with the other coercions
+
+
 @attrs.frozen(kw_only=True)
 class AIMessage(BaseMessage):
     """A complete model response, with any tool calls and the token usage.
 
-    ``invalid_tool_calls`` holds the calls whose arguments were not a JSON object.
+    ``tool_calls`` may also be given as LangChain's dicts (``{"name", "args", "id"}``) or
+    OpenAI's (``{"id", "function": {"name", "arguments"}}``): they become
+    :class:`ToolCall` objects. ``invalid_tool_calls`` holds the calls whose arguments were
+    not a JSON object.
 
     Example::
 
@@ -244,7 +251,7 @@ class AIMessage(BaseMessage):
     """
 
     type: ClassVar[str] = "ai"
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), converter=_as_tool_calls)
     invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
     usage: Usage | None = None
     response_metadata: Mapping[str, Any] = attrs.field(factory=dict)
@@ -561,6 +568,17 @@ _ACCEPTED = (
 )
 
 
+def _tool_calls(calls: Any) -> tuple[ToolCall, ...]:
+    if type(calls) is tuple and all(type(c) is ToolCall for c in calls):
+        return calls
+    if isinstance(calls, str | Mapping) or not isinstance(calls, Iterable):
+        raise InvalidUpdateError(
+            f"AIMessage.tool_calls must be a list of tool calls; got {type(calls).__name__}: "
+            f"{calls!r:.80}."
+        )
+    return tuple(_tool_call(c) for c in calls)
+
+
 def _tool_call(value: Any) -> ToolCall:
     """A tool call given as LangChain's ``{"name", "args", "id"}`` or OpenAI's
     ``{"id", "type": "function", "function": {"name", "arguments": "<json>"}}``."""
@@ -621,7 +639,7 @@ def _from_role(role: str, content: Any, value: Any, fields: Mapping[str, Any]) -
             content=content,
             id=fields.get("id"),
             name=fields.get("name"),
-            tool_calls=tuple(_tool_call(c) for c in fields.get("tool_calls") or ()),
+            tool_calls=fields.get("tool_calls") or (),
             usage=Usage(
                 input_tokens=int(usage.get("input_tokens", 0)),
                 output_tokens=int(usage.get("output_tokens", 0)),

@@ -515,3 +515,19 @@ def test_remove_all_messages_clears_the_list_as_in_langgraph() -> None:
     assert [m.content for m in add_messages([a, b], [clear, c])] == ["c"]
     assert add_messages([a, b], [c, clear]) == []
     assert [m.content for m in add_messages([a, b], [c, clear, d])] == ["d"]
+
+
+def test_an_ai_message_takes_tool_calls_as_langchains_dicts() -> None:
+    langchain_style = AIMessage(
+        content="", tool_calls=[{"name": "add", "args": {"a": 1}, "id": "c1", "type": "tool_call"}]
+    )
+    openai_style = AIMessage(
+        content="",
+        tool_calls=[
+            {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+        ],
+    )
+    expected = (ToolCall(name="add", args={"a": 1}, id="c1"),)
+    assert langchain_style.tool_calls == openai_style.tool_calls == expected
+    with pytest.raises(InvalidUpdateError, match="must be a list of tool calls"):
+        AIMessage(content="", tool_calls="add")
