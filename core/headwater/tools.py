@@ -1,8 +1,9 @@
 """Tools models can call: the :func:`tool` decorator and :class:`ToolNode`.
 
-A tool emits ``on_tool_start`` (data ``input``), then ``on_tool_end`` (``output``) or
-``on_tool_error`` (``error``), named after the tool, inside the run of the node that
-calls it.
+A tool emits ``on_tool_start`` (data ``input``), then ``on_tool_end`` (``output``: what
+it returned; the :class:`~headwater.messages.ToolMessage` when it was called with a
+:class:`~headwater.messages.ToolCall`, as by :class:`ToolNode`) or ``on_tool_error``
+(``error``), named after the tool, inside the run of the node that calls it.
 
 Example::
 
@@ -153,11 +154,13 @@ class Tool:
         except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
-        observed.emit("end", {"output": result})
         if call is None:
+            observed.emit("end", {"output": result})
             return result
         content = result if isinstance(result, str) else json.dumps(result, default=str)
-        return ToolMessage(content=content, tool_call_id=call.id or "", name=self.name)
+        message = ToolMessage(content=content, tool_call_id=call.id or "", name=self.name)
+        observed.emit("end", {"output": message})  # as LangChain: called with a call, a message
+        return message
 
     def invoke(self, input: Any) -> Any:
         """Sync :meth:`ainvoke`.

@@ -432,7 +432,11 @@ async def test_tool_node_runs_calls_concurrently_and_reports_errors_as_messages(
     starts = {e["name"]: e["data"]["input"] for e in events if e["event"] == "on_tool_start"}
     assert starts == {"add": {"a": 2, "b": 3}, "lookup": {"query": "rivers"}}
     ends = {e["name"]: e["data"]["output"] for e in events if e["event"] == "on_tool_end"}
-    assert ends == {"add": 5, "lookup": {"query": "rivers", "hits": 2}}
+    # Called by ToolNode with a tool call, a tool's end carries its ToolMessage (LangChain's).
+    assert {name: (m.content, m.tool_call_id) for name, m in ends.items()} == {
+        "add": ("5", "c1"),
+        "lookup": ('{"query": "rivers", "hits": 2}', "c2"),
+    }
     agent.cycle = True
     result = await app.ainvoke({"messages": ["hi"]})
     replies = [m for m in result["messages"] if isinstance(m, ToolMessage)]
