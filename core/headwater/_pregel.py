@@ -1132,10 +1132,10 @@ class CompiledGraph:
                 task.dispatch(ON_CHAIN_ERROR, {"error": exc})
             raise
         if streaming:
-            task.dispatch(TASK_END, _task_end(task.node, update=outcome.update))
             chunk_subs = run.subscriptions(ON_CHAIN_STREAM)
             if chunk_subs:  # as LangGraph: the node's output, then {node: update} on the graph
                 task.dispatch(ON_CHAIN_STREAM, {"chunk": out})
+            task.dispatch(TASK_END, _task_end(task.node, update=outcome.update))
             task.dispatch(ON_CHAIN_END, {"output": out})
             if chunk_subs and run.parent is None:
                 data = {"chunk": {task.node: outcome.update or None}}

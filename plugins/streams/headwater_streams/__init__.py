@@ -36,9 +36,11 @@ from typing import Any
 
 import attrs
 
+from headwater import Command
 from headwater.checkpoint import StateSnapshot
 from headwater.events import (
     CHECKPOINT,
+    ON_CHAIN_STREAM,
     ON_CUSTOM_EVENT,
     PUBLIC_KINDS,
     SKIP,
@@ -150,8 +152,12 @@ def _messages(run: Run) -> StreamMode:
         if kind == TASK_START:
             seen.update(m.id for m in _messages_in(_fields(data["input"])) if m.id is not None)
             return SKIP
-        update = data["update"]
-        if not isinstance(update, Mapping) or data["error"] is not None:
+        # The node's output (on_chain_stream comes before the task's updates chunk, so its
+        # messages do too, as in LangGraph).
+        update = data["chunk"]
+        if isinstance(update, Command):
+            update = update.update
+        if not isinstance(update, Mapping) or not event.parent_ids:  # not the graph's own
             return SKIP
         out = []
         for message in _messages_in(update.values()):
@@ -171,7 +177,8 @@ def _messages(run: Run) -> StreamMode:
         return Chunks(out)
 
     return StreamMode(
-        kinds=frozenset({_MODEL_STREAM, _MODEL_END, TASK_START, TASK_END}), project=project
+        kinds=frozenset({_MODEL_STREAM, _MODEL_END, TASK_START, ON_CHAIN_STREAM}),
+        project=project,
     )
 
 
