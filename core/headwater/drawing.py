@@ -19,14 +19,14 @@ from __future__ import annotations
 import re
 import typing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
 from headwater._types import END, START
 
 if TYPE_CHECKING:
-    from headwater._graph import Branch
+    from headwater._nodes import Branch
     from headwater._pregel import CompiledGraph
 
 __all__ = ["DrawableGraph", "Edge", "Node"]
@@ -194,16 +194,13 @@ def _add(
 ) -> tuple[list[str], list[str]]:
     """Add ``graph``'s nodes and edges under ``prefix``; return the ids its START leads to
     and the ids that lead to its END (to wire an expanded subgraph into its parent)."""
-    raw: list[Edge] = []
-    for source, successors in graph._edges.items():
-        raw.extend(Edge(source, target) for target in successors)
-    raw.extend(Edge(source, END) for source in graph._end_edges)
-    for starts, end in graph._joins:
+    edge_list, joins, branches = graph._shape
+    raw: list[Edge] = [Edge(source, target) for source, target in edge_list]
+    for starts, end in joins:
         raw.extend(Edge(source, end) for source in sorted(starts))
-    for source, branches in graph._branches.items():
-        for branch in branches:
-            for target, label in _destinations(branch, graph):
-                raw.append(Edge(source, target, conditional=True, data=label))
+    for branch in branches:
+        for target, label in _destinations(branch, graph):
+            raw.append(Edge(branch.source, target, conditional=True, data=label))
     for name, spec in graph.nodes.items():
         if spec.destinations is not None:
             raw.extend(Edge(name, d, conditional=True) for d in spec.destinations)
@@ -213,9 +210,12 @@ def _add(
         nodes[END] = Node(END, END)
     for name, spec in graph.nodes.items():
         node_id = prefix + name
-        if spec.subgraph is not None and depth > 0:
+        sub = spec.subgraph
+        if depth > 0 and sub is not None and hasattr(sub, "_shape"):  # a compiled graph
             before = set(nodes)
-            expanded[name] = _add(spec.subgraph, node_id + ":", depth - 1, nodes, edges, subgraphs)
+            expanded[name] = _add(
+                cast("CompiledGraph", sub), node_id + ":", depth - 1, nodes, edges, subgraphs
+            )
             subgraphs[node_id] = tuple(n for n in nodes if n not in before)
         else:
             nodes[node_id] = Node(node_id, node_id if prefix else name, dict(spec.metadata))

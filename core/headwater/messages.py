@@ -24,8 +24,8 @@ from typing import Annotated, Any, ClassVar, Final, TypedDict
 
 import attrs
 
+from headwater._ids import new_id
 from headwater.errors import InvalidUpdateError
-from headwater.runtime import new_id
 
 __all__ = [
     "REMOVE_ALL_MESSAGES",

@@ -101,7 +101,7 @@ class OtelSink:
         app.invoke({"messages": ["hi"]}, {"sinks": ["otel"]})
 
         sink = OtelSink(tracer_provider=provider, capture_content=True)  # by hand
-        run.subscribe(sink.subscription())
+        run.bus.subscribe(sink.subscription())
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class OtelSink:
 
         Example::
 
-            run.subscribe(OtelSink().subscription())
+            run.bus.subscribe(OtelSink().subscription())
         """
         return Subscription(callback=self._on_event, kinds=KINDS, raw=True)
 

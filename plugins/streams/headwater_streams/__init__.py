@@ -40,6 +40,7 @@ from headwater import Command
 from headwater.checkpoint import StateSnapshot
 from headwater.events import (
     CHECKPOINT,
+    INTERRUPT,
     ON_CHAIN_STREAM,
     ON_CUSTOM_EVENT,
     PUBLIC_KINDS,
@@ -51,7 +52,7 @@ from headwater.events import (
     Event,
     StreamMode,
 )
-from headwater.hookspecs import hookimpl
+from headwater.hookspecs import EVENTS_MODE, hookimpl
 from headwater.messages import BaseMessage
 from headwater.runtime import Run, new_id
 
@@ -182,12 +183,9 @@ def _messages(run: Run) -> StreamMode:
     )
 
 
-_INTERRUPT = "__interrupt__"  # the name of the task_end summing up a paused run's interrupts
-
-
 def _task_payload(event: Event) -> Any:
     data = event.data
-    if event.name == _INTERRUPT:  # the run's summary of its interrupts, not a task
+    if event.name == INTERRUPT:  # the run's summary of its interrupts, not a task
         return SKIP
     if event.event == TASK_START:
         return {
@@ -278,5 +276,5 @@ def headwater_stream_modes() -> Mapping[str, Callable[[Run], StreamMode]]:
         "debug": _debug,
         "tasks": _tasks,
         "checkpoints": _checkpoints,
-        "events": _events,
+        EVENTS_MODE: _events,
     }
