@@ -239,12 +239,14 @@ async def abandonable(bus: Bus | None, fn: Callable[..., Any], *args: Any) -> An
     return out
 
 
-async def in_thread(bus: Bus | None, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call sync ``fn`` in a worker thread, from a node (a sync tool, a retriever): what it
-    raises comes back as it was (:func:`carry`); under a deadline its thread is abandoned
-    when the deadline passes (:func:`abandonable`), so a timeout ends the run at once."""
+async def in_thread(
+    bus: Bus | None, fn: Callable[..., Any], *args: Any, abandon: bool = False
+) -> Any:
+    """Call sync ``fn`` in a worker thread, from a node (a sync tool): what it raises comes
+    back as it was (:func:`carry`); with ``abandon`` (the task has a timeout) its thread
+    is abandoned when cancelled (:func:`abandonable`), so a timeout ends the run at once."""
     try:
-        if anyio.current_effective_deadline() == math.inf:
+        if not abandon:
             return await anyio.to_thread.run_sync(carry, fn, *args)
         return await abandonable(bus, carry, fn, *args)
     except Carried as carried:

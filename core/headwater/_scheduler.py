@@ -28,14 +28,14 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
-from headwater import _concurrency
+from headwater import _concurrency, serde
 from headwater._bus import Emitter
 from headwater._nodes import Branch, NodeSpec, is_seconds
 from headwater._persist import Outcome, Pending, Persist, graph_emitter
 from headwater._plugins import PluginManager
 from headwater._state import MISSING, Schema
 from headwater._types import END, START, Command, Send
-from headwater.checkpoint import Checkpointer, Interrupt, PendingWrite
+from headwater.checkpoint import Checkpoint, Checkpointer, Interrupt, PendingWrite
 from headwater.errors import (
     CheckpointError,
     GraphInterrupt,
@@ -46,6 +46,7 @@ from headwater.errors import (
     NodeCancelledError,
     NodeError,
     RunTimeoutError,
+    SerdeError,
 )
 from headwater.events import (
     INTERRUPT,
@@ -227,6 +228,35 @@ class Scheduler:
                     with anyio.CancelScope(shield=True):
                         await close_sinks(sinks)
 
+    def _check_resumable(self, thread_id: str, checkpoint: Checkpoint) -> None:
+        """The thread's pending tasks and join progress fit this graph (it may have changed
+        since the checkpoint was written: a new deploy renamed or removed a node)."""
+        missing = sorted({t.node for t in checkpoint.next} - self.nodes.keys())
+        if missing:
+            raise CheckpointError(
+                f"Thread {thread_id!r} cannot be resumed: its checkpoint {checkpoint.id!r} "
+                f"has node(s) {missing} due to run next, and graph {self.name!r} has no such "
+                f"node (it changed since; its nodes: {sorted(self.nodes)}). Add the node back, "
+                "write the thread's next step with update_state(config, values, as_node=...), "
+                "or start the thread again with new input."
+            )
+        if checkpoint.joins and len(checkpoint.joins) != len(self._joins):
+            raise CheckpointError(
+                f"Thread {thread_id!r} cannot be resumed: its checkpoint {checkpoint.id!r} "
+                f"tracks {len(checkpoint.joins)} join edge(s), and graph {self.name!r} has "
+                f"{len(self._joins)} (it changed since). Start the thread again with new input."
+            )
+
+    def check_storable(self, value: Any, what: str) -> Any:
+        """``value`` if a checkpoint can hold it (not nested past ``serde.MAX_DEPTH``)."""
+        try:
+            serde.check_depth(value)
+        except SerdeError as exc:
+            raise InvalidInputError(
+                f"{what} of graph {self.name!r} cannot be checkpointed: {exc}"
+            ) from None
+        return value
+
     async def _timed_loop(
         self, run: Run, start: Start, pm: PluginManager, emit: Emitter, deadline: float
     ) -> dict[str, Any]:
@@ -302,6 +332,10 @@ class Scheduler:
             values = self.schema.defaults()
             update = self.schema.coerce_input(input, self.name)
             return Start(values=values, update=update, step=0)
+        if not resuming:
+            update = self.check_storable(self.schema.coerce_input(input, self.name), "Input")
+        elif isinstance(input, Command):
+            self.check_storable(input.resume, "Command(resume=...)")
         latest = await persist.load()
         if resuming:
             if latest is None:
@@ -310,6 +344,7 @@ class Scheduler:
                     f"{input!r:.40}). Start it with an input state first."
                 )
             checkpoint = latest.checkpoint
+            self._check_resumable(persist.thread_id, checkpoint)
             done = {w.task_id: w for w in latest.writes}
             answer = input.resume if isinstance(input, Command) else None
             if isinstance(input, Command) and not any(w.interrupt for w in done.values()):
@@ -331,7 +366,6 @@ class Scheduler:
                 checkpoint_id=checkpoint.id,
                 persist=persist,
             )
-        update = self.schema.coerce_input(input, self.name)
         if latest is None:
             return Start(values=self.schema.defaults(), update=update, step=0, persist=persist)
         checkpoint = latest.checkpoint
@@ -470,6 +504,8 @@ class Scheduler:
             metadata=spec.metadata,
             run=run,
         )
+        if spec.timeout is not None or run.config.get("timeout") is not None:
+            task.timed = True
         if p.id:
             task.checkpoint_task_id = p.id
             previous = done.get(p.id)
@@ -640,7 +676,7 @@ class Scheduler:
         fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
         bus = task.run.bus
         try:
-            if anyio.current_effective_deadline() != math.inf:  # a timeout may abandon it
+            if task.timed:  # a timeout may abandon it
                 return await _concurrency.abandonable(
                     bus, _sync_node, self.schema, task.node, fn, *args
                 )

@@ -147,8 +147,11 @@ class Tool:
                 result = await self.fn(**args)
             else:
                 task = current_task.get()
-                bus = None if task is None else task.run.bus
-                result = await in_thread(bus, functools.partial(self.fn, **args))
+                fn = functools.partial(self.fn, **args)
+                if task is None:
+                    result = await in_thread(None, fn)
+                else:
+                    result = await in_thread(task.run.bus, fn, abandon=task.timed)
         except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
