@@ -403,6 +403,7 @@ class Scheduler:
             pending = start.pending
         resumed = start.update is None
         done = start.done
+        timed = run.config.get("timeout") is not None  # the run's, or its parent run's
         steps_run = 0
         while pending:
             if not resumed and persist is not None and self._interrupt_before:
@@ -424,7 +425,9 @@ class Scheduler:
             # A cancelled run (its consumer left) starts no new step, even when the nodes
             # of the last one finished without reaching a checkpoint (e.g. in a thread).
             await anyio.lowlevel.checkpoint_if_cancelled()
-            tasks = [self._make_task(p, step, values, run, done, start.answer) for p in pending]
+            tasks = [
+                self._make_task(p, step, values, run, done, start.answer, timed) for p in pending
+            ]
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
@@ -491,6 +494,7 @@ class Scheduler:
         run: Run,
         done: Mapping[str, PendingWrite],
         answer: Any,
+        timed: bool,
     ) -> Task:
         spec = self.nodes[p.node]
         node_input = self.schema.make_input(values) if p.arg is MISSING else p.arg
@@ -504,7 +508,7 @@ class Scheduler:
             metadata=spec.metadata,
             run=run,
         )
-        if spec.timeout is not None or run.config.get("timeout") is not None:
+        if timed or spec.timeout is not None:
             task.timed = True
         if p.id:
             task.checkpoint_task_id = p.id

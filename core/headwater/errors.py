@@ -2,7 +2,35 @@
 
 All of them derive from :class:`HeadwaterError`, so ``except HeadwaterError`` catches
 anything headwater itself rejected, while an exception raised by your own node code
-propagates unchanged (with a note naming the node it came from).
+propagates unchanged (with a note naming the node it came from) — unless it is a
+``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt`` …):
+that fails the run as a :class:`NodeError`, never the process.
+
+The tree::
+
+    HeadwaterError
+    ├── GraphValidationError       (also ValueError)
+    ├── GraphInterrupt             (control flow: interrupt())
+    ├── GraphRecursionError        (also RecursionError)
+    ├── InvalidInputError          (also ValueError)
+    ├── InvalidUpdateError         (also ValueError)
+    ├── InvalidRouteError          (also ValueError)
+    ├── NodeError
+    │   └── NodeCancelledError
+    ├── RunTimeoutError            (also TimeoutError)
+    ├── StreamWriterError          (also RuntimeError)
+    ├── UnknownStreamModeError     (also ValueError)
+    ├── UnsupportedVersionError    (also ValueError)
+    ├── InvalidFilterError         (also ValueError)
+    ├── ChatModelError
+    ├── CheckpointError
+    ├── BrokerError
+    │   └── ExpiredPositionError
+    ├── QueueError
+    ├── SerdeError                 (also ValueError)
+    └── PluginError
+        ├── PluginLoadError
+        └── PluginConflictError
 
 Each message says what was wrong, what was expected and how to fix it::
 
