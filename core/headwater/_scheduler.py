@@ -170,7 +170,19 @@ class Scheduler:
         return [set() for _ in self._joins]
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]:
-        """Execute ``run`` with hooks and graph-level events around the supersteps."""
+        """Execute ``run`` with hooks and graph-level events around the supersteps.
+
+        Whatever escapes it is an ``Exception`` or a real cancellation (see
+        :meth:`_failure`): a hook or a sink raising ``SystemExit`` fails the run too."""
+        try:
+            return await self._execute(run, input)
+        except BaseException as exc:
+            failure = self._failure(exc, None)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    async def _execute(self, run: Run, input: Any) -> dict[str, Any]:
         pm = run.plugin_manager
         hooks = pm.hook
         specs = run.config.get("sinks") if run.parent is None else None

@@ -386,6 +386,53 @@ async def test_wrap_node_middleware_raising_or_seeing_it() -> None:
     assert caught.value.node == "ok" and isinstance(caught.value.__cause__, SystemExit)
 
 
+@pytest.mark.anyio
+async def test_a_retriever_raising_system_exit() -> None:
+    from headwater.retrievers import Document, Retriever
+
+    class Exiting(Retriever):
+        async def _aretrieve(self, query: str) -> list[Document]:
+            await anyio.lowlevel.checkpoint()
+            raise SystemExit("index missing")
+
+    async def search(state: S) -> dict[str, Any]:
+        await Exiting().ainvoke("rivers")
+        return {}
+
+    graph = StateGraph(S)
+    graph.add_node("search", search)
+    graph.add_edge(START, "search")
+    graph.add_edge("search", END)
+    events: list[dict[str, Any]] = []
+    with pytest.raises(NodeError) as caught:
+        async for event in graph.compile().astream_events({"n": 0, "log": []}):
+            events.append(event)
+    assert caught.value.node == "search"
+    assert_closed(events)
+    assert any(e["event"] == "on_retriever_error" for e in events)
+
+
+@pytest.mark.anyio
+async def test_a_hook_raising_system_exit_fails_the_run_not_the_process() -> None:
+    class Exiting:
+        @headwater.hookimpl
+        def headwater_run_end(self, run: Any, error: Any) -> None:
+            sys.exit("hook")
+
+    pm = create_plugin_manager(plugins=[Exiting()])
+    graph = StateGraph(S)
+    graph.add_node("step", lambda state: {"n": 1})
+    graph.add_edge(START, "step")
+    graph.add_edge("step", END)
+    app = graph.compile(plugin_manager=pm)
+    with pytest.raises(NodeError, match="outside its nodes") as caught:
+        await app.ainvoke({"n": 0, "log": []})
+    assert caught.value.node is None
+    with pytest.raises(NodeError):
+        async for _ in app.astream({"n": 0, "log": []}):
+            pass
+
+
 # -- real cancellations stay cancellations -----------------------------------------------
 
 
