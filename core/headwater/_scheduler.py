@@ -53,6 +53,7 @@ from headwater.events import (
     ON_CHAIN_END,
     ON_CHAIN_ERROR,
     ON_CHAIN_START,
+    ON_CHAIN_STREAM,
     ON_INTERRUPT,
     STEP_END,
     TASK_END,
@@ -63,8 +64,11 @@ from headwater.sinks import close_sinks, open_sinks
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "MAX_RECURSION_LIMIT", "Scheduler", "check_config"]
 
-DEFAULT_RECURSION_LIMIT = 25
+DEFAULT_RECURSION_LIMIT = 10_007
 """Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise.
+
+LangGraph 1.2's default: a long agent loop just runs, while a loop that never ends still
+stops (in seconds for nodes that do no I/O).
 
 Example::
 
@@ -406,13 +410,15 @@ class Scheduler:
         if start.update is not None:  # new input: step `step` applies it
             self.apply(values, [(START, start.update)], step)
             if step_subs:
-                data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
-                emit.emit(STEP_END, data)
+                wrote = {START: (start.update,)} if start.update else {}
+                emit.emit(STEP_END, {"values": dict(values), "writes": wrote, "step": step})
             pending = await self.route([START], {}, values, join_seen, run)
             if persist is not None:
                 await persist.save(values, pending, join_seen, step, "input", {START: start.update})
-        else:
+        else:  # a resume: the run starts from the thread's saved state (writes: None)
             pending = start.pending
+            if step_subs:
+                emit.emit(STEP_END, {"values": dict(values), "writes": None, "step": step})
         resumed = start.update is None
         done = start.done
         timed = run.config.get("timeout") is not None  # the run's, or its parent run's
@@ -427,11 +433,12 @@ class Scheduler:
             steps_run += 1
             step += 1
             if steps_run > limit:
+                higher = min(max(limit * 4, 100), MAX_RECURSION_LIMIT)
                 raise GraphRecursionError(
                     f"Graph {self.name!r} reached its recursion limit of {limit} supersteps with "
                     f"node(s) {sorted({p.node for p in pending})} still to run. If it loops on "
                     "purpose, raise the limit: "
-                    f"config={{'recursion_limit': {max(limit * 4, 100)}}}; "
+                    f"config={{'recursion_limit': {higher}}}; "
                     "otherwise make a conditional edge route to END."
                 )
             # A cancelled run (its consumer left) starts no new step, even when the nodes
@@ -443,7 +450,7 @@ class Scheduler:
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
-                return self._pause(emit, values, paused)
+                return self._pause(emit, values, paused, step=step)
             done = {}
             goto: dict[str, tuple[str | Send, ...]] = {}
             if len(tasks) == 1:
@@ -487,16 +494,30 @@ class Scheduler:
         return values
 
     def _pause(
-        self, emit: Emitter, values: dict[str, Any], interrupts: list[Interrupt]
+        self,
+        emit: Emitter,
+        values: dict[str, Any],
+        interrupts: list[Interrupt],
+        *,
+        step: int | None = None,
     ) -> dict[str, Any]:
-        """End the run paused: report the interrupts; the result carries them too."""
+        """End the run paused: report the interrupts; the result carries them too.
+
+        ``step`` is given for a pause by ``interrupt()`` in that step: the ``values`` mode
+        then ends with the state and the interrupts, as LangGraph's does.
+        """
+        paused = {**values, INTERRUPT: tuple(interrupts)}
         if emit.bus.streaming:
             for item in interrupts:
                 data = {"value": item.value, "id": item.id, "node": item.node}
                 emit.emit(ON_INTERRUPT, data, item.node)
             data = _task_end(INTERRUPT, update=tuple(interrupts))
             emit.emit(TASK_END, data, INTERRUPT)
-        return {**values, INTERRUPT: tuple(interrupts)}
+            if step is not None:
+                emit.emit(STEP_END, {"values": paused, "writes": None, "step": step})
+            if emit.bus.ns == ():  # only the root graph streams {node: update} as itself
+                emit.emit(ON_CHAIN_STREAM, {"chunk": {INTERRUPT: tuple(interrupts)}})
+        return paused
 
     def _make_task(
         self,
@@ -631,8 +652,13 @@ class Scheduler:
                 emit.emit(TASK_END, _task_end(task.node, error=failure))
             raise failure from exc
         if streaming:
+            # As LangGraph: the node's output, then (on the root graph) {node: update}.
+            emit.emit(ON_CHAIN_STREAM, {"chunk": out})
             emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
             emit.emit(ON_CHAIN_END, {"output": out})
+            if run.parent is None and run.bus.subscriptions(ON_CHAIN_STREAM):
+                chunk = {task.node: outcome.update or None}
+                graph_emitter(run).emit(ON_CHAIN_STREAM, {"chunk": chunk})
             waiting = run.bus.pressure()
             if waiting is not None:
                 await waiting

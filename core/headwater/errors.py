@@ -122,20 +122,12 @@ class GraphInterrupt(HeadwaterError):
 
 
 class GraphRecursionError(HeadwaterError, RecursionError):
-    """A run took more supersteps than ``config["recursion_limit"]`` allows (default 25).
+    """A run took more supersteps than ``config["recursion_limit"]`` allows (default 10,007,
+    as in LangGraph 1.2).
 
     Example::
 
         graph.invoke(state, {"recursion_limit": 100})  # allow longer loops
-    """
-
-
-class InvalidInputError(HeadwaterError, ValueError):
-    """The input given to a run is not a state the graph's schema accepts.
-
-    Example::
-
-        graph.invoke([1, 2])  # InvalidInputError: Graph input must be a mapping ...
     """
 
 
@@ -149,6 +141,20 @@ class InvalidUpdateError(HeadwaterError, ValueError):
 
         def node(state):
             return 42  # InvalidUpdateError: Node 'node' returned int; expected ...
+    """
+
+
+class InvalidInputError(InvalidUpdateError):
+    """The input or config given to a run is not acceptable.
+
+    A state the graph's schema does not accept, a malformed config, a checkpointed run
+    without a thread id. A subclass of :class:`InvalidUpdateError` (and so of
+    ``ValueError``): code written for LangGraph, which reports bad input as
+    ``InvalidUpdateError``, catches it unchanged.
+
+    Example::
+
+        graph.invoke([1, 2])  # InvalidInputError: Graph input must be a mapping ...
     """
 
 
