@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from headwater._batch import run_batch
 from headwater._config import merge_configs
-from headwater._persist import Pending, Persist, snapshot
+from headwater._persist import Pending, Persist, snapshot, text_id
 from headwater._plugins import PluginManager, get_plugin_manager
 from headwater._scheduler import DEFAULT_RECURSION_LIMIT, Scheduler, check_config
 from headwater._state import MISSING, Schema
@@ -290,7 +290,10 @@ class CompiledGraph:
                 "Thread state needs config={'configurable': {'thread_id': ...}}; "
                 "no thread_id was given."
             )
-        return self.checkpointer, str(thread_id), configurable.get("checkpoint_id")
+        checkpoint_id = configurable.get("checkpoint_id")
+        if checkpoint_id is not None:
+            checkpoint_id = text_id(checkpoint_id, "checkpoint_id")
+        return self.checkpointer, text_id(thread_id, "thread_id"), checkpoint_id
 
     async def aget_state(self, config: Mapping[str, Any]) -> StateSnapshot:
         """The thread's latest state (or the ``checkpoint_id`` in the config).
@@ -362,6 +365,7 @@ class CompiledGraph:
                 f"nodes: {sorted(self.nodes)}."
             )
         update = self.schema.check_update(as_node or "update_state", values)
+        self._scheduler.check_storable(update, "update_state(values)")
         run = self.prepare_run(None, config)
         persist = Persist(saver, thread_id, run)
         persist.durable = True  # one write, outside any run: always synchronous

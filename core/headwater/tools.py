@@ -27,15 +27,13 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, overload
 
-import anyio
-import anyio.from_thread
-import anyio.to_thread
-
+from headwater._concurrency import in_thread, run_all
 from headwater._observe import Observed
 from headwater._sync import run_sync
 from headwater._types import END
 from headwater.errors import HeadwaterError
 from headwater.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from headwater.runtime import current_task
 
 __all__ = ["Tool", "ToolError", "ToolNode", "tool", "tools_condition"]
 
@@ -150,7 +148,12 @@ class Tool:
             if self.is_async:
                 result = await self.fn(**args)
             else:
-                result = await anyio.to_thread.run_sync(functools.partial(self.fn, **args))
+                task = current_task.get()
+                fn = functools.partial(self.fn, **args)
+                if task is None:
+                    result = await in_thread(None, fn)
+                else:
+                    result = await in_thread(task.run.bus, fn, abandon=task.timed)
         except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
@@ -263,9 +266,12 @@ class ToolNode:
 
         if last.invalid_tool_calls and not self.handle_errors:
             raise ToolError(last.invalid_tool_calls[0].error)
-        async with anyio.create_task_group() as tg:
-            for i, call in enumerate(last.tool_calls):
-                tg.start_soon(run, i, call)
+        # The first error not handled cancels the other calls and is raised as it is.
+        _, failure = await run_all(
+            [functools.partial(run, i, call) for i, call in enumerate(last.tool_calls)]
+        )
+        if failure is not None:
+            raise failure[1]
         answers = [r for r in results if r is not None]
         for invalid in last.invalid_tool_calls:
             answers.append(

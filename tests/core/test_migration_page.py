@@ -225,6 +225,9 @@ async def test_recursion_limit_counts_supersteps() -> None:
     assert await three.ainvoke({}, {"recursion_limit": 3}) == {"log": ["a", "b", "c"]}
     with pytest.raises(headwater.errors.GraphRecursionError):
         await three.ainvoke({}, {"recursion_limit": 2})
+    await three.ainvoke({}, {"recursion_limit": 1_000_000})
+    with pytest.raises(InvalidInputError, match=r"config\['timeout'\]"):
+        await three.ainvoke({}, {"recursion_limit": 1_000_001})
 
 
 @pins("Input must match the state schema")
@@ -686,3 +689,80 @@ async def test_the_agent_loop_instead_of_create_react_agent() -> None:
     graph.add_edge("tools", "agent")
     final = await graph.compile().ainvoke({"messages": [("user", "2 + 3?")]})
     assert [m.type for m in final["messages"]] == ["human", "ai", "tool", "ai"]
+
+
+# -- safety: timeouts, deep values, a node's BaseException --------------------------------
+
+
+@pins("Timeouts")
+@pytest.mark.anyio
+async def test_timeouts_take_seconds_raise_run_timeout_error_and_allow_sync_nodes() -> None:
+    from headwater.errors import RunTimeoutError
+
+    release = threading.Event()
+
+    def stuck(state: Log) -> dict[str, Any]:  # sync: LangGraph refuses its timeout
+        release.wait(20)
+        return {"log": ["late"]}
+
+    graph = StateGraph(Log)
+    graph.add_node("stuck", stuck, timeout=0.05)
+    graph.add_edge(START, "stuck")
+    try:
+        with anyio.fail_after(15), pytest.raises(RunTimeoutError) as caught:
+            await graph.compile().ainvoke({})
+    finally:
+        release.set()
+    assert isinstance(caught.value, TimeoutError) and caught.value.node == "stuck"
+    assert RetryPolicy().should_retry(caught.value)  # retried by default, as in LangGraph
+
+    async def forever(state: Log) -> dict[str, Any]:
+        await anyio.sleep(30)
+        return {}
+
+    with anyio.fail_after(15), pytest.raises(RunTimeoutError) as caught:
+        await chain(("forever", forever)).ainvoke({}, {"timeout": 0.05})
+    assert caught.value.node is None
+
+
+@pins("Checkpointed values nest at most `serde.MAX_DEPTH` (256) JSON levels")
+@pytest.mark.anyio
+async def test_deep_values_and_removed_nodes_are_clear_errors() -> None:
+    deep: Any = 1
+    for _ in range(2_000):
+        deep = [deep]
+
+    def deepen(state: Log) -> dict[str, Any]:
+        return {"log": deep}
+
+    with pytest.raises(SerdeError, match="nested deeper than 256 levels"):
+        await chain(("deepen", deepen), checkpointer="memory:").ainvoke({}, THREAD)
+    app = chain(("a", logs("a")), checkpointer="memory:")
+    with pytest.raises(InvalidInputError, match="nested deeper"):
+        await app.ainvoke({"log": deep}, THREAD)
+    saver = headwater.checkpoint.MemoryCheckpointer()
+    paused = chain(("a", logs("a")), ("b", logs("b")), checkpointer=saver, interrupt_before=["b"])
+    await paused.ainvoke({}, THREAD)
+    with pytest.raises(CheckpointError, match=r"Thread 't' cannot be resumed.*\['b'\]"):
+        await chain(("a", logs("a")), checkpointer=saver).ainvoke(None, THREAD)
+
+
+@pins("A node's `sys.exit()` fails its run, not the process")
+@pytest.mark.anyio
+async def test_a_node_base_exception_is_a_node_error() -> None:
+    import asyncio
+    import sys
+
+    from headwater.errors import NodeCancelledError, NodeError
+
+    def exits(state: Log) -> dict[str, Any]:
+        sys.exit(2)
+
+    async def cancels(state: Log) -> dict[str, Any]:
+        raise asyncio.CancelledError
+
+    with pytest.raises(NodeError) as caught:
+        await chain(("exits", exits)).ainvoke({})
+    assert caught.value.node == "exits" and isinstance(caught.value.__cause__, SystemExit)
+    with pytest.raises(NodeCancelledError):
+        await chain(("cancels", cancels)).ainvoke({})
