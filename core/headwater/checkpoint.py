@@ -442,7 +442,9 @@ class _CheckpointEncoder:
     def encode(self, checkpoint: Checkpoint, written: Collection[str]) -> bytes:
         """The bytes of ``checkpoint``; ``written``: the state keys written since the last
         call (all of them, the first time)."""
-        text, encode, quote = serde._json_text, serde.encode, _quote_str
+        text, encode, quote = serde._json_text, serde._encode_in, _quote_str
+        # Each part is encoded at the depth it has in the whole record (serde.MAX_DEPTH):
+        # {"headwater", "record": Checkpoint{"values": {key: 4, "next": tuple[task: 5] …
         try:  # a str that is not one raises TypeError in quote(): the slow path
             keys = self._keys
             values = []
@@ -451,14 +453,14 @@ class _CheckpointEncoder:
                 if known is None or known[0] is not value or key in written:
                     if key == serde.TAG:
                         raise _Unusual
-                    known = keys[key] = (value, f"{quote(key)}:{text(encode(value))}")
+                    known = keys[key] = (value, f"{quote(key)}:{text(encode(value, 4))}")
                 values.append(known[1])
             tasks = []
             for task in checkpoint.next:
                 if type(task) is not PendingTask:
                     raise _Unusual
                 if task.has_arg or task.arg is not None:
-                    tasks.append(text(encode(task)))
+                    tasks.append(text(encode(task, 5)))
                     continue
                 shape = (task.node, task.triggers, task.path)
                 rest = self._tasks.get(shape)
@@ -474,7 +476,7 @@ class _CheckpointEncoder:
             if joins is None:
                 if len(self._joins) > _SHARED_LIMIT:
                     self._joins.clear()
-                joins = self._joins[checkpoint.joins] = text(encode(checkpoint.joins))
+                joins = self._joins[checkpoint.joins] = text(encode(checkpoint.joins, 3))
             step, parent = checkpoint.step, checkpoint.parent_id
             if type(step) is not int:
                 raise _Unusual
@@ -485,10 +487,10 @@ class _CheckpointEncoder:
                 f'"parent_id":{"null" if parent is None else quote(parent)},"step":{step},'
                 f'"values":{{{",".join(values)}}},'
                 f'"next":{{"__type__":"tuple","items":[{",".join(tasks)}]}},"joins":{joins},'
-                f'"metadata":{text(encode(checkpoint.metadata))},'
+                f'"metadata":{text(encode(checkpoint.metadata, 3))},'
                 f'"created_at":{quote(checkpoint.created_at)}}}}}'
             )
-        except (_Unusual, SerdeError, TypeError):
+        except (_Unusual, SerdeError, TypeError, RecursionError):
             return encode_record(checkpoint)  # the canonical form, or the canonical error
         return data.encode()
 

@@ -245,3 +245,27 @@ def test_created_at_is_datetimes_isoformat(seconds_ns: int, micros: int) -> None
         microsecond=(now // 1000) % 10**6
     )
     assert _created_at(now) == expected.isoformat()
+
+
+@pytest.mark.parametrize("depth", range(serde.MAX_DEPTH - 6, serde.MAX_DEPTH + 1))
+@pytest.mark.parametrize("where", ["values", "metadata", "arg"])
+def test_depth_counts_as_in_the_whole_record(depth: int, where: str) -> None:
+    deep: Any = 1
+    for _ in range(depth):
+        deep = [deep]
+    checkpoint = Checkpoint(
+        id=new_checkpoint_id(),
+        thread_id="t",
+        values={"deep": deep} if where == "values" else {},
+        next=(PendingTask(id="x/0", node="a", has_arg=True, arg=deep),) if where == "arg" else (),
+        metadata={"writes": deep} if where == "metadata" else {},
+    )
+    try:
+        full: bytes | str = encode_record(checkpoint)
+    except SerdeError as exc:
+        full = str(exc)
+    try:
+        incremental: bytes | str = _CheckpointEncoder().encode(checkpoint, {"deep"})
+    except SerdeError as exc:
+        incremental = str(exc)
+    assert incremental == full
