@@ -1049,16 +1049,25 @@ class CompiledGraph:
         if calling.writer:
             kwargs["writer"] = task.writer
         if calling.is_async:
-            return await spec.fn(*args, **kwargs)
+            try:
+                return await spec.fn(*args, **kwargs)
+            except BaseException as exc:
+                _fail_run_not_process(task, exc)
+                raise
         fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
         run = task.run
         if not run.streaming:
-            return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+            try:
+                return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+            except BaseException as exc:
+                _fail_run_not_process(task, exc)
+                raise
         run.threads_starting()
         try:
             out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
-        except BaseException:
+        except BaseException as exc:
             run.threads_done(raise_errors=False)  # the node's own error is what counts
+            _fail_run_not_process(task, exc)
             raise
         run.threads_done()
         return out
@@ -1217,6 +1226,20 @@ async def _wrapped(call: Callable[[Task], Any], task: Task, pm: Any) -> Any:
     for middleware in middlewares:  # pluggy returns last-registered first: innermost first
         chain = functools.partial(middleware, chain)
     return await chain(task)
+
+
+def _fail_run_not_process(task: Task, exc: BaseException) -> None:
+    """A node's ``SystemExit``, ``KeyboardInterrupt`` or other ``BaseException`` fails its
+    run as an ordinary error: escaping a task, it would stop the event loop and every
+    other run of the process (a served graph's ``sys.exit()`` took the server down).
+    Cancellation and ``GeneratorExit`` (closing the coroutine) pass through unchanged."""
+    if isinstance(exc, Exception | GeneratorExit | anyio.get_cancelled_exc_class()):
+        return
+    name = type(exc).__name__
+    raise RuntimeError(
+        f"Node {task.node!r} raised {name}({', '.join(map(repr, exc.args))}): a node's "
+        f"{name} fails its run, not the process."
+    ) from exc
 
 
 def _check_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
