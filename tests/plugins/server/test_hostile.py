@@ -1,0 +1,158 @@
+"""Issue 13: the server against an attacker and an unlucky operator (real uvicorn on loopback).
+
+Each test here failed on the server before the fix it names: a node that kills the
+server, threads taken over by another key, runs interleaving on a thread, malformed
+requests answered with a 500 or a cut stream, cross-site requests, streams that never
+end.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import anyio
+import httpx
+import pytest
+from fixtures.loopback import serving
+from headwater_server import create_app
+from httpx_ws import WebSocketDisconnect, connect_ws
+
+from headwater import END, START, StateGraph, get_stream_writer
+from headwater.broker import MemoryBroker
+from headwater.messages import add_messages
+from headwater.testing.fake import FakeChatModel
+
+# -- graphs ------------------------------------------------------------------------------
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[Any], add_messages]
+
+
+def chat_graph(checkpointer: str = "memory:", name: str = "chat") -> Any:
+    llm = FakeChatModel(["Rivers flow to the sea"], cycle=True)
+
+    async def chat_node(state: Chat) -> dict[str, Any]:
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    graph = StateGraph(Chat)
+    graph.add_node("chat_node", chat_node)
+    graph.add_edge(START, "chat_node")
+    graph.add_edge("chat_node", END)
+    return graph.compile(name=name, checkpointer=checkpointer)
+
+
+class Steps(TypedDict):
+    steps: Annotated[list[str], operator.add]
+
+
+def steps_graph(checkpointer: Any = "memory:", pause: float = 0.05, count: int = 6) -> Any:
+    """Appends `count` steps named after the run's input tag, pausing between them; a run
+    that interleaves with another shows mixed tags."""
+
+    async def step(state: Steps) -> dict[str, Any]:
+        tag = state["steps"][-1].split(":")[0] if state["steps"] else "?"
+        get_stream_writer()({"step": len(state["steps"])})
+        await anyio.sleep(pause)
+        return {"steps": [f"{tag}:{len(state['steps'])}"]}
+
+    def again(state: Steps) -> str:
+        mine = [s for s in state["steps"] if s.startswith(state["steps"][-1].split(":")[0])]
+        return "step" if len(mine) < count else END
+
+    graph = StateGraph(Steps)
+    graph.add_node("step", step)
+    graph.add_edge(START, "step")
+    graph.add_conditional_edges("step", again, ["step", END])
+    return graph.compile(name="steps", checkpointer=checkpointer)
+
+
+def frames(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    frame: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "event" in frame:
+                yield frame
+            frame = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            frame[field] = value
+    if "event" in frame:
+        yield frame
+
+
+def sse(client: httpx.Client, method: str, url: str, **kw: Any) -> list[dict[str, str]]:
+    with client.stream(method, url, **kw) as response:
+        assert response.status_code == 200, response.read()
+        return list(frames(response.iter_lines()))
+
+
+def kinds(events: list[dict[str, str]]) -> list[str]:
+    return [e["event"] for e in events]
+
+
+def wait_for(condition: Any, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# -- 2. a node cannot kill the server ----------------------------------------------------
+
+
+class N(TypedDict):
+    n: int
+
+
+def exiting_graph(how: str) -> Any:
+    class Custom(BaseException):
+        pass
+
+    def sync_exit(state: N) -> dict[str, int]:
+        sys.exit(3)
+
+    async def async_exit(state: N) -> dict[str, int]:
+        sys.exit("argparse says no")
+
+    def interrupt(state: N) -> dict[str, int]:
+        raise KeyboardInterrupt
+
+    async def custom(state: N) -> dict[str, int]:
+        raise Custom("mine")
+
+    fn = {"sync_exit": sync_exit, "async_exit": async_exit, "kbd": interrupt, "custom": custom}
+    graph = StateGraph(N)
+    graph.add_node("boom", fn[how])
+    graph.add_edge(START, "boom")
+    graph.add_edge("boom", END)
+    return graph.compile(name="boom")
+
+
+@pytest.mark.parametrize("how", ["sync_exit", "async_exit", "kbd", "custom"])
+def test_a_node_exiting_fails_its_run_and_the_server_goes_on(how: str) -> None:
+    app = create_app({"boom": exiting_graph(how), "chat": chat_graph()})
+    with serving(app) as url, httpx.Client(base_url=url, timeout=20) as client:
+        got = sse(client, "POST", "/workflow/stream", json={"graph": "boom", "input": {"n": 1}})
+        assert got[-1]["event"] == "error"
+        error = json.loads(got[-1]["data"])
+        expected = {"sync_exit": "SystemExit", "async_exit": "SystemExit", "kbd": "Keyboard"}
+        assert expected.get(how, "Custom") in error["message"]
+        run = client.post("/runs", json={"graph": "boom", "input": {"n": 1}}).json()
+        wait_for(lambda: client.get(f"/runs/{run['run_id']}").json()["status"] == "error")
+        # ...and the process serves on: other runs, other requests.
+        assert client.get("/graphs").status_code == 200
+        ok = sse(
+            client,
+            "POST",
+            "/workflow/stream",
+            json={"graph": "chat", "input": {"messages": ["hi"]}},
+        )
+        assert ok[-1]["event"] == "end"
