@@ -156,3 +156,125 @@ def test_a_node_exiting_fails_its_run_and_the_server_goes_on(how: str) -> None:
             json={"graph": "chat", "input": {"messages": ["hi"]}},
         )
         assert ok[-1]["event"] == "end"
+
+
+# -- 1. durable thread ownership ---------------------------------------------------------
+
+ALICE = {"Authorization": "Bearer alice-key"}
+BOB = {"Authorization": "Bearer bob-key"}
+KEYS = ["alice-key", "bob-key"]
+
+
+def _take_over_attempts(client: httpx.Client, thread: str) -> list[int]:
+    """Every way bob could reach alice's thread; all must be 404."""
+    return [
+        client.post("/threads", headers=BOB, json={"thread_id": thread}).status_code,
+        client.get(f"/threads/{thread}/state", headers=BOB).status_code,
+        client.get(f"/threads/{thread}/history", headers=BOB).status_code,
+        client.post(
+            "/runs", headers=BOB, json={"thread_id": thread, "input": {"messages": ["x"]}}
+        ).status_code,
+        client.post(
+            "/workflow/stream", headers=BOB, json={"thread_id": thread, "input": {"messages": []}}
+        ).status_code,
+        client.post(
+            "/runs",
+            headers=BOB,
+            json={"config": {"configurable": {"thread_id": thread}}, "input": {"messages": []}},
+        ).status_code,
+    ]
+
+
+def test_thread_ownership_survives_a_restart(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'threads.db'}"
+    with (
+        serving(create_app(chat_graph(db), api_keys=KEYS)) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        thread = client.post("/threads", headers=ALICE, json={}).json()["thread_id"]
+        body = {"thread_id": thread, "input": {"messages": ["hi"]}}
+        assert (
+            sse(client, "POST", "/workflow/stream", headers=ALICE, json=body)[-1]["event"] == "end"
+        )
+    # The server restarts: nothing of the first process's memory is left.
+    with (
+        serving(create_app(chat_graph(db), api_keys=KEYS)) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        assert _take_over_attempts(client, thread) == [404] * 6
+        state = client.get(f"/threads/{thread}/state", headers=ALICE)
+        assert state.status_code == 200
+        assert [m["content"] for m in state.json()["values"]["messages"]] == [
+            "hi",
+            "Rivers flow to the sea",
+        ]
+        again = {"thread_id": thread, "input": {"messages": ["more"]}}
+        assert (
+            sse(client, "POST", "/workflow/stream", headers=ALICE, json=again)[-1]["event"] == "end"
+        )
+
+
+def test_thread_ownership_is_shared_by_instances(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    with (
+        serving(create_app(chat_graph(db), api_keys=KEYS)) as a,
+        serving(create_app(chat_graph(db), api_keys=KEYS)) as b,
+        httpx.Client(timeout=10) as client,
+    ):
+        thread = client.post(f"{a}/threads", headers=ALICE, json={}).json()["thread_id"]
+        client.base_url = httpx.URL(b)
+        assert _take_over_attempts(client, thread) == [404] * 6
+        assert client.get(f"/threads/{thread}/state", headers=ALICE).status_code == 200
+
+
+def test_a_thread_with_state_but_no_owner_is_nobodys_with_api_keys(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'scripted.db'}"
+    graph = chat_graph(db)
+    graph.invoke({"messages": ["written by a script"]}, {"configurable": {"thread_id": "t-old"}})
+    with (
+        serving(create_app(graph, api_keys=KEYS)) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        for who in (ALICE, BOB):
+            assert (
+                client.post("/threads", headers=who, json={"thread_id": "t-old"}).status_code == 404
+            )
+            assert client.get("/threads/t-old/state", headers=who).status_code == 404
+    with serving(create_app(graph)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/threads/t-old/state").status_code == 200  # an open server: anyone
+
+
+def test_owner_records_are_out_of_every_clients_reach(tmp_path: Path) -> None:
+    app = create_app(chat_graph(f"sqlite:///{tmp_path / 'o.db'}"), api_keys=KEYS)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        thread = client.post("/threads", headers=ALICE, json={}).json()["thread_id"]
+        record = "\x1fowner:" + thread
+        path = "/threads/%1Fowner%3A" + thread + "/state"
+        assert client.get(path, headers=ALICE).status_code == 400
+        reply = client.post("/threads", headers=ALICE, json={"thread_id": record})
+        assert reply.status_code == 400 and reply.json()["error"] == "bad_thread_id"
+
+
+def test_runs_belong_to_their_key_on_every_instance() -> None:
+    from headwater.testing.services import service_url
+
+    redis_url = service_url("HEADWATER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_ping)
+    graph = steps_graph()
+    with (
+        serving(create_app(graph, api_keys=KEYS, broker=redis_url)) as a,
+        serving(create_app(graph, api_keys=KEYS, broker=redis_url)) as b,
+        httpx.Client(timeout=10) as client,
+    ):
+        run = client.post(f"{a}/runs", headers=ALICE, json={"input": {"steps": ["r:0"]}}).json()
+        for path in ("", "/stream"):
+            assert client.get(f"{b}/runs/{run['run_id']}{path}", headers=BOB).status_code == 404
+        assert client.post(f"{b}/runs/{run['run_id']}/cancel", headers=BOB).status_code == 404
+        events = sse(client, "GET", f"{b}/runs/{run['run_id']}/stream", headers=ALICE)
+        assert events[-1]["event"] == "end"
+        assert client.get(f"{b}/runs/{run['run_id']}", headers=ALICE).json()["status"] == "done"
+
+
+def _redis_ping(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url, socket_connect_timeout=3).ping()
