@@ -190,6 +190,7 @@ class Engine:
             raise ApiError(503, "shutting_down", "The server is shutting down; retry elsewhere.")
         await self._admit(record)
         self.runs[record.run_id] = record
+        await self._put_record(record)
         assert self.tg is not None, "the app's lifespan has not started"
         await self.tg.start(self._execute, record, stream, request.stream_mode)
         return record
