@@ -394,7 +394,8 @@ class PostgresRunQueue(RunQueue):
         """Add a run under a multitask strategy, atomically with the check of its thread."""
         if multitask not in MULTITASK_STRATEGIES:
             raise QueueError(
-                f"Unknown multitask strategy {multitask!r}; use one of {list(MULTITASK_STRATEGIES)}."
+                f"Unknown multitask strategy {multitask!r}; use one of "
+                f"{list(MULTITASK_STRATEGIES)}."
             )
 
         def put(db: psycopg.Connection[Any]) -> list[RunJob]:

@@ -332,13 +332,15 @@ class Engine:
             and record.status == "running"
         ):
             await rollback_thread(graph, record.thread_id, record.run_id)
-        event, data = terminal_entry(record.run_id, outcome, record.reason)
-        await publish(self.broker, record.run_id, event, data, must=True)
+        # Status and thread first: a client that saw the terminal event finds the run
+        # ended and its thread free.
         record.status, record.error = outcome.status, outcome.error
+        await self._put_record(record)
         if record.thread_id is not None:
             await self.broker.release(f"thread:{record.thread_id}", record.run_id)
             self._wake(record.thread_id)
-        await self._put_record(record)
+        event, data = terminal_entry(record.run_id, outcome, record.reason)
+        await publish(self.broker, record.run_id, event, data, must=True)
         record.done.set()
         self._evict()
 

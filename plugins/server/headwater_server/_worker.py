@@ -54,8 +54,8 @@ async def run_job(
             snapshot = await graph.aget_state({"configurable": {"thread_id": job.thread_id}})
             if snapshot.metadata.get("run_id") == job.run_id:
                 if not snapshot.next and not snapshot.interrupts:
-                    await publish(broker, job.run_id, *terminal_entry(job.run_id, Outcome("done")))
                     await queue.finish(job.run_id, worker, "done")
+                    await publish(broker, job.run_id, *terminal_entry(job.run_id, Outcome("done")))
                     return "done"
                 input = None  # the run had checkpointed: continue from there
     stopped: list[str] = []  # why the worker stopped it: "lease lost" or a cancel reason
@@ -75,10 +75,10 @@ async def run_job(
                 if reason == "rollback":
                     await rollback_thread(graph, job.thread_id, job.run_id)
             ended.append(outcome.status)
-            await publish(
-                broker, job.run_id, *terminal_entry(job.run_id, outcome, reason), must=True
-            )
+            # The queue first: a client that saw the terminal event finds the run ended.
             await queue.finish(job.run_id, worker, outcome.status, outcome.error)
+            entry = terminal_entry(job.run_id, outcome, reason)
+            await publish(broker, job.run_id, *entry, must=True)
 
     async with anyio.create_task_group() as tg:
 
