@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -494,7 +495,12 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error},
+    )
     app.state.headwater = engine
     return app
 
@@ -563,6 +569,20 @@ def _socket_message(entry: Any, run_id: str) -> dict[str, Any]:
         "metadata": meta["metadata"],
         "id": entry.id,
     }
+
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such path, wrong method) as JSON, like every other."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_ERRORS.get(exc.status_code, "http_error")
+    detail = f"{request.method} {request.url.path} — {exc.detail}"
+    headers = dict(exc.headers or {})
+    return JSONResponse(
+        {"error": code, "detail": detail}, status_code=exc.status_code, headers=headers
+    )
 
 
 def _snapshot(snap: Any) -> dict[str, Any]:
