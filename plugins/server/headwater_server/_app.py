@@ -460,6 +460,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             engine.tg = tg
+            tg.start_soon(engine.watch)
             try:
                 yield
             finally:

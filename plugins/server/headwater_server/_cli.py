@@ -330,9 +330,7 @@ def _graceful_server(config: Any, engine: Any) -> Any:
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            if not engine.closing and engine.tg is not None:
-                engine.closing = True
-                engine.tg.start_soon(engine.shutdown)
+            engine.request_shutdown()
 
     return Server(config)
 

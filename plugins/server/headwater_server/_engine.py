@@ -129,6 +129,7 @@ class Engine:
         self._waiting: dict[str, collections.deque[RunRecord]] = {}
         self._turn: dict[str, anyio.Event] = {}
         self._next_reap = 0.0
+        self._stop: anyio.Event | None = None
 
     # -- threads ---------------------------------------------------------------------
 
@@ -513,7 +514,7 @@ class Engine:
                         if last is not None and last.event in TERMINAL:
                             yield [last]  # EventSource reconnects after `end` with its id
                             return
-                while not self.closing:
+                while True:
                     entries = await self.broker.read(run_id, position, block=self.heartbeat)
                     if not entries:
                         status = await self.ended(run_id)
@@ -535,6 +536,18 @@ class Engine:
                 self._followers.discard(scope)
 
     # -- lifespan ----------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Run in the lifespan's task group: shut down when :meth:`request_shutdown` is
+        called (from a signal handler, say)."""
+        self._stop = anyio.Event()
+        await self._stop.wait()
+        await self.shutdown()
+
+    def request_shutdown(self) -> None:
+        """Ask for :meth:`shutdown` from outside any task (a signal handler on the loop)."""
+        if self._stop is not None:
+            self._stop.set()
 
     async def shutdown(self) -> None:
         """Stop: cancel this process's runs (their followers get ``cancelled``), then end
