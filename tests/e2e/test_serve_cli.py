@@ -183,3 +183,16 @@ def test_headwater_run_checks_its_stream_mode(here: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "Invalid value for '--stream-mode'" in done.stderr and "custom" in done.stderr
+
+
+def test_the_demo_keeps_one_checkpoint_file_per_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    import headwater._demo as demo
+
+    here = demo.demo_db_path()
+    assert here == demo.demo_db_path()  # stable across runs
+    assert os.path.dirname(here) == tempfile.gettempdir()
+    assert os.path.basename(here) != "headwater-demo.db"  # not one file shared by all
+    monkeypatch.setattr(demo, "__file__", "/elsewhere/checkout/core/headwater/_demo.py")
+    assert demo.demo_db_path() != here
