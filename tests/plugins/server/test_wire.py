@@ -91,21 +91,22 @@ def test_messages_tuples_and_errors_are_plain_json() -> None:
         tool_calls=(ToolCall(name="add", args={"a": 1}, id="c1"),),
         usage=Usage(input_tokens=3, output_tokens=4),
     )
+    tool = ToolMessage(content="2", tool_call_id="c1")
     doc = json.loads(
         encode_json(
             {
                 "pair": ("a", ("b", 1)),
-                "messages": [HumanMessage(content="hi"), reply, ToolMessage(content="2", tool_call_id="c1")],
+                "messages": [HumanMessage(content="hi"), reply, tool],
                 "chunk": AIMessageChunk(content="He"),
                 "error": ValueError("boom"),
                 "set": {3, 1},
             }
         )
-    )  # fmt: skip
+    )
     no_type_tags(doc)
     assert doc["pair"] == ["a", ["b", 1]] and doc["set"] == [1, 3]
-    human, ai, tool = doc["messages"]
-    for message in (human, ai, tool, doc["chunk"]):
+    human, ai, tool_dict = doc["messages"]
+    for message in (human, ai, tool_dict, doc["chunk"]):
         assert set(message) == LANGCHAIN_KEYS[message["type"]]
     assert ai["tool_calls"] == [{"name": "add", "args": {"a": 1}, "id": "c1", "type": "tool_call"}]
     assert ai["usage_metadata"] == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
