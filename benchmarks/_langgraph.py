@@ -181,7 +181,7 @@ async def one(name: str, quick: bool) -> tuple[str, dict[str, float]] | None:
             lambda: drain(app.astream({"n": 0}, stream_mode="custom")), repeats=repeats
         )
         return "events/s", per_unit(t, n, "events/s")
-    if name.startswith("tokens-") and name != "tokens-memory":
+    if name.startswith("tokens-") and name != "tokens-memory" and "otel" not in name:
         n = 300 if quick else 20_000
         app = token_graph(n, sync=name.endswith("-sync"))
         if name == "tokens-events":

@@ -215,7 +215,7 @@ def token_list(n: int) -> list[str]:
     return [f"t{i} " for i in range(n)]
 
 
-def token_graph(n: int, *, sync: bool = False) -> Any:
+def token_graph(n: int, *, sync: bool = False, **compile_kw: Any) -> Any:
     llm = FakeChatModel([token_list(n)], cycle=True)
 
     async def talk(state: Chat) -> dict[str, Any]:
@@ -228,7 +228,7 @@ def token_graph(n: int, *, sync: bool = False) -> Any:
     graph.add_node("talk", talk_sync if sync else talk)
     graph.add_edge(START, "talk")
     graph.add_edge("talk", END)
-    return graph.compile()
+    return graph.compile(**compile_kw)
 
 
 def custom_graph(n: int, *, sync: bool = False) -> Any:
@@ -496,6 +496,80 @@ async def tokens(sizes: Sizes) -> list[Result]:
             note=f"peak tracemalloc growth, {n:,} tokens via astream_events",
         )
     )
+    return results
+
+
+def _otel_plugin_manager() -> tuple[Any, Any, Any] | None:
+    """(headwater_otel, plugin manager with it, a TracerProvider exporting nowhere), or None
+    when headwater-otel is not installed. Spans go through the SDK's batch processor to an
+    exporter that drops them: headwater's cost and the SDK's, not a collector's."""
+    try:
+        import headwater_otel
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError:
+        return None
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    pm = create_plugin_manager()  # HEADWATER_LOAD_PLUGINS may leave the plugin out: add it
+    if not pm.is_registered(headwater_otel):
+        pm.register(headwater_otel, name="otel")
+    return headwater_otel, pm, provider
+
+
+@workload("tokens-otel", "tokens-otel-quiet")
+async def tokens_otel(sizes: Sizes) -> list[Result]:
+    """The token path with every run traced (headwater-otel on) against the same runs
+    untraced: streamed (``messages`` mode) and quiet (``ainvoke``, nobody streaming)."""
+    found = _otel_plugin_manager()
+    names = ("tokens-otel", "tokens-otel-quiet")
+    if found is None:
+        return [finish(n, "tokens/s", stats([0.0]), None, None, note="skipped") for n in names]
+    otel, pm, provider = found
+    n = sizes.tokens
+    app = token_graph(n, plugin_manager=pm)
+
+    async def quiet(graph: Any) -> int:
+        await graph.ainvoke({"messages": ["go"]})
+        return n
+
+    results = []
+    try:
+        for name, run in (("tokens-otel", _count_tokens_messages), ("tokens-otel-quiet", quiet)):
+
+            async def on(run: Any = run) -> int:
+                otel.enable(provider)
+                return int(await run(app))
+
+            async def off(run: Any = run) -> int:
+                otel.disable()
+                return int(await run(app))
+
+            hw, base = await measure(on, off, repeats=sizes.repeats)
+            results.append(
+                make_result(
+                    name,
+                    "tokens/s",
+                    n,
+                    hw,
+                    base,
+                    Target(ratio=1.10),
+                    baseline_kind="otel off",
+                    note="baseline: the same runs untraced",
+                )
+            )
+    finally:
+        otel.disable()
+        provider.shutdown()
     return results
 
 

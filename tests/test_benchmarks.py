@@ -1,7 +1,7 @@
 """Smoke tests of ``benchmarks/``: each script runs with ``--quick`` and reports every
 workload. Never a timing assertion: the numbers are for people, not for CI.
 
-The three scripts start together (they mostly wait on process start-up and sockets) and
+The scripts start together (they mostly wait on process start-up and sockets) and
 each test waits for its own; the servers they start load only the plugins they use.
 """
 
@@ -37,10 +37,12 @@ WORKLOADS = [
     "tokens-messages-async",
     "tokens-messages-sync",
     "tokens-memory",
+    "tokens-otel",
+    "tokens-otel-quiet",
     *(f"checkpoint-{kind}-{mode}" for kind in ("memory", "sqlite", "postgres")
       for mode in ("sync", "async")),
 ]  # fmt: skip
-SCRIPTS = ("run", "serve", "scaleout")
+SCRIPTS = ("run", "serve", "scaleout", "adapters")
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +136,13 @@ def test_scaleout_reports_both_setups_or_says_why_not(quick_runs: dict[str, Any]
     assert all(r["failures"] == 0 for r in report["results"])
     printed = rows(output)
     assert "single serve" in printed and "2 serve + 2 workers" in printed
+
+
+def test_adapters_reports_every_workload(quick_runs: dict[str, Any]) -> None:
+    output, report = finish(quick_runs, "adapters")
+    names = [f"{p}-{k}" for p in ("openai", "anthropic") for k in ("tokens", "calls")]
+    assert [r["name"] for r in report["results"]] == names
+    assert all(r["headwater"]["median"] > 0 and r["bare"]["median"] > 0 for r in report["results"])
+    printed = rows(output)
+    for name in names:
+        assert name in printed, f"no row for {name}:\n{output}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -18,6 +19,21 @@ from headwater._plugins import (
 from headwater.errors import PluginConflictError, PluginError
 
 BUILTIN = "headwater (built in)"
+
+_FALLBACK = "_headwater_fallback"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fallback(fn: F) -> F:
+    """Mark a built-in command as a fallback: a plugin's command of the same name replaces
+    it instead of conflicting with it (put it under ``@cli.command()``)."""
+    setattr(fn, _FALLBACK, True)
+    return fn
+
+
+def _is_fallback(command: click.Command) -> bool:
+    return getattr(command.callback, _FALLBACK, False) is True
 
 
 @click.group()
@@ -112,6 +128,8 @@ def build_cli(pm: PluginManager) -> click.Group:
     staging = click.Group()
     for plugin_name, _ in pm.call_each("headwater_cli_commands", cli=staging):
         for name, command in staging.commands.items():
+            if name in group.commands and _is_fallback(group.commands[name]):
+                del group.commands[name]  # a built-in fallback gives way to the real one
             if name in group.commands:
                 error = PluginConflictError(
                     f"CLI command {name!r} is added by both {owners[name]} and "

@@ -9,98 +9,20 @@ import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
+from headwater._nodes import Branch, Calling, NodeSpec, calling_convention
 from headwater._state import Schema, describe_schema
 from headwater._types import END, START, Command
 from headwater.errors import GraphValidationError
 from headwater.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from headwater._plugins import PluginManager
     from headwater._pregel import CompiledGraph
+    from headwater.checkpoint import Checkpointer
 
 __all__ = ["StateGraph"]
 
 _RESERVED_CHARS = ("|", ":")
-
-
-@attrs.frozen
-class Calling:
-    """How to call a user function: with config (positionally or by keyword), with writer."""
-
-    is_async: bool
-    config: str | None  # None | "positional" | "keyword"
-    writer: bool
-
-
-def calling_convention(fn: Callable[..., Any], what: str) -> Calling:
-    """Inspect ``fn`` once: ``(state)``, ``(state, config)``, ``(state, *, writer)``…"""
-    target = fn
-    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    )
-    try:
-        params = list(inspect.signature(target).parameters.values())
-    except (TypeError, ValueError):
-        return Calling(is_async=is_async, config=None, writer=False)
-    positional = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "writer"
-    ]
-    keyword = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    required_kw = {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
-    unknown_kw = required_kw - {"config", "writer"}
-    if unknown_kw:
-        raise GraphValidationError(
-            f"{what} has required keyword-only parameter(s) {sorted(unknown_kw)}; headwater "
-            "can inject only `config` and `writer`. Give them defaults or remove them."
-        )
-    has_var_positional = any(p.kind is p.VAR_POSITIONAL for p in params)
-    if not positional and not has_var_positional:
-        raise GraphValidationError(
-            f"{what} takes no positional parameter; expected fn(state), fn(state, config) or "
-            "fn(state, *, writer)."
-        )
-    config: str | None = None
-    if len(positional) >= 2 and (
-        positional[1].name == "config" or positional[1].default is positional[1].empty
-    ):
-        config = "positional"
-    elif "config" in keyword:
-        config = "keyword"
-    writer = "writer" in keyword or any(
-        p.name == "writer" and p.kind is p.POSITIONAL_OR_KEYWORD for p in params
-    )
-    return Calling(is_async=is_async, config=config, writer=writer)
-
-
-@attrs.frozen
-class NodeSpec:
-    """A node as the scheduler sees it."""
-
-    name: str
-    fn: Callable[..., Any]
-    calling: Calling
-    tags: tuple[str, ...]
-    metadata: Mapping[str, Any]
-    destinations: tuple[str, ...] | None  # Command targets, None = unknown (may go anywhere)
-    subgraph: CompiledGraph | None = None
-    retry: RetryPolicy | None = None
-
-
-@attrs.frozen
-class Branch:
-    """A conditional edge: ``router(state)`` names where to go after ``source``."""
-
-    source: str
-    router: Callable[..., Any]
-    calling: Calling
-    path_map: Mapping[Hashable, str] | None
-
-    @property
-    def name(self) -> str:
-        return getattr(self.router, "__name__", type(self.router).__name__)
 
 
 def _command_destinations(fn: Callable[..., Any]) -> tuple[str, ...] | None:
@@ -503,12 +425,12 @@ class StateGraph:
 
     def compile(
         self,
-        checkpointer: Any = None,
+        checkpointer: Checkpointer | str | None = None,
         *,
         interrupt_before: Sequence[str] = (),
         interrupt_after: Sequence[str] = (),
         name: str | None = None,
-        plugin_manager: Any = None,
+        plugin_manager: PluginManager | None = None,
     ) -> CompiledGraph:
         """Validate the graph and return a runnable :class:`~headwater.CompiledGraph`.
 

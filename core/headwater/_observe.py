@@ -11,15 +11,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from headwater.runtime import Run, current_task, new_id
+from headwater._bus import Emitter
+from headwater._ids import new_id
+from headwater.runtime import current_task
 
 __all__ = ["Observed"]
 
+_PHASES = ("start", "stream", "end", "error")
+_KINDS: dict[str, dict[str, str]] = {}
+
+
+def _kinds(family: str) -> dict[str, str]:
+    """``{"start": "on_<family>_start", …}``, made once per family."""
+    kinds = _KINDS.get(family)
+    if kinds is None:
+        kinds = _KINDS[family] = {phase: f"on_{family}_{phase}" for phase in _PHASES}
+    return kinds
+
 
 class Observed:
-    """One observed call: ``emit("start" | "stream" | "end" | "error", data)``."""
+    """One observed call: ``emit("start" | "stream" | "end" | "error", data)``.
 
-    __slots__ = ("kinds", "metadata", "name", "parent_ids", "run", "run_id", "tags")
+    ``emitter`` is ``None`` when nobody streams the run (or outside a run); the hottest
+    loops (a model's chunks) call it directly, with ``kinds[phase]``.
+    """
+
+    __slots__ = ("emitter", "kinds", "name")
 
     def __init__(
         self,
@@ -29,42 +46,29 @@ class Observed:
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         task = current_task.get()
-        self.run: Run | None = None
-        self.run_id = ""
+        self.emitter: Emitter | None = None
         self.name = name or ""
-        self.parent_ids: tuple[str, ...] = ()
-        self.tags: tuple[str, ...] = tuple(tags)
-        self.metadata: Mapping[str, Any] = metadata or {}
-        self.kinds = {
-            phase: f"on_{family}_{phase}" for phase in ("start", "stream", "end", "error")
-        }
+        self.kinds = _kinds(family)
         if task is None:
             return
         if name is None:
             self.name = task.node
         run = task.run
-        if not run.streaming:
+        if not run.bus.streaming:
             return
-        self.run = run
-        self.run_id = new_id()
-        self.parent_ids = (*run.parent_ids, run.run_id, task.run_id)
-        self.tags = task.event_tags + tuple(t for t in tags if t not in task.event_tags)
-        self.metadata = {**task.event_metadata, **(metadata or {})}
+        task_tags = task.event_tags
+        self.emitter = run.bus.emitter(
+            (
+                self.name,
+                new_id(),
+                (*run.parent_ids, run.run_id, task.run_id),
+                task_tags + tuple(t for t in tags if t not in task_tags),
+                {**task.event_metadata, **(metadata or {})},
+            )
+        )
 
     def emit(self, phase: str, data: Mapping[str, Any]) -> None:
         """Emit ``on_<family>_<phase>`` if anybody wants it."""
-        run = self.run
-        if run is None:
-            return
-        kind = self.kinds[phase]
-        subs = run.subscriptions(kind)
-        if subs:
-            run.emit(
-                subs, kind, self.name, self.run_id, self.parent_ids, self.tags, self.metadata, data
-            )
-
-    async def relieve(self) -> None:
-        """Wait while a consumer of the run is behind (backpressure between chunks)."""
-        run = self.run
-        if run is not None and run._valves:
-            await run.relieve()
+        emitter = self.emitter
+        if emitter is not None:
+            emitter.emit(self.kinds[phase], data)

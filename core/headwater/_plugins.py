@@ -1,41 +1,105 @@
-"""The plugin manager: built lazily, entry points loaded in sorted order, errors named."""
+"""The plugin manager: built lazily, built-ins by module name, entry points in sorted order.
+
+This module sits near the ground: it imports only :mod:`headwater.hookspecs` and
+:mod:`headwater.errors`. The core's own hook implementations (``headwater/_builtin/``)
+are listed by module name in :data:`DEFAULT_PLUGINS` and imported when a manager is made,
+as datasette and llm do, so nothing below reaches up to the manager and the manager
+imports nothing above it.
+
+:meth:`PluginManager.lookup` is the one door from a name to what a plugin registered
+under it: the close-match suggestion and the install hint (from :data:`REGISTRIES`) are
+made there, not at each call site.
+"""
 
 from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import importlib.metadata
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+import attrs
 import pluggy
 
 from headwater import hookspecs
 from headwater.errors import PluginConflictError, PluginError, PluginLoadError
 
 __all__ = [
+    "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
     "REGISTRATION_HOOKS",
+    "REGISTRIES",
     "PluginManager",
+    "Registry",
     "create_plugin_manager",
     "get_plugin_manager",
 ]
 
 ENTRY_POINT_GROUP = "headwater"
 
-_REGISTRATION_LABELS = {
-    "headwater_stream_modes": "Stream mode",
-    "headwater_event_filters": "Event filter",
-    "headwater_checkpointers": "Checkpointer scheme",
-    "headwater_chat_models": "Chat model provider",
-    "headwater_brokers": "Broker scheme",
-    "headwater_run_queues": "Run queue scheme",
-    "headwater_sinks": "Sink",
-}
+DEFAULT_PLUGINS = ("headwater._builtin.checkpointers", "headwater._builtin.cli")
+"""The core's own plugins, by module name: registered first, as ``headwater.<last part>``."""
 
-REGISTRATION_HOOKS = tuple(sorted(_REGISTRATION_LABELS))
+
+@attrs.frozen
+class Registry:
+    """How errors name one registration hook's entries, and who installs the standard ones.
+
+    Example::
+
+        Registry("broker scheme", "schemes", known={"redis": "headwater-redis"})
+    """
+
+    label: str
+    """What one entry is, in messages: ``"stream mode"``, ``"checkpointer scheme"``."""
+    plural: str
+    """What the list of installed entries is called: ``"modes"``, ``"schemes"``."""
+    standard: str | None = None
+    """The distribution with the standard entries, named when none is installed."""
+    known: Mapping[str, str] = attrs.field(factory=dict)
+    """Entries that standard plugins register, and the distribution to install for each."""
+
+
+REGISTRIES: Mapping[str, Registry] = {
+    "headwater_stream_modes": Registry(
+        "stream mode",
+        "modes",
+        standard="headwater-streams",
+        known={hookspecs.EVENTS_MODE: "headwater-streams"},
+    ),
+    "headwater_event_filters": Registry("filter", "filters", standard="headwater-filters"),
+    "headwater_checkpointers": Registry(
+        "checkpointer scheme",
+        "schemes",
+        known={
+            "sqlite": "headwater-sqlite",
+            "postgresql": "headwater-postgres",
+            "postgres": "headwater-postgres",
+        },
+    ),
+    "headwater_chat_models": Registry(
+        "chat model provider",
+        "providers",
+        known={"openai": "headwater-openai", "anthropic": "headwater-anthropic"},
+    ),
+    "headwater_brokers": Registry(
+        "broker scheme", "schemes", known={"redis": "headwater-redis", "rediss": "headwater-redis"}
+    ),
+    "headwater_run_queues": Registry(
+        "run queue scheme",
+        "schemes",
+        known={"postgresql": "headwater-postgres", "postgres": "headwater-postgres"},
+    ),
+    "headwater_sinks": Registry("sink", "sinks"),
+}
+"""One entry per registration hook: its labels and its install-hint table."""
+
+REGISTRATION_HOOKS = tuple(sorted(REGISTRIES))
 """The hooks merged by :meth:`PluginManager.registrations` (``headwater plugins`` checks them)."""
 
 
@@ -159,7 +223,8 @@ class PluginManager(pluggy.PluginManager):
             return self._registrations[hook_name]
         except KeyError:
             pass
-        label = _REGISTRATION_LABELS.get(hook_name, hook_name)
+        registry = REGISTRIES.get(hook_name)
+        label = _upper_first(registry.label) if registry is not None else hook_name
         merged: dict[str, Any] = {}
         owners: dict[str, str] = {}
         for plugin_name, result in self.call_each(hook_name):
@@ -185,6 +250,104 @@ class PluginManager(pluggy.PluginManager):
                 owners[key] = plugin_name
         self._registrations[hook_name] = merged
         return merged
+
+    def lookup(
+        self,
+        hook_name: str,
+        name: str,
+        *,
+        error: type[Exception],
+        where: str = "",
+        unknown: str | None = None,
+    ) -> Any:
+        """What a registration hook registered under ``name``; else ``error`` saying so.
+
+        The message opens with ``unknown`` (default ``"Unknown <label> 'name'<where>."``),
+        suggests the closest installed or standard name, lists what is installed and
+        says which distribution to install, from :data:`REGISTRIES`.
+
+        Example::
+
+            factory = pm.lookup("headwater_brokers", "redis", error=BrokerError,
+                                where=" in 'redis://localhost'")
+            # BrokerError: Unknown broker scheme 'redis' in 'redis://localhost'.
+            # Installed schemes: memory. Install it with: pip install headwater-redis.
+        """
+        found = self.registrations(hook_name)
+        try:
+            return found[name]
+        except (KeyError, TypeError):  # TypeError: an unhashable name from bad input
+            pass
+        registry = REGISTRIES.get(hook_name) or Registry(hook_name, "names")
+        installed = sorted(found)
+        message = unknown or f"Unknown {registry.label} {name!r}{where}."
+        dist = registry.known.get(name) if isinstance(name, str) else None
+        hint = "" if dist is None else f" Install it with: pip install {dist}."
+        if dist is None and isinstance(name, str):  # a misspelling: suggest the closest name
+            candidates = sorted({*installed, *registry.known} - {name})
+            close = difflib.get_close_matches(name, candidates, n=1)
+            if close:
+                message += f" Did you mean {close[0]!r}?"
+                if close[0] in registry.known:
+                    dist = registry.known[close[0]]
+                    hint = f" {close[0]!r} comes with {dist}: pip install {dist}."
+        message += f" Installed {registry.plural}: {', '.join(installed) or '(none)'}."
+        if hint:
+            message += hint
+        elif not installed and registry.standard is not None:
+            message += (
+                f" Install {registry.standard} for the standard {registry.plural}: "
+                f"pip install {registry.standard}."
+            )
+        raise error(message)
+
+    def make(
+        self,
+        hook_name: str,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        error: type[Exception],
+        expected: type,
+        where: str = "",
+        unknown: str | None = None,
+        expectation: str | None = None,
+    ) -> Any:
+        """:meth:`lookup` the factory registered under ``name``, call it with ``args`` and
+        ``kwargs``, and check that it made an ``expected``; else ``error`` naming the
+        factory and what it returned (``expectation`` says what was missing).
+
+        Example::
+
+            saver = pm.make("headwater_checkpointers", "sqlite", ["sqlite:///app.db"],
+                            error=CheckpointError, expected=Checkpointer)
+        """
+        factory = self.lookup(hook_name, name, error=error, where=where, unknown=unknown)
+        made = factory(*args, **(kwargs or {}))
+        if not isinstance(made, expected):
+            label = REGISTRIES[hook_name].label if hook_name in REGISTRIES else hook_name
+            wanted = expectation or f"not a {expected.__module__}.{expected.__qualname__}"
+            raise error(
+                f"{_upper_first(label)} {name!r} is broken: the factory of {label} {name!r} "
+                f"returned {type(made).__name__}, {wanted}. Fix or uninstall the plugin "
+                "that registers it."
+            )
+        return made
+
+    def from_url(self, hook_name: str, url: str, *, error: type[Exception], expected: type) -> Any:
+        """:meth:`make` what a URL names: the factory registered for its scheme, called
+        with the whole URL (checkpointers, brokers, run queues).
+
+        Example::
+
+            broker = pm.from_url("headwater_brokers", "redis://localhost:6379/0",
+                                 error=BrokerError, expected=Broker)
+        """
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        return self.make(
+            hook_name, scheme, [url], error=error, expected=expected, where=f" in {url!r}"
+        )
 
     def check_pending(self) -> None:
         """Fail loudly when a plugin implements a hook headwater does not have (a typo).
@@ -257,12 +420,6 @@ def _selected(env: str | None) -> set[str] | None:
     return {p.strip() for p in env.split(",") if p.strip()}
 
 
-def _builtin_plugins() -> list[Any]:
-    from headwater._builtin import checkpointers, cli
-
-    return [checkpointers, cli]
-
-
 def create_plugin_manager(
     autoload: bool = True,
     plugins: Iterable[Any] = (),
@@ -288,8 +445,10 @@ def create_plugin_manager(
     pm = PluginManager()
     for name in block:
         pm.set_blocked(name)
-    for plugin in _builtin_plugins():
-        pm.register(plugin, name="headwater." + plugin.__name__.rsplit(".", 1)[-1])
+    for module_name in DEFAULT_PLUGINS:
+        builtin = "headwater." + module_name.rsplit(".", 1)[-1]
+        if not pm.is_blocked(builtin):  # a blocked built-in is not even imported
+            pm.register(importlib.import_module(module_name), name=builtin)
     for plugin in plugins:
         pm.register(plugin)
     if autoload:

@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import difflib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -43,13 +42,14 @@ from headwater.errors import (
     UnsupportedVersionError,
 )
 from headwater.events import SKIP, Accept, Event, EventFilter, StreamMode, Subscription
+from headwater.hookspecs import EVENTS_MODE
 from headwater.runtime import Run
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from headwater._plugins import PluginManager
-    from headwater._pregel import CompiledGraph
+    from headwater.checkpoint import Checkpointer
 
 __all__ = ["BUFFER_SIZE", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
 
@@ -60,19 +60,24 @@ BATCH_SIZE = 256
 """Items per batch on the queue: producers append to a batch, which is handed over when
 full or at once while the consumer is waiting, so no item waits for company."""
 
-EVENTS_MODE = "events"
-"""The stream mode ``astream_events`` uses (supplied by ``headwater-streams``)."""
-
-_FILTER_ARGS = (
-    "include_names",
-    "include_types",
-    "include_tags",
-    "exclude_names",
-    "exclude_types",
-    "exclude_tags",
-)
+_MODES = "headwater_stream_modes"
+_FILTERS = "headwater_event_filters"
 
 _background: set[Any] = set()
+
+
+class Streamable(Protocol):
+    """What a stream needs of the graph it runs (a compiled graph)."""
+
+    name: str
+    checkpointer: Checkpointer | None
+
+    @property
+    def plugin_manager(self) -> PluginManager: ...
+
+    def prepare_run(self, input: Any, config: Mapping[str, Any] | None) -> Run: ...
+
+    async def execute(self, run: Run, input: Any) -> dict[str, Any]: ...
 
 
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
@@ -98,7 +103,7 @@ class _Pipe:
 
     def __init__(
         self,
-        graph: CompiledGraph,
+        graph: Streamable,
         run: Run,
         input: Any,
         routes: Mapping[str, list[tuple[str, StreamMode]]],
@@ -134,7 +139,7 @@ class _Pipe:
         self._done: anyio.Event | None = None
         self._closing = False
         self._thread = threading.get_ident()
-        run.subscribe(
+        run.bus.subscribe(
             Subscription(
                 callback=self._on_emit,
                 kinds=frozenset(routes),
@@ -143,7 +148,7 @@ class _Pipe:
                 bind=self._bind,
             )
         )
-        run.add_valve(self._valve)
+        run.bus.add_valve(self._valve)
 
     @property
     def run_id(self) -> str:
@@ -421,8 +426,6 @@ class RunStream(AsyncIterator[Any]):
 
 
 def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
-    registry = pm.registrations("headwater_stream_modes")
-    installed = sorted(k for k in registry if k != EVENTS_MODE)
     if isinstance(stream_mode, str):
         names, single = [stream_mode], True
     elif (
@@ -432,34 +435,25 @@ def _modes(pm: PluginManager, stream_mode: Any) -> tuple[list[str], bool]:
     ):
         names, single = list(dict.fromkeys(stream_mode)), False
     else:
+        installed = sorted(pm.registrations(_MODES))
         raise UnknownStreamModeError(
             f"stream_mode must be a mode name or a non-empty list of mode names, e.g. "
             f"'values' or ['updates', 'custom']; got {type(stream_mode).__name__}: "
             f"{stream_mode!r:.80}. Installed modes: {', '.join(installed) or '(none)'}."
         )
     for name in names:
-        if name not in registry:
-            close = difflib.get_close_matches(name, installed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            extra = "" if installed else " Install headwater-streams for the standard modes."
-            raise UnknownStreamModeError(
-                f"Unknown stream mode {name!r}.{hint} Installed modes: "
-                f"{', '.join(installed) or '(none)'}.{extra}"
-            )
+        pm.lookup(_MODES, name, error=UnknownStreamModeError)
     return names, single
 
 
 def _routes(
-    run: Run, registry: Mapping[str, Any], names: Iterable[str]
+    run: Run, pm: PluginManager, names: Iterable[str]
 ) -> dict[str, list[tuple[str, StreamMode]]]:
     routes: dict[str, list[tuple[str, StreamMode]]] = {}
     for name in names:
-        mode = registry[name](run)
-        if not isinstance(mode, StreamMode):
-            raise UnknownStreamModeError(
-                f"Stream mode {name!r} is broken: its factory returned "
-                f"{type(mode).__name__}, expected headwater.events.StreamMode."
-            )
+        mode: StreamMode = pm.make(
+            _MODES, name, [run], error=UnknownStreamModeError, expected=StreamMode
+        )
         for kind in mode.kinds:
             routes.setdefault(kind, []).append((name, mode))
     return routes
@@ -476,7 +470,7 @@ def _shaper(single: bool, subgraphs: bool) -> Callable[[str, tuple[str, ...], An
 
 
 def open_stream(
-    graph: CompiledGraph,
+    graph: Streamable,
     input: Any,
     config: Mapping[str, Any] | None,
     stream_mode: Any,
@@ -486,7 +480,7 @@ def open_stream(
     pm = graph.plugin_manager
     names, single = _modes(pm, stream_mode)
     run = graph.prepare_run(input, config)
-    routes = _routes(run, pm.registrations("headwater_stream_modes"), names)
+    routes = _routes(run, pm, names)
     if graph.checkpointer is None:
         for name, mode in (m for modes in routes.values() for m in modes):
             if mode.needs_checkpointer:
@@ -498,40 +492,23 @@ def open_stream(
 
 
 def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
-    registry = pm.registrations("headwater_event_filters")
-    out: list[EventFilter] = []
-
     def named(name: str, arg: Any, how: str) -> EventFilter:
-        factory = registry.get(name)
-        if factory is None:
-            installed = sorted(registry)
-            close = difflib.get_close_matches(name, installed, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            extra = "" if installed else " Install headwater-filters for the standard filters."
-            raise InvalidFilterError(
-                f"{how} names unknown filter {name!r}.{hint} Installed filters: "
-                f"{', '.join(installed) or '(none)'}.{extra}"
-            )
-        made = factory(arg)
-        if not isinstance(made, EventFilter):
-            raise InvalidFilterError(
-                f"Filter {name!r} is broken: its factory returned {type(made).__name__}, "
-                "expected headwater.events.EventFilter."
-            )
+        unknown = f"{how} names unknown filter {name!r}."
+        made: EventFilter = pm.make(
+            _FILTERS, name, [arg], error=InvalidFilterError, expected=EventFilter, unknown=unknown
+        )
         return made
 
-    includes = [
-        named(name, arg, f"astream_events({name}=...)")
-        for name, arg in args.items()
-        if arg is not None and name.startswith("include_")
-    ]
-    out.extend(
-        named(name, arg, f"astream_events({name}=...)")
-        for name, arg in args.items()
-        if arg is not None and not name.startswith("include_")
-    )
-    if includes:
-        out.append(_any_of(includes))
+    out: list[EventFilter] = []
+    groups: dict[str, list[EventFilter]] = {}
+    for name, arg in args.items():  # keyword filters: those sharing an any_of group are OR'd
+        if arg is not None:
+            made = named(name, arg, f"astream_events({name}=...)")
+            if made.any_of is None:
+                out.append(made)
+            else:
+                groups.setdefault(made.any_of, []).append(made)
+    out.extend(_any_of(group) for group in groups.values())
     if filters is None:
         return out
     if isinstance(filters, str | EventFilter) or callable(filters):
@@ -552,11 +529,12 @@ def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> 
         elif callable(f):
             out.append(EventFilter(predicate=f))
         else:
+            installed = sorted(pm.registrations(_FILTERS))
             raise InvalidFilterError(
                 f"filters=[...] contains {type(f).__name__} {f!r:.60}; expected a callable "
                 "taking an Event and returning bool, the name of an installed filter, a "
                 "(name, argument) pair, or an EventFilter. Installed filters: "
-                f"{', '.join(sorted(registry)) or '(none)'}."
+                f"{', '.join(installed) or '(none)'}."
             )
     return out
 
@@ -568,7 +546,7 @@ def _header_ok(f: EventFilter, kind: str, name: str, tags: tuple[str, ...], md: 
 
 
 def _any_of(filters: list[EventFilter]) -> EventFilter:
-    """An event passes when it passes any one of ``filters`` (LangGraph's include_* rule)."""
+    """An event passes when it passes any one of ``filters`` (one ``any_of`` group)."""
     if len(filters) == 1:
         return filters[0]
     kinds: frozenset[str] | None = frozenset()
@@ -601,7 +579,7 @@ def _all_accept(accepts: list[Accept]) -> Accept | None:
 
 
 def open_event_stream(
-    graph: CompiledGraph,
+    graph: Streamable,
     input: Any,
     config: Mapping[str, Any] | None,
     version: str,
@@ -619,15 +597,16 @@ def open_event_stream(
             f"Unknown astream_events version {version!r}; the only version is 'v2' (the default)."
         )
     pm = graph.plugin_manager
-    registry = pm.registrations("headwater_stream_modes")
-    if EVENTS_MODE not in registry:
-        raise UnknownStreamModeError(
-            "astream_events needs the 'events' projection, which no installed plugin provides. "
-            "Install headwater-streams."
-        )
+    pm.lookup(
+        _MODES,
+        EVENTS_MODE,
+        error=UnknownStreamModeError,
+        unknown=f"astream_events needs the {EVENTS_MODE!r} projection, which no installed "
+        "plugin provides.",
+    )
     event_filters = _event_filters(pm, filter_args, filters)
     run = graph.prepare_run(input, config)
-    routes = _routes(run, registry, [EVENTS_MODE])
+    routes = _routes(run, pm, [EVENTS_MODE])
     for f in event_filters:
         if f.kinds is not None:
             routes = {k: v for k, v in routes.items() if k in f.kinds}

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import abc
 import collections
-import difflib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import attrs
 
+from headwater._plugins import PluginManager, get_plugin_manager
 from headwater.errors import BrokerError, ExpiredPositionError
 
 __all__ = [
@@ -363,7 +362,7 @@ class MemoryBroker(Broker):
             changed.set()
 
 
-def broker_from_url(url: str, plugin_manager: Any = None) -> Broker:
+def broker_from_url(url: str, plugin_manager: PluginManager | None = None) -> Broker:
     """Make a broker from a URL through the installed plugins.
 
     Example::
@@ -371,22 +370,6 @@ def broker_from_url(url: str, plugin_manager: Any = None) -> Broker:
         broker_from_url("memory:")
         broker_from_url("redis://127.0.0.1:6379/0")   # needs headwater-redis
     """
-    from headwater._plugins import get_plugin_manager
-
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    registry = pm.registrations("headwater_brokers")
-    factory = registry.get(scheme)
-    if factory is None:
-        installed = sorted(registry)
-        close = difflib.get_close_matches(scheme, sorted({*installed, "redis"}), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close and close[0] != scheme else ""
-        extra = " For redis:// install headwater-redis." if scheme in ("redis", "rediss") else ""
-        raise BrokerError(
-            f"Unknown broker scheme {scheme!r} in {url!r}.{hint} Installed: "
-            f"{', '.join(installed) or '(none)'}.{extra}"
-        )
-    made = factory(url)
-    if not isinstance(made, Broker):
-        raise BrokerError(f"Broker factory for {scheme!r} returned {type(made).__name__}.")
-    return made
+    broker: Broker = pm.from_url("headwater_brokers", url, error=BrokerError, expected=Broker)
+    return broker

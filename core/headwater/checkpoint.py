@@ -22,18 +22,18 @@ Example::
 from __future__ import annotations
 
 import abc
-import difflib
 import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
+from headwater import serde
+from headwater._ids import new_id
+from headwater._plugins import PluginManager, get_plugin_manager
 from headwater.errors import CheckpointError, SerdeError
-from headwater.runtime import new_id
 
 __all__ = [
     "Checkpoint",
@@ -255,15 +255,11 @@ def encode_record(value: Any) -> bytes:
     Raises :class:`~headwater.errors.SerdeError` naming the key and type of a value that
     cannot be stored — before anything is written.
     """
-    from headwater import serde
-
     return serde.dumps({"headwater": serde.FORMAT_VERSION, "record": value})
 
 
 def decode_record(data: bytes | str, thread_id: str, checkpoint_id: str, expected: type) -> Any:
     """Read back a stored record; anything unexpected is a CheckpointError (fail closed)."""
-    from headwater import serde
-
     where = f"Checkpoint {checkpoint_id!r} of thread {thread_id!r}"
     try:
         envelope = serde.loads(data)
@@ -357,7 +353,7 @@ class MemoryCheckpointer(Checkpointer):
             del self._writes[wkey]
 
 
-def checkpointer_from_url(url: str, plugin_manager: Any = None) -> Checkpointer:
+def checkpointer_from_url(url: str, plugin_manager: PluginManager | None = None) -> Checkpointer:
     """Make a checkpointer from a URL through the installed plugins.
 
     Example::
@@ -365,27 +361,8 @@ def checkpointer_from_url(url: str, plugin_manager: Any = None) -> Checkpointer:
         checkpointer_from_url("memory:")
         checkpointer_from_url("sqlite:///app.db")     # needs headwater-sqlite
     """
-    from headwater._plugins import get_plugin_manager
-
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    registry = pm.registrations("headwater_checkpointers")
-    factory = registry.get(scheme)
-    if factory is None:
-        installed = sorted(registry)
-        known = {"sqlite": "headwater-sqlite", "postgresql": "headwater-postgres"}
-        close = difflib.get_close_matches(scheme, sorted({*installed, *known}), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close and close[0] != scheme else ""
-        dist = known.get(scheme)
-        extra = f" For {scheme}:// install {dist}." if dist else ""
-        raise CheckpointError(
-            f"Unknown checkpointer scheme {scheme!r} in {url!r}.{hint} Installed: "
-            f"{', '.join(installed) or '(none)'}.{extra}"
-        )
-    made = factory(url)
-    if not isinstance(made, Checkpointer):
-        raise CheckpointError(
-            f"Checkpointer factory for {scheme!r} returned {type(made).__name__}, "
-            "not a Checkpointer."
-        )
-    return made
+    saver: Checkpointer = pm.from_url(
+        "headwater_checkpointers", url, error=CheckpointError, expected=Checkpointer
+    )
+    return saver

@@ -33,6 +33,7 @@ __all__ = [
     "PUBLIC_KINDS",
     "SKIP",
     "CHECKPOINT",
+    "INTERRUPT",
     "ON_INTERRUPT",
     "STEP_END",
     "TASK_END",
@@ -68,8 +69,18 @@ TASK_END: Final = "task_end"
 update); ``error`` is the exception it raised, or ``None``; ``interrupt`` is the
 :class:`~headwater.checkpoint.Interrupt` that paused it (it ends without an update and
 runs again on resume), or ``None``. When a run pauses, one more ``task_end`` named
-``__interrupt__`` carries all of the step's interrupts as its ``update`` (the
-``updates`` mode's ``{"__interrupt__": ...}`` chunk); it had no ``task_start``.
+:data:`INTERRUPT` carries all of the step's interrupts as its ``update`` (the ``updates``
+mode's ``{"__interrupt__": ...}`` chunk); it had no ``task_start``.
+"""
+
+INTERRUPT: Final = "__interrupt__"
+"""The name of the ``task_end`` that sums up a paused run's interrupts, and the key under
+which a paused run's result (and the ``updates`` stream) carries them.
+
+Example::
+
+    paused = app.invoke(state, config)
+    paused[INTERRUPT][0].value          # what interrupt(value) asked
 """
 
 CHECKPOINT: Final = "checkpoint"
@@ -250,3 +261,7 @@ class EventFilter:
     kinds: frozenset[str] | None = None
     accept: Accept | None = None
     predicate: Callable[[Event], bool] | None = None
+    any_of: str | None = None
+    """Filters given as ``astream_events`` keyword arguments in the same ``any_of`` group
+    pass an event when any one of them does (``headwater-filters`` puts its ``include_*``
+    filters in group ``"include"``); all other filters must each pass."""

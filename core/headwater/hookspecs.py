@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from headwater.runtime import NodeMiddleware, Run, Task
 
 __all__ = [
+    "EVENTS_MODE",
     "hookimpl",
     "hookspec",
     "headwater_brokers",
@@ -64,6 +65,17 @@ __all__ = [
 ]
 
 PROJECT_NAME = "headwater"
+
+EVENTS_MODE = "events"
+"""The stream mode ``astream_events`` streams: whichever plugin registers a mode under this
+name (``headwater-streams`` does) supplies the ``astream_events`` projection.
+
+Example::
+
+    @headwater.hookimpl
+    def headwater_stream_modes():
+        return {EVENTS_MODE: lambda run: StreamMode(kinds=PUBLIC_KINDS, project=Event.to_dict)}
+"""
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 """Marker for hook specifications of project ``"headwater"`` (used in this module only).
@@ -100,7 +112,8 @@ def headwater_stream_modes() -> Mapping[str, Any] | None:
     **Returns:** a mapping of mode name to a factory ``factory(run) -> StreamMode``
     (:class:`headwater.events.StreamMode`), called once per run that asks for the mode;
     or ``None`` to register nothing. Two plugins registering one name is a
-    ``PluginConflictError``.
+    ``PluginConflictError``. The mode named :data:`EVENTS_MODE` (``"events"``) is what
+    ``astream_events`` streams.
 
     **Async:** no.
 
@@ -120,7 +133,9 @@ def headwater_event_filters() -> Mapping[str, Any] | None:
     """Register named event filters for ``astream_events(filters=[...])``.
 
     The ``include_*`` / ``exclude_*`` keyword arguments of ``astream_events`` are themselves
-    named filters (``include_names``, ``exclude_types`` …) supplied by ``headwater-filters``.
+    named filters (``include_names``, ``exclude_types`` …) supplied by ``headwater-filters``;
+    keyword filters that share an ``EventFilter.any_of`` group pass an event when any one
+    of them does (how ``include_*`` arguments combine).
 
     **Called:** once per plugin manager; the merged result is cached.
 

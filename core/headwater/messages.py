@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from headwater._ids import new_id
 from headwater.errors import InvalidUpdateError
-from headwater.runtime import new_id
 
 __all__ = [
     "AIMessage",

@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import abc
-import difflib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -38,6 +37,7 @@ import anyio.from_thread
 
 from headwater._concurrency import run_all
 from headwater._observe import Observed
+from headwater._plugins import REGISTRIES, PluginManager, get_plugin_manager
 from headwater._sync import on_event_loop, run_sync
 from headwater.errors import HeadwaterError, InvalidInputError
 from headwater.messages import (
@@ -50,11 +50,14 @@ from headwater.messages import (
 
 __all__ = ["KNOWN_PROVIDERS", "ChatModel", "init_chat_model"]
 
-KNOWN_PROVIDERS: Mapping[str, str] = {
-    "openai": "headwater-openai",
-    "anthropic": "headwater-anthropic",
-}
-"""Providers with a standard plugin, and the distribution that supplies each."""
+KNOWN_PROVIDERS: Mapping[str, str] = REGISTRIES["headwater_chat_models"].known
+"""Providers with a standard plugin, and the distribution that supplies each (from the
+plugin manager's one install-hint table).
+
+Example::
+
+    KNOWN_PROVIDERS["openai"]   # "headwater-openai"
+"""
 
 
 def _messages(input: Any) -> list[BaseMessage]:
@@ -140,11 +143,16 @@ class ChatModel(abc.ABC):
         observed.emit("start", {"messages": messages, "input": messages})
         total = ChunkSum()
         chunks = self._astream(messages, **kwargs)
+        emitter = observed.emitter  # per chunk: no call at all when nobody streams
+        stream_kind = observed.kinds["stream"]
         try:
             async for chunk in chunks:
                 total.add(chunk)
-                observed.emit("stream", {"chunk": chunk})
-                await observed.relieve()
+                if emitter is not None:
+                    emitter.emit(stream_kind, {"chunk": chunk})
+                    waiting = emitter.bus.pressure()
+                    if waiting is not None:
+                        await waiting
                 yield chunk
             message = total.result().to_message()
         except BaseException as exc:  # cancelled or left early too: every start gets an end
@@ -267,36 +275,27 @@ def _drain_outside_loop(
             portal.call(agen.aclose)
 
 
-def init_chat_model(spec: str, *, plugin_manager: Any = None, **kwargs: Any) -> ChatModel:
+def init_chat_model(
+    spec: str, *, plugin_manager: PluginManager | None = None, **kwargs: Any
+) -> ChatModel:
     """Make a chat model from ``"provider:model"`` through the installed plugins.
 
     Example::
 
         llm = init_chat_model("openai:gpt-4o-mini", base_url="http://localhost:8000/v1")
     """
-    from headwater._plugins import get_plugin_manager
-
     if not isinstance(spec, str) or ":" not in spec:
         raise InvalidInputError(
             f"init_chat_model takes 'provider:model', e.g. 'openai:gpt-4o-mini'; got {spec!r}."
         )
     provider, model = spec.split(":", 1)
     pm = plugin_manager or get_plugin_manager()
-    registry = pm.registrations("headwater_chat_models")
-    factory = registry.get(provider)
-    if factory is None:
-        installed = sorted(registry)
-        close = difflib.get_close_matches(provider, sorted({*installed, *KNOWN_PROVIDERS}), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close and close[0] != provider else ""
-        dist = KNOWN_PROVIDERS.get(provider) or (KNOWN_PROVIDERS.get(close[0]) if close else None)
-        install = f" Install it with: pip install {dist}." if dist else ""
-        raise InvalidInputError(
-            f"Unknown chat model provider {provider!r}.{hint} Installed providers: "
-            f"{', '.join(installed) or '(none)'}.{install}"
-        )
-    made = factory(model, **kwargs)
-    if not isinstance(made, ChatModel):
-        raise HeadwaterError(
-            f"Chat model provider {provider!r} returned {type(made).__name__}, not a ChatModel."
-        )
+    made: ChatModel = pm.make(
+        "headwater_chat_models",
+        provider,
+        [model],
+        kwargs,
+        error=InvalidInputError,
+        expected=ChatModel,
+    )
     return made

@@ -15,13 +15,12 @@ Example::
 from __future__ import annotations
 
 import abc
-import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
+from headwater._plugins import PluginManager, get_plugin_manager
 from headwater.errors import QueueError
 
 __all__ = [
@@ -168,28 +167,13 @@ class RunQueue(abc.ABC):
         """Release connections."""
 
 
-def queue_from_url(url: str, plugin_manager: Any = None) -> RunQueue:
+def queue_from_url(url: str, plugin_manager: PluginManager | None = None) -> RunQueue:
     """Make a run queue from a URL through the installed plugins.
 
     Example::
 
         queue_from_url("postgresql://postgres@127.0.0.1:5432/test")
     """
-    from headwater._plugins import get_plugin_manager
-
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     pm = plugin_manager or get_plugin_manager()
-    registry = pm.registrations("headwater_run_queues")
-    factory = registry.get(scheme)
-    if factory is None:
-        installed = sorted(registry)
-        close = difflib.get_close_matches(scheme, sorted({*installed, "postgresql"}), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close and close[0] != scheme else ""
-        raise QueueError(
-            f"Unknown run queue scheme {scheme!r} in {url!r}.{hint} Installed: "
-            f"{', '.join(installed) or '(none)'}. For postgresql:// install headwater-postgres."
-        )
-    made = factory(url)
-    if not isinstance(made, RunQueue):
-        raise QueueError(f"Run queue factory for {scheme!r} returned {type(made).__name__}.")
-    return made
+    queue: RunQueue = pm.from_url("headwater_run_queues", url, error=QueueError, expected=RunQueue)
+    return queue

@@ -18,15 +18,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from random import getrandbits
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.from_thread
-import anyio.lowlevel
 import attrs
 
-from headwater.errors import StreamWriterError
-from headwater.events import ON_CUSTOM_EVENT, Event, Subscription
+from headwater._bus import Bus, Emitter, Header
+from headwater._ids import new_id
+from headwater.checkpoint import Interrupt
+from headwater.errors import GraphInterrupt, StreamWriterError
+from headwater.events import ON_CUSTOM_EVENT, Subscription
+
+if TYPE_CHECKING:
+    from headwater._plugins import PluginManager
 
 __all__ = [
     "NodeMiddleware",
@@ -41,98 +44,16 @@ __all__ = [
 ]
 
 
-def new_id() -> str:
-    """A fresh random run id in UUID4 form (ids need to be unique, not secret).
-
-    Example::
-
-        run_id = new_id()   # "8c0f…-…": also fine for thread ids
-    """
-    h = "%032x" % ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
-_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
-
-
-_NOBODY: tuple[Subscription, ...] = ()
-
-_INBOX_LIMIT = 1024
-"""Events a worker thread may queue for the event loop before it waits for them to be
-delivered (and for consumers to have room): bounds memory, gives backpressure."""
-
-
-class _Inbox:
-    """Events emitted from worker threads (sync nodes), handed to the event loop in batches.
-
-    The first event into an empty inbox schedules one drain on the loop without waiting
-    (``run_sync_soon``); later events join that batch. So a sync node writing 50,000
-    progress events pays one loop wake-up per batch, not per event, and its events still
-    arrive at once when it writes only now and then. A full inbox makes the thread wait
-    until the batch is delivered and consumers have room.
-    """
-
-    __slots__ = ("error", "items", "lock", "root", "token")
-
-    def __init__(self, root: Run) -> None:
-        self.root = root
-        self.lock = threading.Lock()
-        self.items: list[tuple[Run, tuple[Any, ...]]] = []
-        self.token: anyio.lowlevel.EventLoopToken | None = None
-        self.error: BaseException | None = None
-
-    def put(self, run: Run, args: tuple[Any, ...]) -> None:
-        """Queue one event from a worker thread (never called on the loop thread)."""
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-        with self.lock:
-            items = self.items
-            items.append((run, args))
-            count = len(items)
-        token = self.token
-        if count >= _INBOX_LIMIT or token is None:
-            anyio.from_thread.run(self.deliver)
-        elif count == 1:
-            token.backend_class.run_sync_soon(self.drain, (), token.native_token)
-
-    def drain(self) -> None:
-        """Emit every queued event, in order, on the event-loop thread."""
-        with self.lock:
-            items, self.items = self.items, []
-        for run, args in items:
-            try:
-                run.emit(*args)
-            except BaseException as exc:  # re-raised in the emitting thread or its node
-                if self.error is None:
-                    self.error = exc
-
-    async def deliver(self) -> None:
-        """Drain, then wait until every consumer has room (backpressure)."""
-        self.drain()
-        await self.root.relieve()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
-
-    def settle(self, *, raise_errors: bool) -> None:
-        """On the loop after a sync node returns: deliver what it left, raise what failed."""
-        if self.items:
-            self.drain()
-        if self.error is not None:
-            error, self.error = self.error, None
-            if raise_errors:
-                raise error
-
-
 class Run:
     """One execution of a compiled graph, as hooks see it.
 
     Attributes: ``run_id``, ``graph_name``, ``config`` (the run's config dict), ``input``,
     ``ns`` (namespace, ``()`` for a root run), ``parent_ids`` (run ids of enclosing runs),
     ``parent`` (the enclosing :class:`Run` of a subgraph, else ``None``), ``tags`` and
-    ``metadata`` (from the config), ``plugin_manager`` (the plugins this run uses).
+    ``metadata`` (from the config), ``plugin_manager`` (the plugins this run uses), and
+    ``bus``, the run's event bus: ``run.bus.subscribe(subscription)`` before the run
+    starts, ``run.bus.emitter(header)`` to emit, ``run.bus.pressure()`` for backpressure.
+    A subgraph's run shares its root run's subscriptions, sequence numbers and plugins.
 
     Example::
 
@@ -142,14 +63,7 @@ class Run:
     """
 
     __slots__ = (
-        "_by_kind",
-        "_direct_by_kind",
-        "_inbox",
-        "_loop_thread",
-        "_root",
-        "_seq",
-        "_subs",
-        "_valves",
+        "bus",
         "config",
         "graph_name",
         "input",
@@ -168,6 +82,7 @@ class Run:
         graph_name: str,
         config: Mapping[str, Any],
         input: Any,
+        plugin_manager: PluginManager | None = None,
         run_id: str | None = None,
         parent: Run | None = None,
         ns: tuple[str, ...] = (),
@@ -181,157 +96,15 @@ class Run:
         self.parent_ids = parent_ids
         self.tags: tuple[str, ...] = tuple(config.get("tags") or ())
         self.metadata: Mapping[str, Any] = config.get("metadata") or {}
-        # A subgraph's run shares the root run's subscribers, sequence, valves and plugins.
         self.parent = parent
-        self.plugin_manager: Any = parent.plugin_manager if parent is not None else None
-        self._root: Run = parent._root if parent is not None else self
-        self._subs: list[Subscription] = self._root._subs if parent is not None else []
-        self._by_kind: dict[str, tuple[Subscription, ...]] = {}
-        self._direct_by_kind: dict[str, Callable[[Any], None] | None] = {}
-        self._seq: list[int] = self._root._seq if parent is not None else [0]
-        self._valves: list[Callable[[], Awaitable[None] | None]] = (
-            self._root._valves if parent is not None else []
-        )
-        self._loop_thread = threading.get_ident()
-        self._inbox: _Inbox = parent._inbox if parent is not None else _Inbox(self)
-
-    # -- subscriptions (resolved once per run) --------------------------------------
-
-    def subscribe(self, subscription: Subscription) -> None:
-        """Add a subscription before the run starts (``astream`` and hooks do this).
-
-        Example::
-
-            run.subscribe(Subscription(callback=print, kinds=frozenset({"on_chain_end"})))
-        """
-        self._subs.append(subscription)
-        self._by_kind.clear()
-        self._direct_by_kind.clear()
-
-    def add_valve(self, valve: Callable[[], Awaitable[None] | None]) -> None:
-        """Register a backpressure valve: awaited by producers at their await points.
-
-        A consumer whose bounded queue is full returns an awaitable from ``valve()`` that
-        completes when there is room again; ``None`` means no pressure.
-
-        Example::
-
-            run.add_valve(lambda: None if queue_has_room() else wait_for_room())
-        """
-        self._valves.append(valve)
-
-    def direct(self, kind: str) -> Callable[[Any], None] | None:
-        """A data-only sink for ``kind`` (see :attr:`Subscription.bind`), when this run's
-        one subscription for it wants nothing but events' ``data``; else ``None``.
-
-        Example::
-
-            put = run.direct("task_end")
-            if put is not None:
-                put({"node": "a", "update": {...}, "error": None, "interrupt": None})
-        """
-        try:
-            return self._direct_by_kind[kind]
-        except KeyError:
-            subs = self.subscriptions(kind)
-            only = subs[0] if len(subs) == 1 else None
-            put = None
-            if only is not None and only.bind is not None and only.accept is None:
-                put = only.bind(kind, self.ns)
-            self._direct_by_kind[kind] = put
-            return put
-
-    def subscriptions(self, kind: str) -> tuple[Subscription, ...]:
-        """The subscriptions that want ``kind`` (empty: nobody; do not build the event).
-
-        Example::
-
-            subs = run.subscriptions("on_custom_event")
-            if subs:
-                run.emit(subs, "on_custom_event", ...)
-        """
-        try:
-            return self._by_kind[kind]
-        except KeyError:
-            found = tuple(s for s in self._subs if s.kinds is None or kind in s.kinds)
-            self._by_kind[kind] = found or _NOBODY
-            return found
-
-    @property
-    def streaming(self) -> bool:
-        """Whether anything subscribed to this run's events."""
-        return bool(self._subs)
-
-    def emit(
-        self,
-        subs: tuple[Subscription, ...],
-        kind: str,
-        name: str,
-        run_id: str,
-        parent_ids: tuple[str, ...],
-        tags: tuple[str, ...],
-        metadata: Mapping[str, Any],
-        data: Any,
-    ) -> None:
-        """Deliver one event to ``subs`` (from :meth:`subscriptions`), building it once.
-
-        Safe to call from a worker thread started by the scheduler: events hop to the
-        event-loop thread in order, in batches, and the thread waits when consumers fall
-        far behind.
-
-        Example::
-
-            run.emit(subs, "on_custom_event", "node", task_id, (run.run_id,), (), {}, {"x": 1})
-        """
-        if threading.get_ident() != self._loop_thread:
-            self._inbox.put(self, (subs, kind, name, run_id, parent_ids, tags, metadata, data))
-            return
-        event = None
-        number = 0
-        for sub in subs:
-            accept = sub.accept
-            if accept is not None and not accept(kind, name, tags, metadata):
-                continue
-            if not number:
-                seq = self._seq
-                seq[0] += 1
-                number = seq[0]
-            if sub.raw:
-                sub.callback(kind, name, run_id, parent_ids, tags, metadata, data, number, self.ns)
-                continue
-            if event is None:
-                event = Event(
-                    event=kind,
-                    name=name,
-                    run_id=run_id,
-                    parent_ids=parent_ids,
-                    tags=tags,
-                    metadata=metadata,
-                    data=data,
-                    seq=number,
-                    ns=self.ns,
-                )
-            sub.callback(event)
-
-    def threads_starting(self) -> None:
-        """Called on the loop before a sync node starts in a worker thread: lets its
-        events be handed back in batches (see :meth:`emit`)."""
-        inbox = self._inbox
-        if inbox.token is None:
-            inbox.token = anyio.lowlevel.current_token()
-
-    def threads_done(self, *, raise_errors: bool = True) -> None:
-        """Called on the loop after a sync node's thread returns: its events are all
-        delivered before anything the scheduler emits next (an error in delivering them
-        is raised here, unless ``raise_errors`` is false)."""
-        self._inbox.settle(raise_errors=raise_errors)
-
-    async def relieve(self) -> None:
-        """Wait until every consumer of this run has room again (backpressure)."""
-        for valve in self._valves:
-            waiting = valve()
-            if waiting is not None:
-                await waiting
+        if parent is not None:
+            self.plugin_manager: PluginManager = parent.plugin_manager
+            self.bus: Bus = parent.bus.child(ns)
+        else:
+            if plugin_manager is None:
+                raise TypeError("A root Run needs its plugin_manager.")
+            self.plugin_manager = plugin_manager
+            self.bus = Bus(ns)
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, graph_name={self.graph_name!r})"
@@ -368,6 +141,7 @@ class Task:
     checkpoint_task_id: str = ""
     resume: tuple[Any, ...] = ()
     _interrupts: int = attrs.field(default=0, alias="_interrupts")
+    _emitter: Emitter | None = attrs.field(default=None, alias="_emitter")
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -411,25 +185,29 @@ class Task:
             }
         return self._event_metadata
 
-    def dispatch(self, kind: str, data: Any, name: str | None = None) -> None:
-        """Emit an event of ``kind`` attributed to this task (built only if wanted)."""
+    @property
+    def emitter(self) -> Emitter:
+        """The emitter of this task's events: named after the node, with the task's run
+        id, the run's ids as parents, :attr:`event_tags` and :attr:`event_metadata`
+        (made on the first event that needs them).
+
+        Example::
+
+            task.emitter.emit("on_custom_event", {"progress": 0.5})
+        """
+        if self._emitter is None:
+            self._emitter = Emitter(self.run.bus, None, self._header)
+        return self._emitter
+
+    def _header(self) -> Header:
         run = self.run
-        direct = run.direct(kind)
-        if direct is not None and threading.get_ident() == run._loop_thread:
-            direct(data)  # the one subscriber wants just the data: no id, no metadata
-            return
-        subs = run.subscriptions(kind)
-        if subs:
-            run.emit(
-                subs,
-                kind,
-                self.node if name is None else name,
-                self.run_id,
-                (*run.parent_ids, run.run_id),
-                self.event_tags,
-                self.event_metadata,
-                data,
-            )
+        return (
+            self.node,
+            self.run_id,
+            (*run.parent_ids, run.run_id),
+            self.event_tags,
+            self.event_metadata,
+        )
 
     @property
     def event_tags(self) -> tuple[str, ...]:
@@ -457,19 +235,14 @@ class StreamWriter:
             return {}
     """
 
-    __slots__ = ("_direct", "_header", "_subs", "_task")
+    __slots__ = ("_direct", "_emitter", "_subs", "_task", "_thread")
 
     def __init__(self, task: Task) -> None:
         self._task = task
+        self._emitter: Emitter | None = None
         self._subs: tuple[Subscription, ...] | None = None
         self._direct: Callable[[Any], None] | None = None  # see Subscription.bind
-        self._header: tuple[str, str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]] = (
-            "",
-            "",
-            (),
-            (),
-            {},
-        )
+        self._thread = 0
 
     def __call__(self, *args: Any) -> None:
         if len(args) == 1:
@@ -483,28 +256,24 @@ class StreamWriter:
                 f"{' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
             )
         direct = self._direct
-        if direct is not None and threading.get_ident() == self._task.run._loop_thread:
+        if direct is not None and threading.get_ident() == self._thread:
             direct(payload)  # fast path: the run's one subscriber wants just the payload
             return
         subs = self._subs
         if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
-            task = self._task
-            run = task.run
-            subs = self._subs = run.subscriptions(ON_CUSTOM_EVENT)
-            if subs:
-                self._header = (
-                    task.node,
-                    task.run_id,
-                    (*run.parent_ids, run.run_id),
-                    task.event_tags,
-                    task.event_metadata,
-                )
-                self._direct = run.direct(ON_CUSTOM_EVENT)
+            bus = self._task.run.bus
+            subs = self._subs = bus.subscriptions(ON_CUSTOM_EVENT)
+            if not subs:
+                return
+            self._emitter = self._task.emitter
+            self._thread = bus.loop_thread
+            direct = self._direct = bus.direct(ON_CUSTOM_EVENT)
+            if direct is not None and threading.get_ident() == self._thread:
+                direct(payload)
+                return
         if subs:
-            node, run_id, parent_ids, tags, metadata = self._header
-            self._task.run.emit(
-                subs, ON_CUSTOM_EVENT, node, run_id, parent_ids, tags, metadata, payload
-            )
+            assert self._emitter is not None
+            self._emitter.emit_to(subs, ON_CUSTOM_EVENT, payload)
 
     def __repr__(self) -> str:
         return f"StreamWriter(node={self._task.node!r})"
@@ -540,9 +309,6 @@ def interrupt(value: Any = None) -> Any:
             verdict = interrupt({"question": "Publish?", "draft": state["draft"]})
             return {"published": verdict == "yes"}
     """
-    from headwater.checkpoint import Interrupt
-    from headwater.errors import GraphInterrupt
-
     task = _active_task("interrupt()")
     index = task._interrupts
     task._interrupts += 1
@@ -569,7 +335,7 @@ def dispatch_event(kind: str, data: Any, *, name: str | None = None) -> None:
             dispatch_event("on_chat_model_stream", {"chunk": chunk})
             return {}
     """
-    _active_task("dispatch_event()").dispatch(kind, data, name)
+    _active_task("dispatch_event()").emitter.emit(kind, data, name)
 
 
 def get_stream_writer() -> StreamWriter:

@@ -30,7 +30,8 @@ from typing import Any
 import attrs
 import cattrs
 
-from headwater.errors import SerdeError
+from headwater._plugins import PluginManager, create_plugin_manager, get_plugin_manager
+from headwater.errors import PluginError, SerdeError
 
 __all__ = ["FORMAT_VERSION", "decode", "dumps", "encode", "loads", "register_type"]
 
@@ -115,37 +116,24 @@ def register_type(cls: type, name: str | None = None) -> type:
     return cls
 
 
-def _load_builtin_types() -> None:
+def _load_types() -> None:
+    """Register what ``headwater_serde_types`` returns: the core's own types (messages,
+    documents, ``Send``, checkpoint records …, from the built-in ``headwater.checkpointers``
+    plugin) and every plugin's, once per process, through the process-wide manager."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from headwater import checkpoint, messages, retrievers
-    from headwater._types import Command, Send
+    try:
+        pm = get_plugin_manager()
+    except PluginError:  # a broken plugin: the core's own types still round-trip
+        _register_from(create_plugin_manager(autoload=False))
+        raise
+    _register_from(pm)
 
-    for cls in (
-        messages.SystemMessage,
-        messages.HumanMessage,
-        messages.AIMessage,
-        messages.AIMessageChunk,
-        messages.ToolMessage,
-        messages.RemoveMessage,
-        messages.ToolCall,
-        messages.ToolCallChunk,
-        messages.InvalidToolCall,
-        messages.Usage,
-        retrievers.Document,
-        Send,
-        Command,
-        checkpoint.Checkpoint,
-        checkpoint.PendingTask,
-        checkpoint.PendingWrite,
-        checkpoint.Interrupt,
-    ):
-        register_type(cls)
-    from headwater._plugins import get_plugin_manager
 
-    for _plugin, registered in get_plugin_manager().call_each("headwater_serde_types"):
+def _register_from(pm: PluginManager) -> None:
+    for _plugin, registered in pm.call_each("headwater_serde_types"):
         for name, cls in (registered or {}).items():
             register_type(cls, name)
 
@@ -159,7 +147,7 @@ def encode(value: Any, _path: str = "$") -> Any:
 
         encode((1, 2))  # {"__type__": "tuple", "items": [1, 2]}
     """
-    _load_builtin_types()
+    _load_types()
     try:
         return _fast(value)
     except _Unsupported:
@@ -268,7 +256,7 @@ def decode(data: Any, _path: str = "$") -> Any:
 
         decode({"__type__": "tuple", "items": [1, 2]})  # (1, 2)
     """
-    _load_builtin_types()
+    _load_types()
     return _decode(data, _path)
 
 

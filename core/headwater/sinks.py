@@ -23,13 +23,15 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Awaitable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from headwater.errors import InvalidInputError
 from headwater.events import Subscription
+
+if TYPE_CHECKING:
+    from headwater._plugins import PluginManager
 
 __all__ = ["Sink", "close_sinks", "open_sinks"]
 
@@ -55,7 +57,7 @@ class Sink(Protocol):
         """Called once after the run's last event."""
 
 
-async def open_sinks(specs: Any, plugin_manager: Any) -> list[Sink]:
+async def open_sinks(specs: Any, plugin_manager: PluginManager) -> list[Sink]:
     """Make the sinks a run's ``config["sinks"]`` names (``["name:target", ...]``).
 
     Raises :class:`~headwater.errors.InvalidInputError` naming what is wrong: not a list
@@ -71,7 +73,6 @@ async def open_sinks(specs: Any, plugin_manager: Any) -> list[Sink]:
             f"config['sinks'] must be a list of 'name:target' strings, e.g. "
             f"['jsonl:run.jsonl']; got {type(specs).__name__}: {specs!r:.80}."
         )
-    registry = plugin_manager.registrations("headwater_sinks")
     opened: list[Sink] = []
     try:
         for spec in specs:
@@ -80,21 +81,15 @@ async def open_sinks(specs: Any, plugin_manager: Any) -> list[Sink]:
                     f"Each entry of config['sinks'] is a 'name:target' string; got {spec!r:.80}."
                 )
             name, _, target = spec.partition(":")
-            factory = registry.get(name)
-            if factory is None:
-                installed = sorted(registry)
-                close = difflib.get_close_matches(name, installed, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise InvalidInputError(
-                    f"Unknown sink {name!r} in config['sinks'] entry {spec!r}.{hint} Installed "
-                    f"sinks: {', '.join(installed) or '(none: install a plugin that has one)'}."
-                )
-            sink = factory(target)
-            if not isinstance(sink, Sink):
-                raise InvalidInputError(
-                    f"The factory of sink {name!r} returned {type(sink).__name__}, which has no "
-                    "subscription() and close(): fix or uninstall the plugin that registers it."
-                )
+            sink: Sink = plugin_manager.make(
+                "headwater_sinks",
+                name,
+                [target],
+                error=InvalidInputError,
+                expected=Sink,
+                where=f" in config['sinks'] entry {spec!r}",
+                expectation="which has no subscription() and close()",
+            )
             opened.append(sink)
     except BaseException:
         await close_sinks(opened)

@@ -212,6 +212,26 @@ def test_hook_headwater_cli_commands() -> None:
     assert "Greet someone." in runner.invoke(group, ["--help"]).stdout
 
 
+def test_demo_without_the_server_plugin_says_what_to_install() -> None:
+    group = build_cli(create_plugin_manager(autoload=False))
+    result = CliRunner().invoke(group, ["demo"])
+    assert result.exit_code == 1
+    assert "pip install headwater-server" in result.output
+
+
+def test_a_plugin_command_replaces_a_built_in_fallback_of_the_same_name() -> None:
+    class RealDemo:
+        @headwater.hookimpl
+        def headwater_cli_commands(self, cli: click.Group) -> None:
+            @cli.command()
+            def demo() -> None:
+                click.echo("the real demo")
+
+    group = build_cli(create_plugin_manager(autoload=False, plugins=[RealDemo()]))
+    result = CliRunner().invoke(group, ["demo"])
+    assert (result.exit_code, result.output) == (0, "the real demo\n")
+
+
 def test_plugin_command_from_an_installed_distribution(tmp_path: Path) -> None:
     root = write_plugin_distribution(
         tmp_path,

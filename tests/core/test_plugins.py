@@ -423,8 +423,8 @@ def test_entry_point_may_name_an_object(install: Install) -> None:
             """
         },
     )
-    pm = create_plugin_manager()
-    assert pm.registrations("headwater_sinks") == {"null": object}
+    pm = create_plugin_manager()  # every installed plugin too: other sinks may be there
+    assert pm.registrations("headwater_sinks")["null"] is object
     assert pm.distributions["obj"] == ("headwater-obj", "0.1.0")
 
 
@@ -579,6 +579,47 @@ def test_registration_hooks_merge_in_order_and_conflicts_name_both(hook_name: st
     assert "'y' is registered by both plugin 'plug_first' and plugin 'plug_clash'" in message
 
 
+class Missing(Exception):
+    """What the lookup tests ask PluginManager.lookup to raise."""
+
+
+def test_lookup_finds_what_a_plugin_registered() -> None:
+    pm = fresh(module_plugin("plug_brokers", headwater_brokers=lambda: {"carrier": repr}))
+    assert pm.lookup("headwater_brokers", "carrier", error=Missing) is repr
+
+
+def test_lookup_of_a_misspelling_suggests_the_closest_installed_name() -> None:
+    pm = fresh(module_plugin("plug_brokers", headwater_brokers=lambda: {"carrier": repr}))
+    with pytest.raises(Missing) as raised:
+        pm.lookup("headwater_brokers", "carier", error=Missing, where=" in 'carier://x'")
+    assert str(raised.value) == (
+        "Unknown broker scheme 'carier' in 'carier://x'. Did you mean 'carrier'? "
+        "Installed schemes: carrier, memory."
+    )
+
+
+def test_lookup_of_a_standard_name_says_what_to_install() -> None:
+    pm = create_plugin_manager(autoload=False)
+    with pytest.raises(Missing) as raised:
+        pm.lookup("headwater_brokers", "redis", error=Missing)
+    assert str(raised.value) == (
+        "Unknown broker scheme 'redis'. Installed schemes: memory. "
+        "Install it with: pip install headwater-redis."
+    )
+    with pytest.raises(Missing, match=r"Did you mean 'openai'\?.*pip install headwater-openai"):
+        pm.lookup("headwater_chat_models", "opanai", error=Missing)
+
+
+def test_lookup_with_nothing_installed_names_the_standard_distribution() -> None:
+    pm = create_plugin_manager(autoload=False)
+    with pytest.raises(Missing) as raised:
+        pm.lookup("headwater_event_filters", "only_b", error=Missing, unknown="Nope.")
+    assert str(raised.value) == (
+        "Nope. Installed filters: (none). Install headwater-filters for the standard "
+        "filters: pip install headwater-filters."
+    )
+
+
 def test_registration_hook_returning_a_non_mapping_names_the_plugin() -> None:
     pm = fresh(module_plugin("plug_list", headwater_checkpointers=lambda: ["memory"]))
     with pytest.raises(PluginLoadError, match=r"Plugin 'plug_list': headwater_checkpointers\(\)"):
@@ -669,6 +710,31 @@ async def test_hook_headwater_event_filters() -> None:
     ]
     assert seen == [("on_chain_start", "b"), ("on_chain_end", "b")]
     assert made == ["b"]  # the factory ran once for the run
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("group", "expected"), [("either", ["a", "b"]), (None, [])])
+async def test_keyword_filters_sharing_an_any_of_group_widen_the_stream(
+    group: str | None, expected: list[str]
+) -> None:
+    def named(node: str) -> Callable[[Any], EventFilter]:
+        return lambda _arg: EventFilter(
+            accept=lambda kind, name, tags, metadata: name == node, any_of=group
+        )
+
+    class Filters:
+        @headwater.hookimpl
+        def headwater_stream_modes(self) -> dict[str, Any]:
+            return {"events": events_mode}
+
+        @headwater.hookimpl
+        def headwater_event_filters(self) -> dict[str, Any]:
+            return {"include_names": named("a"), "include_tags": named("b")}
+
+    app = chain("a", "b", pm=fresh(Filters()))
+    stream = app.astream_events({"n": 0}, include_names=["x"], include_tags=["y"])
+    names = sorted({e["name"] async for e in stream})
+    assert names == expected  # one group: either passes; no group: both must pass
 
 
 def test_hook_headwater_checkpointers() -> None:

@@ -16,8 +16,8 @@ import anyio.lowlevel
 import pytest
 
 import headwater
+import headwater._bus
 import headwater._stream
-import headwater.runtime
 from headwater import END, START, Send, StateGraph, get_config, get_stream_writer
 from headwater.errors import (
     HeadwaterError,
@@ -570,7 +570,7 @@ def count_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         built.append(kwargs["event"])
         return Event(**kwargs)
 
-    monkeypatch.setattr(headwater.runtime, "Event", counting)
+    monkeypatch.setattr(headwater._bus, "Event", counting)
     monkeypatch.setattr(headwater._stream, "Event", counting)
     return built
 
@@ -804,7 +804,7 @@ async def test_a_slow_consumer_holds_back_a_sync_node_in_a_thread() -> None:
             produced[0] += 1
             write(i)
 
-    from headwater.runtime import _INBOX_LIMIT
+    from headwater._bus import _INBOX_LIMIT
 
     stream = build(("flood", flood)).astream(INPUT, stream_mode="custom")
     # a worker thread queues at most _INBOX_LIMIT events before it waits for delivery

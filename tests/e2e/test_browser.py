@@ -35,7 +35,7 @@ def served() -> Iterator[str]:
             "-m",
             "headwater",
             "serve",
-            "headwater._demo:build_demo",
+            "headwater_server._demo:build_demo",
             "--port",
             str(port),
         ],

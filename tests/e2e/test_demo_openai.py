@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from fixtures.loopback import serving
+from headwater_server._demo import build_demo
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from headwater._demo import build_demo
 from headwater.testing.fake import split_tokens
 
 pytestmark = pytest.mark.anyio

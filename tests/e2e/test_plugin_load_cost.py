@@ -21,6 +21,7 @@ HEAVY = (
     "psycopg_pool",
     "starlette",
     "uvicorn",
+    "opentelemetry",
 )
 
 PROBE = f"""
@@ -37,7 +38,7 @@ def test_loading_every_plugin_imports_no_heavy_dependency() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     report = json.loads(out)
-    for plugin in ("openai", "anthropic", "redis", "postgres", "server"):
+    for plugin in ("openai", "anthropic", "redis", "postgres", "server", "otel"):
         assert any(plugin in name for name in report["plugins"]), report["plugins"]
     assert report["heavy"] == [], f"imported while loading plugins: {report['heavy']}"
 
@@ -49,6 +50,7 @@ def test_the_lazy_names_still_import() -> None:
         "from headwater_redis import RedisBroker\n"
         "from headwater_postgres import SCHEMA_VERSION, PostgresCheckpointer, redact\n"
         "from headwater_server import ApiError, create_app, mount\n"
+        "from headwater_otel import OtelSink, parent_context\n"
         "import headwater_openai\n"
         "try:\n"
         "    headwater_openai.Nope\n"

@@ -110,10 +110,11 @@ def test_ctrl_c_stops_the_server_promptly_and_every_run_gets_its_end(
 
     body = {"input": {"steps": []}, "config": {"recursion_limit": 300}}  # 40 s of steps
     background = client_run = httpx.post(f"{url}/runs", json=body).json()
+    follow = f"/runs/{client_run['run_id']}/stream"
     readers = [
         threading.Thread(target=read, args=("stream", "POST", "/workflow/stream", body)),
-        threading.Thread(target=read, args=("follower", "GET", f"/runs/{client_run['run_id']}/stream")),
-    ]  # fmt: skip
+        threading.Thread(target=read, args=("follower", "GET", follow)),
+    ]
     for reader in readers:
         reader.start()
     deadline = time.monotonic() + 30
@@ -188,11 +189,13 @@ def test_headwater_run_checks_its_stream_mode(here: Path) -> None:
 def test_the_demo_keeps_one_checkpoint_file_per_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    import headwater._demo as demo
+    import headwater_server._demo as demo
 
     here = demo.demo_db_path()
     assert here == demo.demo_db_path()  # stable across runs
     assert os.path.dirname(here) == tempfile.gettempdir()
     assert os.path.basename(here) != "headwater-demo.db"  # not one file shared by all
-    monkeypatch.setattr(demo, "__file__", "/elsewhere/checkout/core/headwater/_demo.py")
+    monkeypatch.setattr(
+        demo, "__file__", "/elsewhere/checkout/plugins/server/headwater_server/_demo.py"
+    )
     assert demo.demo_db_path() != here

@@ -18,10 +18,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from headwater.hookspecs import hookimpl
+from headwater.lazy import lazy_attributes, lazy_chat_models
 from headwater_anthropic._env import API_KEY_ENV, BASE_URL_ENV, DEFAULT_MAX_TOKENS
 
 if TYPE_CHECKING:
@@ -37,31 +36,7 @@ __all__ = [
 
 
 # Loading the plugin (which every process using headwater does) must stay cheap: the
-# adapter's module (and its HTTP library) loads on first use of ChatAnthropic, and the
-# anthropic SDK, which takes seconds to import, only on the first model call.
-def __getattr__(name: str) -> Any:
-    if name == "ChatAnthropic":
-        from headwater_anthropic._chat import ChatAnthropic
-
-        return ChatAnthropic
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _make(model: str, **kwargs: Any) -> ChatAnthropic:
-    from headwater_anthropic._chat import ChatAnthropic
-
-    return ChatAnthropic(model=model, **kwargs)
-
-
-@hookimpl
-def headwater_chat_models() -> Mapping[str, Any]:
-    """Register provider ``anthropic``: ``init_chat_model("anthropic:<model>", **kwargs)``.
-
-    The keyword arguments are :class:`ChatAnthropic`'s (``api_key``, ``base_url``,
-    ``max_tokens``, ``temperature``, ``timeout``, ``max_retries``, ``model_kwargs``, ...).
-
-    Example::
-
-        llm = init_chat_model("anthropic:claude-sonnet-4-5", max_tokens=1024)
-    """
-    return {"anthropic": _make}
+# adapter's module loads on first use of ChatAnthropic, and the anthropic SDK, which takes seconds
+# to import, on the first model call.
+__getattr__ = lazy_attributes(__name__, ChatAnthropic="headwater_anthropic._chat")
+headwater_chat_models = lazy_chat_models(anthropic="headwater_anthropic._chat:ChatAnthropic")

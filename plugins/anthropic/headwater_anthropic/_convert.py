@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from headwater.errors import InvalidInputError
-from headwater.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from headwater.http_chat import content_block
+from headwater.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from headwater.tools import Tool
 
 __all__ = [
     "THINKING_BLOCKS",
-    "ToolLike",
     "messages_to_anthropic",
     "tool_choice_to_anthropic",
-    "tools_to_anthropic",
+    "tool_to_anthropic",
 ]
-
-ToolLike = Tool | Callable[..., Any] | Mapping[str, Any]
-"""What ``bind_tools`` accepts: a headwater tool, a plain function, or a tool spec."""
 
 THINKING_BLOCKS = "thinking_blocks"
 """The ``response_metadata`` key of an answer's thinking blocks, sent back with it."""
@@ -33,22 +23,10 @@ THINKING_BLOCKS = "thinking_blocks"
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "any": "any", "required": "any"}
 
 
-def _block(block: Any, where: str) -> dict[str, Any]:
-    if isinstance(block, str):
-        return {"type": "text", "text": block}
-    if isinstance(block, Mapping):
-        return dict(block)
-    raise InvalidInputError(
-        f"A content block of a {where} must be a string or an Anthropic content block "
-        f"(a dict such as {{'type': 'text', 'text': ...}}); got {type(block).__name__}: "
-        f"{block!r:.80}."
-    )
-
-
 def _blocks(content: str | list[Any], where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    return [_block(b, where) for b in content]
+    return [content_block(b, where) for b in content]
 
 
 def _assistant(message: AIMessage) -> list[dict[str, Any]]:
@@ -71,8 +49,6 @@ def _assistant(message: AIMessage) -> list[dict[str, Any]]:
 
 
 def _turn(message: BaseMessage) -> tuple[str, str | list[dict[str, Any]]]:
-    if isinstance(message, AIMessageChunk):
-        message = message.to_message()
     if isinstance(message, HumanMessage):
         content = message.content
         return "user", content if isinstance(content, str) else _blocks(content, "HumanMessage")
@@ -140,7 +116,14 @@ def messages_to_anthropic(
     return system, turns
 
 
-def _tool_spec(item: Any) -> dict[str, Any]:
+def tool_to_anthropic(item: Any) -> dict[str, Any]:
+    """The Anthropic ``tools`` spec of a headwater tool, a function, or a ready spec.
+
+    Example::
+
+        tool_to_anthropic(add)
+        # {"name": "add", "input_schema": {...}, "description": "Add two integers."}
+    """
     if isinstance(item, Mapping):
         function = item.get("function")
         if (
@@ -168,26 +151,6 @@ def _tool_spec(item: Any) -> dict[str, Any]:
         "{'name': ..., 'description': ..., 'input_schema': {...}} or an OpenAI one "
         "{'type': 'function', 'function': {...}}."
     )
-
-
-def tools_to_anthropic(tools: Sequence[ToolLike]) -> list[dict[str, Any]]:
-    """Anthropic ``tools`` specs for headwater tools, functions or ready specs (names unique).
-
-    Example::
-
-        tools_to_anthropic([add])
-        # [{"name": "add", "input_schema": {...}, "description": "Add two integers."}]
-    """
-    if isinstance(tools, str | Mapping) or not isinstance(tools, Sequence):
-        raise InvalidInputError(
-            f"bind_tools takes a list of tools; got {type(tools).__name__}: {tools!r:.80}."
-        )
-    specs = [_tool_spec(item) for item in tools]
-    names = [str(spec["name"]) for spec in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InvalidInputError(f"Tool names must be unique; bound twice: {duplicates}.")
-    return specs
 
 
 def tool_choice_to_anthropic(

@@ -29,7 +29,7 @@ from headwater.errors import InvalidFilterError
 from headwater.events import PUBLIC_KINDS, EventFilter
 from headwater.hookspecs import hookimpl
 
-__all__ = ["headwater_event_filters"]
+__all__ = ["INCLUDE", "headwater_event_filters"]
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -62,9 +62,14 @@ def _kinds(filter_name: str, arg: Any) -> frozenset[str]:
     return frozenset(k for k in PUBLIC_KINDS if match(k))
 
 
+INCLUDE = "include"
+"""The ``EventFilter.any_of`` group of the ``include_*`` filters: as in LangGraph, an event
+passes when it matches any one of the ``include_*`` arguments given."""
+
+
 def include_types(arg: Any) -> EventFilter:
     """Keep only events whose type matches (decided at run start)."""
-    return EventFilter(kinds=_kinds("include_types", arg))
+    return EventFilter(kinds=_kinds("include_types", arg), any_of=INCLUDE)
 
 
 def exclude_types(arg: Any) -> EventFilter:
@@ -75,7 +80,7 @@ def exclude_types(arg: Any) -> EventFilter:
 def include_names(arg: Any) -> EventFilter:
     """Keep only events whose ``name`` matches."""
     match = _matcher(_patterns("include_names", arg))
-    return EventFilter(accept=lambda kind, name, tags, md: match(name))
+    return EventFilter(accept=lambda kind, name, tags, md: match(name), any_of=INCLUDE)
 
 
 def exclude_names(arg: Any) -> EventFilter:
@@ -87,7 +92,9 @@ def exclude_names(arg: Any) -> EventFilter:
 def include_tags(arg: Any) -> EventFilter:
     """Keep only events carrying a matching tag."""
     match = _matcher(_patterns("include_tags", arg))
-    return EventFilter(accept=lambda kind, name, tags, md: any(match(t) for t in tags))
+    return EventFilter(
+        accept=lambda kind, name, tags, md: any(match(t) for t in tags), any_of=INCLUDE
+    )
 
 
 def exclude_tags(arg: Any) -> EventFilter:
@@ -99,7 +106,9 @@ def exclude_tags(arg: Any) -> EventFilter:
 def include_nodes(arg: Any) -> EventFilter:
     """Keep only events from inside a matching node (``metadata["node"]``)."""
     match = _matcher(_patterns("include_nodes", arg))
-    return EventFilter(accept=lambda kind, name, tags, md: match(md.get("node") or ""))
+    return EventFilter(
+        accept=lambda kind, name, tags, md: match(md.get("node") or ""), any_of=INCLUDE
+    )
 
 
 def exclude_nodes(arg: Any) -> EventFilter:

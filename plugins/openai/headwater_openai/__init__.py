@@ -18,10 +18,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from headwater.hookspecs import hookimpl
+from headwater.lazy import lazy_attributes, lazy_chat_models
 from headwater_openai._env import API_KEY_ENV, BASE_URL_ENV
 
 if TYPE_CHECKING:
@@ -30,31 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["API_KEY_ENV", "BASE_URL_ENV", "ChatOpenAI", "headwater_chat_models"]
 
 
-# The openai SDK takes seconds to import. Loading the plugin (which every process using
-# headwater does) must not pay that: the SDK is imported on first use of ChatOpenAI.
-def __getattr__(name: str) -> Any:
-    if name == "ChatOpenAI":
-        from headwater_openai._chat import ChatOpenAI
-
-        return ChatOpenAI
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _make(model: str, **kwargs: Any) -> ChatOpenAI:
-    from headwater_openai._chat import ChatOpenAI
-
-    return ChatOpenAI(model=model, **kwargs)
-
-
-@hookimpl
-def headwater_chat_models() -> Mapping[str, Any]:
-    """Register provider ``openai``: ``init_chat_model("openai:<model>", **kwargs)``.
-
-    The keyword arguments are :class:`ChatOpenAI`'s (``api_key``, ``base_url``,
-    ``temperature``, ``max_tokens``, ``timeout``, ``max_retries``, ``model_kwargs``, ...).
-
-    Example::
-
-        llm = init_chat_model("openai:gpt-4o-mini", temperature=0)
-    """
-    return {"openai": _make}
+# Loading the plugin (which every process using headwater does) must stay cheap: the
+# adapter's module loads on first use of ChatOpenAI, and the openai SDK, which takes seconds
+# to import, on the first model call.
+__getattr__ = lazy_attributes(__name__, ChatOpenAI="headwater_openai._chat")
+headwater_chat_models = lazy_chat_models(openai="headwater_openai._chat:ChatOpenAI")

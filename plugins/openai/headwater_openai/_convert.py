@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from headwater.errors import InvalidInputError
-from headwater.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from headwater.http_chat import content_block
+from headwater.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from headwater.tools import Tool
 
-__all__ = ["ToolLike", "message_to_openai", "tool_choice_to_openai", "tools_to_openai"]
-
-ToolLike = Tool | Callable[..., Any] | Mapping[str, Any]
-"""What ``bind_tools`` accepts: a headwater tool, a plain function, or an OpenAI tool spec."""
+__all__ = ["message_to_openai", "tool_choice_to_openai", "tool_to_openai"]
 
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
-
-
-def _user_part(block: Any) -> dict[str, Any]:
-    if isinstance(block, str):
-        return {"type": "text", "text": block}
-    if isinstance(block, Mapping):
-        return dict(block)
-    raise InvalidInputError(
-        f"A content block of a HumanMessage must be a string or an OpenAI content part "
-        f"(a dict such as {{'type': 'text', 'text': ...}}); got {type(block).__name__}: "
-        f"{block!r:.80}."
-    )
 
 
 def message_to_openai(message: BaseMessage) -> dict[str, Any]:
@@ -44,15 +23,15 @@ def message_to_openai(message: BaseMessage) -> dict[str, Any]:
 
         message_to_openai(HumanMessage(content="hi"))  # {"role": "user", "content": "hi"}
     """
-    if isinstance(message, AIMessageChunk):
-        message = message.to_message()
     out: dict[str, Any]
     if isinstance(message, SystemMessage):
         out = {"role": "system", "content": message.text}
     elif isinstance(message, HumanMessage):
         content = message.content
         parts: str | list[dict[str, Any]] = (
-            content if isinstance(content, str) else [_user_part(b) for b in content]
+            content
+            if isinstance(content, str)
+            else [content_block(b, "HumanMessage") for b in content]
         )
         out = {"role": "user", "content": parts}
     elif isinstance(message, AIMessage):
@@ -87,7 +66,13 @@ def message_to_openai(message: BaseMessage) -> dict[str, Any]:
     return out
 
 
-def _tool_spec(item: Any) -> dict[str, Any]:
+def tool_to_openai(item: Any) -> dict[str, Any]:
+    """The OpenAI ``tools`` spec of a headwater tool, a plain function or a ready spec.
+
+    Example::
+
+        tool_to_openai(add)  # {"type": "function", "function": {"name": "add", ...}}
+    """
     if isinstance(item, Mapping):
         if item.get("type") == "function" and isinstance(item.get("function"), Mapping):
             return dict(item)
@@ -103,25 +88,6 @@ def _tool_spec(item: Any) -> dict[str, Any]:
     )
 
 
-def tools_to_openai(tools: Sequence[ToolLike]) -> list[dict[str, Any]]:
-    """OpenAI ``tools`` specs for headwater tools, functions or ready specs (names unique).
-
-    Example::
-
-        tools_to_openai([add])  # [{"type": "function", "function": {"name": "add", ...}}]
-    """
-    if isinstance(tools, str | Mapping) or not isinstance(tools, Sequence):
-        raise InvalidInputError(
-            f"bind_tools takes a list of tools; got {type(tools).__name__}: {tools!r:.80}."
-        )
-    specs = [_tool_spec(item) for item in tools]
-    names = [spec["function"].get("name") for spec in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InvalidInputError(f"Tool names must be unique; bound twice: {duplicates}.")
-    return specs
-
-
 def tool_choice_to_openai(choice: Any, specs: Sequence[Mapping[str, Any]]) -> Any:
     """OpenAI ``tool_choice`` for "auto", "none", "required" ("any"), a tool name, or a dict.
 
@@ -131,7 +97,7 @@ def tool_choice_to_openai(choice: Any, specs: Sequence[Mapping[str, Any]]) -> An
     """
     if isinstance(choice, Mapping):
         return dict(choice)
-    names = [spec["function"].get("name") for spec in specs]
+    names = [(spec.get("function") or {}).get("name") for spec in specs]
     if isinstance(choice, str):
         if choice in _TOOL_CHOICES:
             return _TOOL_CHOICES[choice]

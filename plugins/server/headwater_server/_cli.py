@@ -1,4 +1,4 @@
-"""``headwater serve`` and ``headwater run``, added through ``headwater_cli_commands``."""
+"""``headwater serve``, ``run``, ``worker`` and ``demo``, added by ``headwater_cli_commands``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
 
     Example::
 
-        load_graph("headwater._demo:build_demo")
+        load_graph("headwater_server._demo:build_demo")
     """
     from headwater import StateGraph
 
@@ -116,7 +116,17 @@ def _load_all(specs: tuple[str, ...], checkpointer: str | None) -> dict[str, Com
 
 @hookimpl
 def headwater_cli_commands(cli: click.Group) -> None:
-    """Add ``headwater serve`` and ``headwater run``."""
+    """Add ``headwater serve``, ``headwater worker``, ``headwater run`` and ``headwater demo``."""
+
+    @cli.command()
+    @click.option(
+        "--question", default="Where do rivers flow?", show_default=True, help="What to ask."
+    )
+    def demo(question: str) -> None:
+        """Run the demo agent once, streaming each step and token to the terminal."""
+        from ._demo import run_demo
+
+        run_demo(question=question)
 
     @cli.command()
     @click.argument("graphs", nargs=-1, required=True)

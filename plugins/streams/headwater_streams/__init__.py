@@ -31,6 +31,7 @@ from typing import Any
 from headwater.checkpoint import StateSnapshot
 from headwater.events import (
     CHECKPOINT,
+    INTERRUPT,
     ON_CUSTOM_EVENT,
     PUBLIC_KINDS,
     SKIP,
@@ -40,7 +41,7 @@ from headwater.events import (
     Event,
     StreamMode,
 )
-from headwater.hookspecs import hookimpl
+from headwater.hookspecs import EVENTS_MODE, hookimpl
 from headwater.runtime import Run
 
 __all__ = ["NOSTREAM_TAG", "headwater_stream_modes"]
@@ -85,12 +86,9 @@ def _messages(run: Run) -> StreamMode:
     return StreamMode(kinds=frozenset({"on_chat_model_stream"}), project=_project_message)
 
 
-_INTERRUPT = "__interrupt__"  # the name of the task_end summing up a paused run's interrupts
-
-
 def _task_payload(event: Event) -> Any:
     data = event.data
-    if event.name == _INTERRUPT:  # the run's summary of its interrupts, not a task
+    if event.name == INTERRUPT:  # the run's summary of its interrupts, not a task
         return SKIP
     if event.event == TASK_START:
         return {
@@ -181,5 +179,5 @@ def headwater_stream_modes() -> Mapping[str, Callable[[Run], StreamMode]]:
         "debug": _debug,
         "tasks": _tasks,
         "checkpoints": _checkpoints,
-        "events": _events,
+        EVENTS_MODE: _events,
     }

@@ -23,10 +23,7 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, TypedDict
 
 import anyio
@@ -34,10 +31,9 @@ import anyio.to_thread
 import pytest
 from click.testing import CliRunner
 from fixtures.loopback import serving
+from fixtures.sse_provider import Event, Failure, Gate, ScriptedProvider, Stream
 from headwater_anthropic import DEFAULT_MAX_TOKENS, ChatAnthropic
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import headwater
@@ -143,32 +139,6 @@ PING = {"type": "ping"}
 MESSAGE_STOP = {"type": "message_stop"}
 
 
-@dataclass
-class Gate:
-    """Hold the stream here until the test has seen what came before (proves liveness)."""
-
-    opened: threading.Event = field(default_factory=threading.Event)
-
-
-Event = Mapping[str, Any] | str | bytes | Gate | BaseException
-
-
-@dataclass
-class Stream:
-    """A 200 ``text/event-stream`` reply: dicts become named events, strings go raw."""
-
-    events: Sequence[Event]
-
-
-@dataclass
-class Failure:
-    """An HTTP error reply with a JSON body."""
-
-    status: int
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 def text(tokens: Sequence[str], *, prompt: int = 9) -> Stream:
     return Stream(
         [
@@ -212,58 +182,14 @@ def sse(event: Mapping[str, Any]) -> bytes:
 # -- the server -------------------------------------------------------------------------
 
 
-class FakeAnthropic:
-    """Plays ``script`` replies in order; records request bodies and headers."""
+FakeAnthropic = ScriptedProvider
 
-    def __init__(self) -> None:
-        self.script: list[Stream | Failure] = []
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.url = ""
-        self.hung_up = threading.Event()  # the client left a stream before its end
-
-    def reset(self, url: str) -> None:
-        self.script, self.requests, self.headers, self.url = [], [], [], url
-        self.hung_up = threading.Event()
-
-    async def messages(self, request: Request) -> Response:
-        self.requests.append(await request.json())
-        self.headers.append(dict(request.headers))
-        if not self.script:
-            return JSONResponse(error_body("api_error", "no scripted reply left"), 500)
-        reply = self.script.pop(0)
-        if isinstance(reply, Failure):
-            return JSONResponse(reply.body, reply.status, headers=dict(reply.headers))
-        return StreamingResponse(self.body(reply.events), media_type="text/event-stream")
-
-    async def body(self, events: Sequence[Event]) -> AsyncIterator[bytes]:
-        try:
-            for event in events:
-                if isinstance(event, Gate):
-                    deadline = time.monotonic() + 10
-                    while not event.opened.is_set():
-                        if time.monotonic() > deadline:
-                            return  # the client never saw the earlier events: cut it short
-                        await anyio.sleep(0.005)
-                elif isinstance(event, BaseException):
-                    raise event  # uvicorn drops the connection mid-body
-                elif isinstance(event, bytes):
-                    yield event
-                elif isinstance(event, str):
-                    yield event.encode()
-                else:
-                    yield sse(event)
-        except anyio.get_cancelled_exc_class():
-            self.hung_up.set()
-            raise
-
-
-_SERVER = FakeAnthropic()
+_SERVER = FakeAnthropic(encode=sse, exhausted=error_body("api_error", "no scripted reply left"))
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/messages", _SERVER.messages, methods=["POST"])])
+    app = Starlette(routes=[Route("/v1/messages", _SERVER.handle, methods=["POST"])])
     with serving(app, log_level="critical") as url:
         yield url  # the API root: the SDK adds /v1/messages
 

@@ -16,10 +16,7 @@ import contextlib
 import json
 import re
 import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, TypedDict
 
 import anyio
@@ -27,10 +24,9 @@ import anyio.to_thread
 import pytest
 from click.testing import CliRunner
 from fixtures.loopback import serving
+from fixtures.sse_provider import Event, Failure, Gate, ScriptedProvider, Stream
 from headwater_openai import ChatOpenAI
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import headwater
@@ -94,32 +90,6 @@ def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
 DONE = "data: [DONE]\n\n"
 
 
-@dataclass
-class Gate:
-    """Hold the stream here until the test has seen what came before (proves liveness)."""
-
-    opened: threading.Event = field(default_factory=threading.Event)
-
-
-Event = Mapping[str, Any] | str | bytes | Gate | BaseException
-
-
-@dataclass
-class Stream:
-    """A 200 ``text/event-stream`` reply: dicts become ``data:`` events, strings go raw."""
-
-    events: Sequence[Event]
-
-
-@dataclass
-class Failure:
-    """An HTTP error reply with a JSON body."""
-
-    status: int
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 def text(tokens: Sequence[str], *, prompt: int = 9) -> Stream:
     return Stream(
         [
@@ -154,58 +124,19 @@ def tool_calls(*calls: tuple[str, str, str], prompt: int = 20) -> Stream:
 # -- the server -------------------------------------------------------------------------
 
 
-class FakeOpenAI:
-    """Plays ``script`` replies in order; records request bodies and headers."""
-
-    def __init__(self) -> None:
-        self.script: list[Stream | Failure] = []
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.url = ""
-        self.hung_up = threading.Event()  # the client left a stream before its end
-
-    def reset(self, url: str) -> None:
-        self.script, self.requests, self.headers, self.url = [], [], [], url
-        self.hung_up = threading.Event()
-
-    async def completions(self, request: Request) -> Response:
-        self.requests.append(await request.json())
-        self.headers.append(dict(request.headers))
-        if not self.script:
-            return JSONResponse({"error": {"message": "no scripted reply left"}}, 500)
-        reply = self.script.pop(0)
-        if isinstance(reply, Failure):
-            return JSONResponse(reply.body, reply.status, headers=dict(reply.headers))
-        return StreamingResponse(self.body(reply.events), media_type="text/event-stream")
-
-    async def body(self, events: Sequence[Event]) -> AsyncIterator[bytes]:
-        try:
-            for event in events:
-                if isinstance(event, Gate):
-                    deadline = time.monotonic() + 10
-                    while not event.opened.is_set():
-                        if time.monotonic() > deadline:
-                            return  # the client never saw the earlier chunks: cut it short
-                        await anyio.sleep(0.005)
-                elif isinstance(event, BaseException):
-                    raise event  # uvicorn drops the connection mid-body
-                elif isinstance(event, bytes):
-                    yield event
-                elif isinstance(event, str):
-                    yield event.encode()
-                else:
-                    yield f"data: {json.dumps(event)}\n\n".encode()
-        except anyio.get_cancelled_exc_class():
-            self.hung_up.set()
-            raise
+def sse(event: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
 
 
-_SERVER = FakeOpenAI()
+FakeOpenAI = ScriptedProvider
+
+
+_SERVER = FakeOpenAI(encode=sse)
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/chat/completions", _SERVER.completions, methods=["POST"])])
+    app = Starlette(routes=[Route("/v1/chat/completions", _SERVER.handle, methods=["POST"])])
     with serving(app, log_level="critical") as url:
         yield f"{url}/v1"
 
@@ -835,6 +766,26 @@ async def test_plain_functions_and_openai_specs_bind_as_tools(server: FakeOpenAI
     assert [t["function"]["name"] for t in sent["tools"]] == ["shout", "noop"]
     assert sent["tools"][0]["function"]["parameters"]["properties"] == {"text": {"type": "string"}}
     assert sent["tool_choice"] == "required"
+
+
+async def test_parallel_tool_calls_and_a_per_call_tool_choice(server: FakeOpenAI) -> None:
+    server.script = [text(["ok"]), text(["ok"])]
+    await llm(server).bind_tools([add], parallel_tool_calls=False).ainvoke("hi")
+    assert server.requests[0]["parallel_tool_calls"] is False
+    assert "tool_choice" not in server.requests[0]
+    await llm(server).ainvoke("hi", tools=[add], tool_choice="add")
+    assert server.requests[1]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+    assert "parallel_tool_calls" not in server.requests[1]
+    with pytest.raises(InvalidInputError, match=r"tool_choice='any' needs tools"):
+        await llm(server).ainvoke("hi", tool_choice="any")
+    assert len(server.requests) == 2
+
+
+async def test_an_error_answer_names_the_request_id(server: FakeOpenAI) -> None:
+    body = {"error": {"message": "Slow down.", "type": "requests", "param": None, "code": None}}
+    server.script = [Failure(429, body, headers={"x-request-id": "req_123"})]
+    with pytest.raises(ChatModelError, match=r"HTTP 429 Too Many Requests: Slow down\. .*req_123"):
+        await llm(server).ainvoke("hi")
 
 
 # -- the conformance suite every adapter runs ------------------------------------------

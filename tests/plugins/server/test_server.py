@@ -359,7 +359,7 @@ def test_openapi_and_index(app_url: str) -> None:
 
 def test_headwater_run_renders_the_stream() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "headwater", "run", "headwater._demo:build_demo",
+        [sys.executable, "-m", "headwater", "run", "headwater_server._demo:build_demo",
          "--input", json.dumps({"question": "Where do rivers flow?"})],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -372,7 +372,7 @@ def test_headwater_run_renders_the_stream() -> None:
 
 def test_headwater_run_errors_are_readable() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "headwater", "run", "headwater._demo:build_demo",
+        [sys.executable, "-m", "headwater", "run", "headwater_server._demo:build_demo",
          "--input", '{"nope": 1}'],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -30,6 +30,7 @@ import headwater
 from headwater import serde
 from headwater.errors import InvalidFilterError, InvalidInputError, SerdeError
 from headwater.events import (
+    INTERRUPT,
     PUBLIC_KINDS,
     SKIP,
     TASK_END,
@@ -44,7 +45,6 @@ from headwater.runtime import Run
 __all__ = [
     "CONFIG_KEY",
     "ERROR_KINDS",
-    "INTERRUPT",
     "JsonlSink",
     "errors_only",
     "headwater_event_filters",
@@ -91,11 +91,6 @@ def progress(run: Run) -> StreamMode:
         }
 
     return StreamMode(kinds=frozenset({TASK_START, TASK_END}), project=project)
-
-
-INTERRUPT = "__interrupt__"
-"""The name of the extra ``task_end`` event a run emits when it pauses, whose ``update``
-holds all of the step's :class:`~headwater.checkpoint.Interrupt` records."""
 
 
 ERROR_KINDS = frozenset(kind for kind in PUBLIC_KINDS if kind.endswith("_error"))
@@ -148,7 +143,7 @@ class JsonlSink:
     Example::
 
         sink = JsonlSink("run.jsonl")
-        run.subscribe(sink.subscription())
+        run.bus.subscribe(sink.subscription())
         ...
         sink.close()
     """

@@ -2,7 +2,8 @@
 
 A small agent: a router decides whether the question needs the notes; a retriever finds
 them (BM25); an LLM with a tool answers, calling the tool first; a summariser condenses
-the answer. State is checkpointed in SQLite. The LLM is a scripted ``FakeChatModel``
+the answer. State is checkpointed in SQLite (in memory when headwater-sqlite is not
+installed). The LLM is a scripted ``FakeChatModel``
 unless ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (then ``init_chat_model`` with
 ``HEADWATER_DEMO_MODEL``, default ``openai:gpt-4o-mini``, through headwater-openai).
 """
@@ -18,9 +19,7 @@ from typing import Annotated, Any, TypedDict
 import anyio
 import click
 
-from headwater._graph import StateGraph
-from headwater._pregel import CompiledGraph
-from headwater._types import END, START
+from headwater import END, START, CompiledGraph, StateGraph, get_plugin_manager
 from headwater.messages import AIMessage, HumanMessage, SystemMessage, ToolCall, add_messages
 from headwater.models import ChatModel, init_chat_model
 from headwater.retrievers import Document, InMemoryRetriever
@@ -59,7 +58,7 @@ def _models() -> tuple[ChatModel, ChatModel]:
     if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"):
         spec = os.environ.get("HEADWATER_DEMO_MODEL", "openai:gpt-4o-mini")
         # A local OpenAI-compatible server (Ollama, vLLM, llama.cpp) checks no key.
-        key = {} if os.environ.get("OPENAI_API_KEY") else {"api_key": "local"}
+        key: dict[str, Any] = {} if os.environ.get("OPENAI_API_KEY") else {"api_key": "local"}
         agent, summariser = (
             init_chat_model(spec, name="agent", **key),
             init_chat_model(spec, name="summarise", **key),
@@ -143,7 +142,11 @@ def build_demo(checkpointer: str | None = None) -> CompiledGraph:
     graph.add_edge("tools", "agent")
     graph.add_edge("summarise", END)
     if checkpointer is None:
-        checkpointer = f"sqlite:///{demo_db_path()}"
+        checkpointer = (
+            f"sqlite:///{demo_db_path()}"
+            if "sqlite" in get_plugin_manager().registrations("headwater_checkpointers")
+            else "memory:"
+        )
     return graph.compile(checkpointer=checkpointer, name="demo")
 
 

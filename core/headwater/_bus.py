@@ -1,0 +1,429 @@
+"""The event bus of a run: subscriptions, emission, backpressure and the worker-thread inbox.
+
+One room for one mechanism (as pluggy keeps its hook-call loop alone in ``_callers.py``):
+this module imports nothing of headwater but :mod:`headwater.events`.
+
+* A root run owns a :class:`Bus`; each subgraph run gets a :meth:`Bus.child` that shares
+  the root's subscriptions, sequence numbers, valves and inbox, with its own namespace.
+* Subscriptions are added before the run starts and resolved once per kind
+  (:meth:`Bus.subscriptions`); a kind nobody wants is never built.
+* Producers emit through an :class:`Emitter`, bound once per source (a task, a chat-model,
+  tool or retriever call, the graph run itself) to the header every event of that source
+  carries: ``name``, ``run_id``, ``parent_ids``, ``tags``, ``metadata``.
+* A subscription that wants only an event's ``data`` (:attr:`Subscription.bind`) gets it
+  directly when it is the only one for the kind: no id, no header, no :class:`Event`.
+* Consumers with bounded queues register valves (:meth:`Bus.add_valve`); producers wait
+  at their await points while one is full (:meth:`Bus.pressure`).
+* Events emitted in a worker thread (a sync node) reach the event loop in order, in
+  batches, through the inbox; a thread far ahead of its consumers waits.
+
+Example::
+
+    bus = Bus()
+    bus.subscribe(Subscription(callback=print, kinds=frozenset({"on_custom_event"})))
+    emit = bus.emitter(("node", run_id, (parent_id,), ("tag",), {"node": "node"}))
+    emit.emit("on_custom_event", {"progress": 0.5})
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio.from_thread
+import anyio.lowlevel
+
+from headwater.events import Event, Subscription
+
+__all__ = ["Bus", "Emitter", "Header"]
+
+Header = tuple[str, str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]]
+"""What every event of one source carries: ``(name, run_id, parent_ids, tags, metadata)``."""
+
+Valve = Callable[[], Awaitable[None] | None]
+"""``valve()``: ``None`` while a consumer has room, else an awaitable that completes when
+it has room again."""
+
+Put = Callable[[Any], None]
+"""A data-only sink: takes an event's ``data`` (see :attr:`Subscription.bind`)."""
+
+_NOBODY: tuple[Subscription, ...] = ()
+
+_INBOX_LIMIT = 1024
+"""Events a worker thread may queue for the event loop before it waits for them to be
+delivered (and for consumers to have room): bounds memory, gives backpressure."""
+
+
+class Bus:
+    """The event bus of one (sub)graph run; subgraph runs share their root run's.
+
+    Example::
+
+        run.bus.subscribe(Subscription(callback=seen.append))   # before the run starts
+        waiting = run.bus.pressure()                            # in a producer
+        if waiting is not None:
+            await waiting
+    """
+
+    __slots__ = (
+        "_by_kind",
+        "_direct",
+        "_inbox",
+        "_seq",
+        "_subs",
+        "_valves",
+        "loop_thread",
+        "ns",
+    )
+
+    def __init__(self, ns: tuple[str, ...] = (), *, _root: Bus | None = None) -> None:
+        self.ns = ns
+        """The namespace of the (sub)graph whose events this bus emits (``()``: the root)."""
+        self.loop_thread: int = threading.get_ident() if _root is None else _root.loop_thread
+        """The event loop's thread: emitting from any other thread goes through the inbox."""
+        self._subs: list[Subscription] = [] if _root is None else _root._subs
+        self._seq: list[int] = [0] if _root is None else _root._seq
+        self._valves: list[Valve] = [] if _root is None else _root._valves
+        self._inbox: _Inbox = _Inbox(self) if _root is None else _root._inbox
+        self._by_kind: dict[str, tuple[Subscription, ...]] = {}
+        self._direct: dict[str, Put | None] = {}
+
+    def child(self, ns: tuple[str, ...]) -> Bus:
+        """The bus of a subgraph run in namespace ``ns``: it shares this bus's subscribers.
+
+        Example::
+
+            sub_bus = run.bus.child((*run.ns, f"{node}:{task_id}"))
+        """
+        return Bus(ns, _root=self)
+
+    # -- subscriptions (fixed when the run starts) -------------------------------------
+
+    def subscribe(self, subscription: Subscription) -> None:
+        """Add a subscription before the run starts (``astream``, sinks and hooks do this).
+
+        Example::
+
+            run.bus.subscribe(Subscription(callback=print, kinds=frozenset({"on_chain_end"})))
+        """
+        self._subs.append(subscription)
+        self._by_kind.clear()
+        self._direct.clear()
+
+    @property
+    def streaming(self) -> bool:
+        """Whether anything subscribed to the run's events.
+
+        Example::
+
+            if run.bus.streaming:
+                ...  # only then is there anything to emit
+        """
+        return bool(self._subs)
+
+    def subscriptions(self, kind: str) -> tuple[Subscription, ...]:
+        """The subscriptions that want ``kind`` (empty: nobody; do not build the event).
+
+        Example::
+
+            if run.bus.subscriptions("on_custom_event"):
+                ...
+        """
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            found = tuple(s for s in self._subs if s.kinds is None or kind in s.kinds)
+            self._by_kind[kind] = found or _NOBODY
+            return found
+
+    def direct(self, kind: str) -> Put | None:
+        """A data-only sink for ``kind`` in this bus's namespace (see
+        :attr:`Subscription.bind`): when the one subscription for ``kind`` wants nothing
+        but events' ``data``; else ``None``. Call it on the event-loop thread only.
+
+        Example::
+
+            put = run.bus.direct("task_end")
+            if put is not None:
+                put({"node": "a", "update": {...}, "error": None, "interrupt": None})
+        """
+        try:
+            return self._direct[kind]
+        except KeyError:
+            subs = self.subscriptions(kind)
+            only = subs[0] if len(subs) == 1 else None
+            put = None
+            if only is not None and only.bind is not None and only.accept is None:
+                put = only.bind(kind, self.ns)
+            self._direct[kind] = put
+            return put
+
+    def emitter(
+        self, header: Header | None = None, *, make_header: Callable[[], Header] | None = None
+    ) -> Emitter:
+        """An :class:`Emitter` whose events carry ``header``, or ``make_header()``'s result,
+        made on the first event that needs more than its data.
+
+        Example::
+
+            emit = run.bus.emitter((graph_name, run.run_id, run.parent_ids, run.tags, {}))
+            emit.emit("on_chain_start", {"input": state})
+        """
+        return Emitter(self, header, make_header)
+
+    # -- delivery ----------------------------------------------------------------------
+
+    def _deliver(
+        self, subs: tuple[Subscription, ...], kind: str, header: Header, data: Any, name: str | None
+    ) -> None:
+        """Deliver one event to ``subs``, building the :class:`Event` once if needed;
+        ``name``, when given, replaces the header's."""
+        if threading.get_ident() != self.loop_thread:
+            self._inbox.put(self, (subs, kind, header, data, name))
+            return
+        own_name, run_id, parent_ids, tags, metadata = header
+        if name is None:
+            name = own_name
+        event = None
+        number = 0
+        for sub in subs:
+            accept = sub.accept
+            if accept is not None and not accept(kind, name, tags, metadata):
+                continue
+            if not number:
+                seq = self._seq
+                seq[0] += 1
+                number = seq[0]
+            if sub.raw:
+                sub.callback(kind, name, run_id, parent_ids, tags, metadata, data, number, self.ns)
+                continue
+            if event is None:
+                event = Event(
+                    event=kind,
+                    name=name,
+                    run_id=run_id,
+                    parent_ids=parent_ids,
+                    tags=tags,
+                    metadata=metadata,
+                    data=data,
+                    seq=number,
+                    ns=self.ns,
+                )
+            sub.callback(event)
+
+    # -- backpressure ------------------------------------------------------------------
+
+    def add_valve(self, valve: Valve) -> None:
+        """Register a backpressure valve, asked by producers at their await points.
+
+        A consumer whose bounded queue is full returns an awaitable from ``valve()`` that
+        completes when there is room again; ``None`` means no pressure.
+
+        Example::
+
+            run.bus.add_valve(lambda: None if queue_has_room() else wait_for_room())
+        """
+        self._valves.append(valve)
+
+    def pressure(self) -> Awaitable[None] | None:
+        """``None`` while every consumer has room; else an awaitable to wait on until all
+        of them have room again. Cheap enough to ask after every chunk.
+
+        Example::
+
+            waiting = run.bus.pressure()
+            if waiting is not None:
+                await waiting
+        """
+        for valve in self._valves:
+            waiting = valve()
+            if waiting is not None:
+                return self._relieve(waiting)
+        return None
+
+    async def _relieve(self, waiting: Awaitable[None]) -> None:
+        await waiting
+        for valve in self._valves:  # then every consumer, until all of them have room
+            more = valve()
+            if more is not None:
+                await more
+
+    async def relieve(self) -> None:
+        """Wait until every consumer has room again (backpressure).
+
+        Example::
+
+            await run.bus.relieve()
+        """
+        waiting = self.pressure()
+        if waiting is not None:
+            await waiting
+
+    # -- worker threads ----------------------------------------------------------------
+
+    def threads_starting(self) -> None:
+        """Call on the loop before a sync node starts in a worker thread: lets its events
+        be handed back in batches.
+
+        Example::
+
+            run.bus.threads_starting()
+            out = await anyio.to_thread.run_sync(node, state)
+            run.bus.threads_done()
+        """
+        inbox = self._inbox
+        if inbox.token is None:
+            inbox.token = anyio.lowlevel.current_token()
+
+    def threads_done(self, *, raise_errors: bool = True) -> None:
+        """Call on the loop after a sync node's thread returns: its events are all
+        delivered before anything emitted next (an error in delivering them is raised
+        here, unless ``raise_errors`` is false).
+
+        Example::
+
+            run.bus.threads_done()
+        """
+        self._inbox.settle(raise_errors=raise_errors)
+
+
+class Emitter:
+    """Emits the events of one source, all carrying one header.
+
+    Bound once per source: a task (one node execution), one chat-model, tool or retriever
+    call, or the graph run itself. The header is ``(name, run_id, parent_ids, tags,
+    metadata)``; an emitter made with ``make_header`` builds it on the first event that
+    needs it, so a task whose events all go to data-only sinks never makes its id or
+    metadata. Safe to call from a worker thread started by the scheduler.
+
+    Example::
+
+        emit = run.bus.emitter(make_header=task_header)
+        emit.emit("on_chain_start", {"input": state})
+        emit.emit("on_interrupt", data, name="review")   # another name, same header
+    """
+
+    __slots__ = ("_by_kind", "_direct", "_header", "_make_header", "bus")
+
+    def __init__(
+        self, bus: Bus, header: Header | None, make_header: Callable[[], Header] | None
+    ) -> None:
+        self.bus = bus
+        """The bus this emitter emits into."""
+        self._direct = bus._direct  # the bus's per-kind caches (cleared, never replaced)
+        self._by_kind = bus._by_kind
+        self._header = header
+        self._make_header = make_header
+
+    @property
+    def header(self) -> Header:
+        """``(name, run_id, parent_ids, tags, metadata)`` of this source's events."""
+        header = self._header
+        if header is None:
+            assert self._make_header is not None
+            header = self._header = self._make_header()
+        return header
+
+    def emit(self, kind: str, data: Any, name: str | None = None) -> None:
+        """Emit an event of ``kind`` (built only if some subscription wants it).
+
+        ``name`` replaces the header's name for this one event.
+
+        Example::
+
+            emit.emit("on_tool_end", {"output": 3})
+        """
+        try:
+            direct = self._direct[kind]
+        except KeyError:
+            direct = self.bus.direct(kind)
+        bus = self.bus
+        if direct is not None and threading.get_ident() == bus.loop_thread:
+            direct(data)  # the one subscriber wants just the data: no id, no metadata
+            return
+        try:
+            subs = self._by_kind[kind]
+        except KeyError:
+            subs = bus.subscriptions(kind)
+        if subs:
+            bus._deliver(subs, kind, self._header or self.header, data, name)
+
+    def emit_to(self, subs: tuple[Subscription, ...], kind: str, data: Any) -> None:
+        """Emit to subscriptions already looked up with :meth:`Bus.subscriptions`, for
+        the hottest emitters (a node's stream writer) that keep them (any thread).
+
+        Example::
+
+            subs = run.bus.subscriptions("on_custom_event")   # once
+            if subs:
+                emit.emit_to(subs, "on_custom_event", payload)
+        """
+        self.bus._deliver(subs, kind, self._header or self.header, data, None)
+
+    def __repr__(self) -> str:
+        name = self._header[0] if self._header is not None else "…"
+        return f"Emitter(name={name!r}, ns={self.bus.ns!r})"
+
+
+class _Inbox:
+    """Events emitted from worker threads (sync nodes), handed to the event loop in batches.
+
+    The first event into an empty inbox schedules one drain on the loop without waiting
+    (``run_sync_soon``); later events join that batch. So a sync node writing 50,000
+    progress events pays one loop wake-up per batch, not per event, and its events still
+    arrive at once when it writes only now and then. A full inbox makes the thread wait
+    until the batch is delivered and consumers have room.
+    """
+
+    __slots__ = ("error", "items", "lock", "root", "token")
+
+    def __init__(self, root: Bus) -> None:
+        self.root = root
+        self.lock = threading.Lock()
+        self.items: list[tuple[Bus, tuple[Any, ...]]] = []
+        self.token: anyio.lowlevel.EventLoopToken | None = None
+        self.error: BaseException | None = None
+
+    def put(self, bus: Bus, args: tuple[Any, ...]) -> None:
+        """Queue one event from a worker thread (never called on the loop thread)."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        with self.lock:
+            items = self.items
+            items.append((bus, args))
+            count = len(items)
+        token = self.token
+        if count >= _INBOX_LIMIT or token is None:
+            anyio.from_thread.run(self.deliver)
+        elif count == 1:
+            token.backend_class.run_sync_soon(self.drain, (), token.native_token)
+
+    def drain(self) -> None:
+        """Deliver every queued event, in order, on the event-loop thread."""
+        with self.lock:
+            items, self.items = self.items, []
+        for bus, args in items:
+            try:
+                bus._deliver(*args)
+            except BaseException as exc:  # re-raised in the emitting thread or its node
+                if self.error is None:
+                    self.error = exc
+
+    async def deliver(self) -> None:
+        """Drain, then wait until every consumer has room (backpressure)."""
+        self.drain()
+        await self.root.relieve()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def settle(self, *, raise_errors: bool) -> None:
+        """On the loop after a sync node returns: deliver what it left, raise what failed."""
+        if self.items:
+            self.drain()
+        if self.error is not None:
+            error, self.error = self.error, None
+            if raise_errors:
+                raise error

@@ -1,0 +1,265 @@
+"""Persistence of a run: the checkpoint writer and the records it saves.
+
+A checkpointed root run writes a :class:`~headwater.checkpoint.Checkpoint` after every
+superstep (the state, the tasks due next, join progress) and, while a step runs, each
+finished task's :class:`~headwater.checkpoint.PendingWrite`. With ``durability="sync"``
+every write finishes before the run goes on; with ``"async"`` an ordered background
+writer takes them (bounded: the steps wait when it falls far behind) and is flushed when
+the run ends. The scheduler drives this module; it never imports the scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from headwater._bus import Emitter
+from headwater._state import MISSING
+from headwater._types import Send
+from headwater.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    CheckpointTuple,
+    Interrupt,
+    PendingTask,
+    PendingWrite,
+    StateSnapshot,
+    WriteBatch,
+    new_checkpoint_id,
+)
+from headwater.errors import InvalidInputError
+from headwater.events import CHECKPOINT
+from headwater.runtime import Run, Task
+
+__all__ = ["Outcome", "Pending", "Persist", "graph_emitter", "snapshot"]
+
+_ASYNC_BACKLOG = 256
+"""Checkpoint writes an ``async`` run may have in flight before its steps wait."""
+
+
+class Pending:
+    """A task due in the next step (before it has a :class:`~headwater.runtime.Task`),
+    as a checkpoint records it."""
+
+    __slots__ = ("arg", "id", "node", "path", "triggers")
+
+    def __init__(
+        self,
+        node: str,
+        triggers: tuple[str, ...],
+        path: tuple[str | int, ...],
+        arg: Any,
+        id: str = "",
+    ) -> None:
+        self.node = node
+        self.triggers = triggers
+        self.path = path
+        self.arg = arg
+        self.id = id  # checkpoint task id: stable across a resume
+
+
+class Outcome:
+    """What one task produced: its update, its ``Command`` gotos, or its interrupt."""
+
+    __slots__ = ("goto", "interrupt", "update")
+
+    def __init__(
+        self,
+        update: Mapping[str, Any] | None,
+        goto: tuple[str | Send, ...],
+        interrupt: Interrupt | None = None,
+    ) -> None:
+        self.update = update
+        self.goto = goto
+        self.interrupt = interrupt
+
+
+class Persist:
+    """Checkpointing for one root run on one thread.
+
+    Example::
+
+        persist = Persist.open(checkpointer, run)   # None: nothing to persist
+        latest = await persist.load()
+        await persist.save(values, pending, joins, step, "loop", writes)
+    """
+
+    def __init__(self, saver: Checkpointer, thread_id: str, run: Run) -> None:
+        self.saver = saver
+        self.thread_id = thread_id
+        self.ns = ""
+        self.run = run
+        self.emit = graph_emitter(run)
+        self.checkpoint_id: str | None = None
+        self.durable = run.config.get("durability", "sync") == "sync"
+        self._queue: list[Checkpoint | WriteBatch] = []
+        self._wake: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._error: BaseException | None = None
+
+    async def _store(self, item: Checkpoint | WriteBatch, *, now: bool = False) -> None:
+        """Write now (``durability="sync"``, or ``now``) or hand to the background writer."""
+        if self.durable or (now and not self._queue):
+            if isinstance(item, Checkpoint):
+                await self.saver.aput(item)
+            else:
+                await self.saver.aput_writes(
+                    item.thread_id, item.ns, item.checkpoint_id, item.writes
+                )
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.append(item)
+        if self._wake is not None:
+            self._wake.set()
+        while len(self._queue) > _ASYNC_BACKLOG and self._error is None:
+            self._room = anyio.Event()  # bounded memory: wait for the writer to catch up
+            await self._room.wait()
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue, []
+            try:
+                await self.saver.aput_batch(batch)
+            except Exception as exc:  # surfaced by the next save, or when the run ends
+                self._error = exc
+            if self._room is not None:
+                self._room.set()
+            if self._error is not None:
+                return
+
+    @contextlib.asynccontextmanager
+    async def background(self) -> AsyncIterator[None]:
+        """Run the ordered background writer of an ``async`` run; flush it at the end."""
+        if self.durable:
+            yield
+            return
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer)
+            try:
+                yield
+            except BaseException as exc:  # re-raised below as it is, not in an ExceptionGroup
+                failed = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    while self._queue and self._error is None:
+                        await anyio.lowlevel.checkpoint()
+                        if self._wake is not None:
+                            self._wake.set()
+                tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        if self._error is not None:
+            raise self._error
+
+    @classmethod
+    def open(cls, saver: Checkpointer | None, run: Run) -> Persist | None:
+        """The writer of a root run on a graph with a checkpointer (``None`` otherwise)."""
+        if saver is None or run.ns:
+            return None  # subgraphs run inside their parent's checkpointed step
+        thread_id = (run.config.get("configurable") or {}).get("thread_id")
+        if thread_id is None:
+            raise InvalidInputError(
+                f"Graph {run.graph_name!r} has a checkpointer, so each run needs a thread id: "
+                "config={'configurable': {'thread_id': 'my-thread'}}."
+            )
+        return cls(saver, str(thread_id), run)
+
+    async def load(self) -> CheckpointTuple | None:
+        found = await self.saver.aget(self.thread_id, self.ns)
+        if found is not None:
+            self.checkpoint_id = found.checkpoint.id
+        return found
+
+    async def save(
+        self,
+        values: Mapping[str, Any],
+        pending: list[Pending],
+        joins: list[set[str]],
+        step: int,
+        source: str,
+        writes: Mapping[str, Any],
+    ) -> None:
+        checkpoint_id = new_checkpoint_id()
+        for i, p in enumerate(pending):
+            p.id = f"{checkpoint_id}/{i}"
+        checkpoint = Checkpoint(
+            id=checkpoint_id,
+            thread_id=self.thread_id,
+            ns=self.ns,
+            parent_id=self.checkpoint_id,
+            step=step,
+            values=dict(values),
+            next=tuple(
+                PendingTask(
+                    id=p.id,
+                    node=p.node,
+                    triggers=p.triggers,
+                    path=p.path,
+                    has_arg=p.arg is not MISSING,
+                    arg=None if p.arg is MISSING else p.arg,
+                )
+                for p in pending
+            ),
+            joins=tuple(tuple(sorted(j)) for j in joins),
+            metadata={
+                "source": source,
+                "step": step,
+                "writes": dict(writes),
+                "run_id": self.run.run_id,
+            },
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        )
+        # A run's input checkpoint is always written before its first step, even with
+        # durability="async": a crash can then cost repeated steps, never the run itself.
+        await self._store(checkpoint, now=source == "input")
+        self.checkpoint_id = checkpoint_id
+        if self.run.bus.subscriptions(CHECKPOINT):
+            self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
+
+    async def save_write(self, task: Task, outcome: Outcome) -> None:
+        assert self.checkpoint_id is not None
+        write = PendingWrite(
+            task_id=task.checkpoint_task_id,
+            node=task.node,
+            update=outcome.update,
+            goto=outcome.goto,
+            interrupt=outcome.interrupt,
+            resume=task.resume,
+        )
+        await self._store(WriteBatch(self.thread_id, self.ns, self.checkpoint_id, (write,)))
+
+
+def graph_emitter(run: Run) -> Emitter:
+    """The emitter of a (sub)graph run's own events (``on_chain_start`` of the graph,
+    ``step_end``, ``checkpoint`` …): named after the graph, with the run's own header."""
+    return run.bus.emitter((run.graph_name, run.run_id, run.parent_ids, run.tags, run.metadata))
+
+
+def snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateSnapshot:
+    configurable = {"thread_id": checkpoint.thread_id, "checkpoint_id": checkpoint.id}
+    parent = (
+        {"configurable": {"thread_id": checkpoint.thread_id, "checkpoint_id": checkpoint.parent_id}}
+        if checkpoint.parent_id
+        else None
+    )
+    return StateSnapshot(
+        values=dict(checkpoint.values),
+        next=tuple(t.node for t in checkpoint.next),
+        config={"configurable": configurable},
+        metadata=dict(checkpoint.metadata),
+        created_at=checkpoint.created_at,
+        parent_config=parent,
+        tasks=checkpoint.next,
+        interrupts=tuple(w.interrupt for w in writes if w.interrupt is not None),
+    )

@@ -1,0 +1,743 @@
+"""The superstep scheduler: how a compiled graph's run executes.
+
+A run is a sequence of supersteps. Step 0 applies the input. In each following step,
+every triggered task (one per triggered node, plus one per ``Send``) runs concurrently
+against the same snapshot of the state; their updates are applied together at the end
+of the step, in node-name order, through the reducers. Edges from the nodes that ran
+then decide the next step's tasks. The run ends when a step triggers nothing, pauses at
+an interrupt, or fails.
+
+Here live the loop, task execution (node calling conventions, sync nodes in worker
+threads, ``headwater_wrap_node`` middleware, retries), routing (edges, joins, routers,
+``Send`` and ``Command``) and the reducers' application. Checkpointing is
+:mod:`headwater._persist`'s; events go out through :mod:`headwater._bus`. The compiled
+graph (:mod:`headwater._pregel`) builds a :class:`Scheduler` and calls :meth:`execute`;
+this module never imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import attrs
+
+from headwater import _concurrency
+from headwater._bus import Emitter
+from headwater._nodes import Branch, NodeSpec
+from headwater._persist import Outcome, Pending, Persist, graph_emitter
+from headwater._plugins import PluginManager
+from headwater._state import MISSING, Schema
+from headwater._types import END, START, Command, Send
+from headwater.checkpoint import Checkpointer, Interrupt, PendingWrite
+from headwater.errors import (
+    CheckpointError,
+    GraphInterrupt,
+    GraphRecursionError,
+    InvalidInputError,
+    InvalidRouteError,
+    InvalidUpdateError,
+)
+from headwater.events import (
+    INTERRUPT,
+    ON_CHAIN_END,
+    ON_CHAIN_ERROR,
+    ON_CHAIN_START,
+    ON_INTERRUPT,
+    STEP_END,
+    TASK_END,
+    TASK_START,
+)
+from headwater.runtime import Run, Task, current_task
+from headwater.sinks import close_sinks, open_sinks
+
+__all__ = ["DEFAULT_RECURSION_LIMIT", "Scheduler", "check_config"]
+
+DEFAULT_RECURSION_LIMIT = 25
+"""Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise.
+
+Example::
+
+    app.invoke(state, {"recursion_limit": 4 * DEFAULT_RECURSION_LIMIT})
+"""
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+@attrs.define
+class Start:
+    """Where a run's loop begins (see :meth:`Scheduler._restore`)."""
+
+    values: dict[str, Any]
+    update: Mapping[str, Any] | None
+    step: int
+    pending: list[Pending] = attrs.field(factory=list)
+    joins: list[set[str]] | None = None
+    done: dict[str, PendingWrite] = attrs.field(factory=dict)
+    answer: Any = None
+    checkpoint_id: str | None = None
+    persist: Persist | None = None
+
+
+def _task_end(
+    node: str, *, update: Any = None, error: BaseException | None = None, interrupt: Any = None
+) -> dict[str, Any]:
+    """The ``data`` of a ``task_end`` event (see :data:`headwater.events.TASK_END`)."""
+    return {"node": node, "update": update, "error": error, "interrupt": interrupt}
+
+
+class Scheduler:
+    """Executes runs of one compiled graph: its nodes, edges, joins, routers and reducers.
+
+    Example::
+
+        scheduler = Scheduler(name="chat", schema=schema, nodes=nodes, edges=edges,
+                              joins=joins, branches=branches, checkpointer=None)
+        values = await scheduler.execute(run, {"messages": ["hi"]})
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        schema: Schema,
+        nodes: Mapping[str, NodeSpec],
+        edges: Iterable[tuple[str, str]],
+        joins: Iterable[tuple[Iterable[str], str]],
+        branches: Iterable[Branch],
+        checkpointer: Checkpointer | None,
+        interrupt_before: Iterable[str] = (),
+        interrupt_after: Iterable[str] = (),
+    ) -> None:
+        self.name = name
+        self.schema = schema
+        self.nodes = nodes
+        self.checkpointer = checkpointer
+        self._interrupt_before = frozenset(interrupt_before)
+        self._interrupt_after = frozenset(interrupt_after)
+        successors: dict[str, list[str]] = {}
+        for start, end in edges:
+            if end != END:
+                successors.setdefault(start, []).append(end)
+        self._edges: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in successors.items()}
+        self._joins: list[tuple[frozenset[str], str]] = [
+            (frozenset(starts), end) for starts, end in joins
+        ]
+        joins_by_source: dict[str, list[int]] = {}
+        for i, (starts, _) in enumerate(self._joins):
+            for s in starts:
+                joins_by_source.setdefault(s, []).append(i)
+        self._joins_by_source = {k: tuple(v) for k, v in joins_by_source.items()}
+        by_source: dict[str, list[Branch]] = {}
+        for b in branches:
+            by_source.setdefault(b.source, []).append(b)
+        self._branches = {k: tuple(v) for k, v in by_source.items()}
+        self._reducers = {k: f.reducer for k, f in self.schema.fields.items()}
+        self._fields = self.schema.fields
+
+    def no_joins(self) -> list[set[str]]:
+        """Join progress before any node ran: one empty set per join."""
+        return [set() for _ in self._joins]
+
+    async def execute(self, run: Run, input: Any) -> dict[str, Any]:
+        """Execute ``run`` with hooks and graph-level events around the supersteps."""
+        pm = run.plugin_manager
+        hooks = pm.hook
+        specs = run.config.get("sinks") if run.parent is None else None
+        sinks = await open_sinks(specs, pm) if specs is not None else []
+        try:
+            start = await self._restore(run, input)  # bad input fails here, before any event
+        except BaseException:
+            if sinks:
+                with anyio.CancelScope(shield=True):
+                    await close_sinks(sinks)
+            raise
+        error: BaseException | None = None
+        bus = run.bus
+        emit = graph_emitter(run)
+        try:
+            if run.parent is None:  # a subgraph's run shares its root run's subscribers
+                for subscriptions in hooks.headwater_event_subscribers(run=run):
+                    for subscription in subscriptions or ():
+                        bus.subscribe(subscription)
+                for sink in sinks:
+                    bus.subscribe(sink.subscription())
+            for result in hooks.headwater_run_start(run=run):
+                if inspect.isawaitable(result):
+                    await result
+            if bus.streaming:
+                emit.emit(ON_CHAIN_START, {"input": input})
+            if start.persist is not None:
+                async with start.persist.background():
+                    values = await self._loop(run, start, pm, emit)
+            else:
+                values = await self._loop(run, start, pm, emit)
+            if bus.streaming:
+                emit.emit(ON_CHAIN_END, {"output": dict(values)})
+            return values
+        except BaseException as exc:  # cancelled too: every start still gets its error event
+            error = exc
+            if bus.streaming:
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
+            raise
+        finally:
+            try:
+                for result in hooks.headwater_run_end(run=run, error=error):
+                    if inspect.isawaitable(result):
+                        with anyio.CancelScope(shield=True):
+                            await result
+            finally:
+                if sinks:  # after the run's last event, however it ended
+                    with anyio.CancelScope(shield=True):
+                        await close_sinks(sinks)
+
+    async def _restore(self, run: Run, input: Any) -> Start:
+        """Where a run starts: fresh input, new input on a thread, or a resume."""
+        persist = Persist.open(self.checkpointer, run)
+        resuming = input is None or isinstance(input, Command)
+        if isinstance(input, Command) and input.resume is None:
+            raise InvalidInputError(
+                f"A Command given as the input of graph {self.name!r} must carry resume=..., "
+                "the answer to the interrupt that paused the thread."
+            )
+        if persist is None:
+            if resuming:
+                raise InvalidInputError(
+                    f"Input {input!r:.40} resumes a thread, but graph {self.name!r} has no "
+                    "checkpointer. Compile it with checkpointer='memory:' (or sqlite:///…, "
+                    "postgresql://…) and pass config={'configurable': {'thread_id': ...}}."
+                )
+            values = self.schema.defaults()
+            update = self.schema.coerce_input(input, self.name)
+            return Start(values=values, update=update, step=0)
+        latest = await persist.load()
+        if resuming:
+            if latest is None:
+                raise CheckpointError(
+                    f"Thread {persist.thread_id!r} has no checkpoint to resume from (input "
+                    f"{input!r:.40}). Start it with an input state first."
+                )
+            checkpoint = latest.checkpoint
+            done = {w.task_id: w for w in latest.writes}
+            answer = input.resume if isinstance(input, Command) else None
+            if isinstance(input, Command) and not any(w.interrupt for w in done.values()):
+                raise InvalidInputError(
+                    f"Command(resume=...) was given but thread {persist.thread_id!r} is not "
+                    "paused by interrupt(); pass None to continue it, or new input."
+                )
+            return Start(
+                values=dict(checkpoint.values),
+                update=None,
+                step=checkpoint.step,
+                pending=[
+                    Pending(t.node, t.triggers, t.path, t.arg if t.has_arg else MISSING, t.id)
+                    for t in checkpoint.next
+                ],
+                joins=[set(j) for j in checkpoint.joins] or None,
+                done=done,
+                answer=answer,
+                checkpoint_id=checkpoint.id,
+                persist=persist,
+            )
+        update = self.schema.coerce_input(input, self.name)
+        if latest is None:
+            return Start(values=self.schema.defaults(), update=update, step=0, persist=persist)
+        checkpoint = latest.checkpoint
+        return Start(
+            values=dict(checkpoint.values),
+            update=update,
+            step=checkpoint.step + 1,
+            checkpoint_id=checkpoint.id,
+            persist=persist,
+        )
+
+    async def _loop(
+        self, run: Run, start: Start, pm: PluginManager, emit: Emitter
+    ) -> dict[str, Any]:
+        limit = run.config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
+        values = start.values
+        persist = start.persist
+        step = start.step
+        wrap = bool(pm.hook.headwater_wrap_node.get_hookimpls())
+        step_end_hook = (
+            pm.hook.headwater_step_end if pm.hook.headwater_step_end.get_hookimpls() else None
+        )
+        bus = run.bus
+        step_subs = bus.subscriptions(STEP_END)
+        join_seen: list[set[str]] = start.joins or self.no_joins()
+        if start.update is not None:  # new input: step `step` applies it
+            self.apply(values, [(START, start.update)], step)
+            if step_subs:
+                data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
+                emit.emit(STEP_END, data)
+            pending = await self.route([START], {}, values, join_seen, run)
+            if persist is not None:
+                await persist.save(values, pending, join_seen, step, "input", {START: start.update})
+        else:
+            pending = start.pending
+        resumed = start.update is None
+        done = start.done
+        steps_run = 0
+        while pending:
+            if not resumed and persist is not None and self._interrupt_before:
+                hits = [p for p in pending if p.node in self._interrupt_before]
+                if hits:
+                    hit = [Interrupt(node=p.node, id=p.id) for p in hits]
+                    return self._pause(emit, values, hit)
+            resumed = False
+            steps_run += 1
+            step += 1
+            if steps_run > limit:
+                raise GraphRecursionError(
+                    f"Graph {self.name!r} reached its recursion limit of {limit} supersteps with "
+                    f"node(s) {sorted({p.node for p in pending})} still to run. If it loops on "
+                    "purpose, raise the limit: "
+                    f"config={{'recursion_limit': {max(limit * 4, 100)}}}; "
+                    "otherwise make a conditional edge route to END."
+                )
+            # A cancelled run (its consumer left) starts no new step, even when the nodes
+            # of the last one finished without reaching a checkpoint (e.g. in a thread).
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            tasks = [self._make_task(p, step, values, run, done, start.answer) for p in pending]
+            outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+            paused = [o.interrupt for o in outcomes if o.interrupt is not None]
+            if paused:
+                return self._pause(emit, values, paused)
+            done = {}
+            goto: dict[str, tuple[str | Send, ...]] = {}
+            if len(tasks) == 1:
+                node, outcome = tasks[0].node, outcomes[0]
+                written = outcome.update
+                writes: list[tuple[str, Mapping[str, Any]]] = [(node, written)] if written else []
+                ran = [node]
+                if outcome.goto:
+                    goto[node] = outcome.goto
+            else:
+                order = sorted(range(len(tasks)), key=lambda i: (tasks[i].node, i))
+                writes = [(tasks[i].node, u) for i in order if (u := outcomes[i].update)]
+                ran = []
+                for i in order:
+                    node = tasks[i].node
+                    if not ran or ran[-1] != node:
+                        ran.append(node)
+                    if outcomes[i].goto:
+                        goto[node] = goto.get(node, ()) + outcomes[i].goto
+            self.apply(values, writes, step)
+            if step_subs:
+                per_node: dict[str, tuple[Any, ...]] = {}
+                for node, upd in writes:
+                    per_node[node] = (*per_node.get(node, ()), upd)
+                data = {"values": dict(values), "writes": per_node, "step": step}
+                emit.emit(STEP_END, data)
+                waiting = bus.pressure()
+                if waiting is not None:
+                    await waiting
+            pending = await self.route(ran, goto, values, join_seen, run)
+            if persist is not None:
+                await persist.save(values, pending, join_seen, step, "loop", dict(writes))
+            if step_end_hook is not None:
+                for result in step_end_hook(run=run, step=step):
+                    if inspect.isawaitable(result):
+                        await result
+            if pending and persist is not None and self._interrupt_after:
+                stopped = [n for n in ran if n in self._interrupt_after]
+                if stopped:
+                    return self._pause(emit, values, [Interrupt(node=n) for n in stopped])
+        return values
+
+    def _pause(
+        self, emit: Emitter, values: dict[str, Any], interrupts: list[Interrupt]
+    ) -> dict[str, Any]:
+        """End the run paused: report the interrupts; the result carries them too."""
+        if emit.bus.streaming:
+            for item in interrupts:
+                data = {"value": item.value, "id": item.id, "node": item.node}
+                emit.emit(ON_INTERRUPT, data, item.node)
+            data = _task_end(INTERRUPT, update=tuple(interrupts))
+            emit.emit(TASK_END, data, INTERRUPT)
+        return {**values, INTERRUPT: tuple(interrupts)}
+
+    def _make_task(
+        self,
+        p: Pending,
+        step: int,
+        values: dict[str, Any],
+        run: Run,
+        done: Mapping[str, PendingWrite],
+        answer: Any,
+    ) -> Task:
+        spec = self.nodes[p.node]
+        node_input = self.schema.make_input(values) if p.arg is MISSING else p.arg
+        task = Task(
+            node=p.node,
+            step=step,
+            input=node_input,
+            triggers=p.triggers,
+            path=p.path,
+            tags=spec.tags,
+            metadata=spec.metadata,
+            run=run,
+        )
+        if p.id:
+            task.checkpoint_task_id = p.id
+            previous = done.get(p.id)
+            if previous is not None and previous.interrupt is not None:
+                task.resume = (*previous.resume, answer)
+        return task
+
+    async def _run_step(
+        self,
+        tasks: list[Task],
+        wrap: bool,
+        pm: PluginManager,
+        done: Mapping[str, PendingWrite],
+        persist: Persist | None,
+    ) -> list[Outcome]:
+        if persist is None and not done:
+            if len(tasks) == 1:
+                call = functools.partial(self._run_task, tasks[0], wrap, pm)
+                return [await _concurrency.run_one(call)]
+            results, error = await _concurrency.run_all(
+                [functools.partial(self._run_task, t, wrap, pm) for t in tasks]
+            )
+            if error is not None:
+                raise error[1]
+            return results
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        todo = []
+        for i, task in enumerate(tasks):
+            previous = done.get(task.checkpoint_task_id) if task.checkpoint_task_id else None
+            if previous is not None and previous.interrupt is None:
+                # Finished before the step was cut short: reuse its saved result.
+                outcomes[i] = Outcome(previous.update, previous.goto)
+            else:
+                todo.append(i)
+        run_task = (
+            self._run_task if persist is None else functools.partial(self._run_saved, persist)
+        )
+        if len(todo) == 1:
+            i = todo[0]
+            if persist is not None and len(tasks) == 1:
+                call = functools.partial(self._run_saved, persist, tasks[i], wrap, pm, True)
+            else:
+                call = functools.partial(run_task, tasks[i], wrap, pm)
+            outcomes[i] = await _concurrency.run_one(call)
+        elif todo:
+            results, error = await _concurrency.run_all(
+                [functools.partial(run_task, tasks[i], wrap, pm) for i in todo]
+            )
+            if error is not None:
+                raise error[1]
+            for i, result in zip(todo, results, strict=True):
+                outcomes[i] = result
+        return [o for o in outcomes if o is not None]
+
+    async def _run_saved(
+        self, persist: Persist, task: Task, wrap: bool, pm: PluginManager, alone: bool = False
+    ) -> Outcome:
+        outcome = await self._run_task(task, wrap, pm)
+        if not alone or outcome.interrupt is not None or task.resume:
+            # A step's only task that completed needs no write of its own: the step's
+            # checkpoint, written right after, carries its result.
+            await persist.save_write(task, outcome)
+        return outcome
+
+    async def _run_task(self, task: Task, wrap: bool, pm: PluginManager) -> Outcome:
+        current_task.set(task)
+        run = task.run
+        streaming = run.bus.streaming
+        if streaming:
+            emit = task.emitter
+            emit.emit(TASK_START, {"input": task.input, "triggers": task.triggers})
+            emit.emit(ON_CHAIN_START, {"input": task.input})
+        try:
+            call = self._call_node if self.nodes[task.node].retry is None else self._call_retrying
+            if wrap:
+                out = await _wrapped(call, task, pm)
+            else:
+                out = await call(task)
+            outcome = self._outcome(task.node, out)
+        except GraphInterrupt as paused:
+            if self.checkpointer is None:
+                raise InvalidInputError(
+                    f"Node {task.node!r} called interrupt(), which needs a checkpointer to "
+                    f"resume from: compile graph {self.name!r} with checkpointer='memory:' "
+                    "(or another backend) and run it with a thread_id."
+                ) from None
+            if streaming:  # the task ends paused: neither an update nor an error
+                emit.emit(TASK_END, _task_end(task.node, interrupt=paused.interrupt))
+                emit.emit(ON_CHAIN_END, {"output": None, "interrupt": paused.interrupt})
+            return Outcome(None, (), paused.interrupt)
+        except Exception as exc:
+            if streaming:
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
+                emit.emit(TASK_END, _task_end(task.node, error=exc))
+            exc.add_note(
+                f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
+            )
+            raise
+        except BaseException as exc:  # cancelled (a sibling failed, the consumer left)
+            if streaming:
+                emit.emit(ON_CHAIN_ERROR, {"error": exc})
+            raise
+        if streaming:
+            emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
+            emit.emit(ON_CHAIN_END, {"output": out})
+            waiting = run.bus.pressure()
+            if waiting is not None:
+                await waiting
+        return outcome
+
+    async def _call_retrying(self, task: Task) -> Any:
+        """Call the node under its retry policy: again after each retryable failure."""
+        policy = self.nodes[task.node].retry
+        assert policy is not None
+        attempt = 1
+        while True:
+            try:
+                return await self._call_node(task)
+            except Exception as exc:
+                if attempt >= policy.max_attempts or not policy.should_retry(exc):
+                    if attempt > 1:
+                        exc.add_note(f"Node {task.node!r} failed {attempt} attempts in all.")
+                    raise
+            await anyio.sleep(policy.delay(attempt))
+            attempt += 1
+
+    async def _call_node(self, task: Task) -> Any:
+        spec = self.nodes[task.node]
+        if spec.subgraph is not None:
+            return await spec.subgraph.run_as_node(task, self.schema)
+        calling = spec.calling
+        args: tuple[Any, ...] = (task.input,)
+        kwargs: dict[str, Any] = {}
+        if calling.config is not None:
+            config = task.config
+            if calling.config == "positional":
+                args = (task.input, config)
+            else:
+                kwargs["config"] = config
+        if calling.writer:
+            kwargs["writer"] = task.writer
+        if calling.is_async:
+            try:
+                return await spec.fn(*args, **kwargs)
+            except BaseException as exc:
+                _fail_run_not_process(task, exc)
+                raise
+        fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
+        bus = task.run.bus
+        if not bus.streaming:
+            try:
+                return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+            except BaseException as exc:
+                _fail_run_not_process(task, exc)
+                raise
+        bus.threads_starting()
+        try:
+            out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+        except BaseException as exc:
+            bus.threads_done(raise_errors=False)  # the node's own error is what counts
+            _fail_run_not_process(task, exc)
+            raise
+        bus.threads_done()
+        return out
+
+    def _outcome(self, node: str, out: Any) -> Outcome:
+        if out is None:
+            return Outcome(None, ())
+        if type(out) is dict or isinstance(out, Mapping):
+            return Outcome(self.schema.check_update(node, out), ())
+        if isinstance(out, Command):
+            update = self.schema.check_update(node, out.update) if out.update is not None else None
+            return Outcome(update, out.goto)
+        self.schema.check_update(node, out)  # raises with the right message
+        raise AssertionError("unreachable")
+
+    def apply(
+        self, values: dict[str, Any], writes: list[tuple[str, Mapping[str, Any]]], step: int
+    ) -> None:
+        """Apply one step's ``(node, update)`` writes to ``values`` through the reducers."""
+        reducers = self._reducers
+        if len(writes) == 1:
+            node, update = writes[0]
+            for key, value in update.items():
+                if reducers[key] is None:
+                    values[key] = value
+                else:
+                    values[key] = self._fields[key].fold(values.get(key, MISSING), [value])
+            return
+        per_key: dict[str, list[Any]] = {}
+        writers: dict[str, list[str]] = {}
+        for node, update in writes:
+            for key, value in update.items():
+                if key in per_key:
+                    per_key[key].append(value)
+                    writers[key].append(node)
+                else:
+                    per_key[key] = [value]
+                    writers[key] = [node]
+        for key, vals in per_key.items():
+            if reducers[key] is None:
+                if len(vals) > 1:
+                    nodes = writers[key]
+                    raise InvalidUpdateError(
+                        f"State key {key!r} received {len(vals)} writes in step {step} (from "
+                        f"nodes {', '.join(repr(n) for n in nodes)}) but has no reducer, so only "
+                        f"one write per step is allowed. Give it a reducer, e.g. "
+                        f"{key}: Annotated[list, operator.add], or let one node write it."
+                    )
+                values[key] = vals[0]
+            else:
+                values[key] = self._fields[key].fold(values.get(key, MISSING), vals)
+
+    async def route(
+        self,
+        ran: list[str],
+        goto: dict[str, tuple[str | Send, ...]],
+        values: dict[str, Any],
+        join_seen: list[set[str]],
+        run: Run,
+    ) -> list[Pending]:
+        """The tasks due after ``ran``: edges, joins, ``Command`` gotos and routers."""
+        pulls: dict[str, list[str]] = {}
+        pushes: list[Pending] = []
+
+        def add(dest: str | Send, source: str, how: str) -> None:
+            if isinstance(dest, Send):
+                if dest.node not in self.nodes:
+                    raise InvalidRouteError(
+                        f"{how} sent to unknown node {dest.node!r}. Known nodes: "
+                        f"{sorted(self.nodes)}."
+                    )
+                pushes.append(
+                    Pending(dest.node, (f"send:{source}",), ("push", len(pushes)), dest.arg)
+                )
+            elif dest == END:
+                return
+            elif isinstance(dest, str) and dest in self.nodes:
+                pulls.setdefault(dest, []).append(source)
+            else:
+                raise InvalidRouteError(
+                    f"{how} routed to {dest!r}, which is not a node of graph {self.name!r}. "
+                    f"Expected one of {sorted(self.nodes)}, END, or a Send."
+                )
+
+        for node in ran:
+            for succ in self._edges.get(node, ()):
+                pulls.setdefault(succ, []).append(node)
+            for j in self._joins_by_source.get(node, ()):
+                starts, end = self._joins[j]
+                seen = join_seen[j]
+                seen.add(node)
+                if seen >= starts:
+                    seen.clear()
+                    if end != END:
+                        pulls.setdefault(end, []).append("join:" + "+".join(sorted(starts)))
+            for dest in goto.get(node, ()):
+                add(dest, node, f"Command(goto=...) of node {node!r}")
+            for branch in self._branches.get(node, ()):
+                for dest in await self._call_router(branch, values, run):
+                    add(dest, node, f"Router {branch.name!r} of {node!r}")
+        out = [Pending(n, tuple(src), ("pull", n), MISSING) for n, src in sorted(pulls.items())]
+        out.extend(pushes)
+        return out
+
+    async def _call_router(
+        self, branch: Branch, values: dict[str, Any], run: Run
+    ) -> list[str | Send]:
+        state = self.schema.make_input(values)
+        if branch.calling.config is not None:
+            result = (
+                branch.router(state, run.config)
+                if branch.calling.config == "positional"
+                else branch.router(state, config=run.config)
+            )
+        else:
+            result = branch.router(state)
+        if inspect.isawaitable(result):
+            result = await result
+        items = result if isinstance(result, list | tuple) else [result]
+        out: list[str | Send] = []
+        for item in items:
+            if isinstance(item, Send) or branch.path_map is None:
+                out.append(item)
+                continue
+            try:
+                out.append(branch.path_map[item])
+            except (KeyError, TypeError):
+                raise InvalidRouteError(
+                    f"Router {branch.name!r} of {branch.source!r} returned {item!r}, which is not "
+                    f"in its path_map; expected one of {list(branch.path_map)!r}."
+                ) from None
+        return out
+
+
+def _fail_run_not_process(task: Task, exc: BaseException) -> None:
+    """A node's ``SystemExit``, ``KeyboardInterrupt`` or other ``BaseException`` fails its
+    run as an ordinary error: escaping a task, it would stop the event loop and every
+    other run of the process (a served graph's ``sys.exit()`` took the server down).
+    Cancellation and ``GeneratorExit`` (closing the coroutine) pass through unchanged."""
+    if isinstance(exc, Exception | GeneratorExit | anyio.get_cancelled_exc_class()):
+        return
+    name = type(exc).__name__
+    raise RuntimeError(
+        f"Node {task.node!r} raised {name}({', '.join(map(repr, exc.args))}): a node's "
+        f"{name} fails its run, not the process."
+    ) from exc
+
+
+def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a sync node in its worker thread; a coroutine it returns is reported here
+    (trio would refuse it with a confusing TypeError, asyncio would pass it on)."""
+    out = fn(*args)
+    if inspect.iscoroutine(out):
+        schema.check_update(node, out)  # raises InvalidUpdateError: make the node async
+    return out
+
+
+async def _wrapped(call: Callable[[Task], Any], task: Task, pm: PluginManager) -> Any:
+    middlewares = [m for m in pm.hook.headwater_wrap_node(task=task) if m is not None]
+    if not middlewares:
+        return await call(task)
+    chain = call
+    for middleware in middlewares:  # pluggy returns last-registered first: innermost first
+        chain = functools.partial(middleware, chain)
+    return await chain(task)
+
+
+def check_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if config is None:
+        config = _EMPTY
+    if not isinstance(config, Mapping):
+        raise InvalidInputError(
+            f"config must be a mapping like {{'configurable': {{'thread_id': '1'}}}}; got "
+            f"{type(config).__name__}: {config!r:.80}."
+        )
+    limit = config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
+    if type(limit) is not int or limit < 1:
+        raise InvalidInputError(
+            f"config['recursion_limit'] must be a positive int (supersteps per run, default "
+            f"{DEFAULT_RECURSION_LIMIT}); got {limit!r}."
+        )
+    durability = config.get("durability", "sync")
+    if durability not in ("sync", "async"):
+        raise InvalidInputError(
+            f"config['durability'] must be 'sync' (every checkpoint write finishes before the "
+            f"next step) or 'async' (written in the background, flushed when the run ends); "
+            f"got {durability!r:.40}."
+        )
+    configurable = config.get("configurable", _EMPTY)
+    if not isinstance(configurable, Mapping):
+        raise InvalidInputError(
+            "config['configurable'] must be a mapping like {'thread_id': '1'}; got "
+            f"{configurable!r:.80}."
+        )
+    if configurable is _EMPTY:  # nodes and routers may read config["configurable"] freely
+        return {**config, "configurable": {}}
+    return config
