@@ -224,6 +224,7 @@ def create_app(
     max_run_timeout: float | None = None,
     max_depth: int = 100,
     lease: float = 30.0,
+    max_active_runs: int = 1000,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
@@ -243,6 +244,8 @@ def create_app(
     ``max_run_timeout`` its ``timeout`` (seconds; ``None``: no cap), ``max_depth`` the
     nesting of request JSON. ``lease`` (seconds) is how long a server instance holds a
     thread for a run between renewals (a crashed instance's threads free up after it).
+    ``max_active_runs`` bounds the runs this process executes or holds queued at once
+    (more get 503).
     Mount it into an existing Starlette or FastAPI app with :func:`mount`.
 
     Example::
@@ -289,6 +292,7 @@ def create_app(
         heartbeat=heartbeat,
         max_runs=max_runs,
         lease=lease,
+        max_active_runs=max_active_runs,
     )
     edge = _Edge(engine, keys, on_disconnect, origins, first_message_timeout)
 

@@ -108,6 +108,7 @@ class Engine:
         heartbeat: float = 15.0,
         max_runs: int = 1000,
         lease: float = 30.0,
+        max_active_runs: int = 1000,
     ) -> None:
         self.graphs = dict(graphs)
         self.broker = broker
@@ -116,6 +117,8 @@ class Engine:
         self.heartbeat = heartbeat
         self.max_runs = max_runs
         self.lease = lease
+        self.max_active_runs = max_active_runs
+        self._active = 0
         self.shared = not isinstance(broker, MemoryBroker)
         savers: list[Checkpointer] = []
         for graph in self.graphs.values():
@@ -189,7 +192,15 @@ class Engine:
             return record
         if self.closing:
             raise ApiError(503, "shutting_down", "The server is shutting down; retry elsewhere.")
+        if self._active >= self.max_active_runs:
+            raise ApiError(
+                503,
+                "too_many_runs",
+                f"This server is running or holding {self._active} runs, its maximum "
+                "(max_active_runs); retry later.",
+            )
         await self._admit(record)
+        self._active += 1
         self.runs[record.run_id] = record
         await self._put_record(record)
         assert self.tg is not None, "the app's lifespan has not started"
@@ -312,6 +323,7 @@ class Engine:
         except Exception as exc:  # waiting for the thread failed (the broker is down)
             outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})
         finally:
+            self._active -= 1
             with anyio.CancelScope(shield=True):
                 if outcome is None:  # cancelled: by a client, a newer run, or shutdown
                     outcome = Outcome("cancelled")

@@ -743,3 +743,14 @@ def test_thread_owner_cache_is_bounded(open_url: str) -> None:
             assert client.post("/threads", json={}).status_code == 201
         assert len(engine.owners._cache) <= 50
         assert len(engine.broker._local().claims) <= 1  # no thread is busy
+
+
+def test_runs_held_at_once_are_bounded() -> None:
+    app = create_app(steps_graph(count=20), max_active_runs=2)
+    with serving(app) as url, httpx.Client(timeout=20) as client:
+        first, second = (start(client, url, tag, f"cap-{tag}").json() for tag in "AB")
+        third = start(client, url, "C", "cap-C")
+        assert third.status_code == 503 and third.json()["error"] == "too_many_runs"
+        for run in (first, second):
+            assert sse(client, "GET", f"{url}/runs/{run['run_id']}/stream")[-1]["event"] == "end"
+        assert start(client, url, "D", "cap-D").status_code == 202
