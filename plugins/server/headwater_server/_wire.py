@@ -45,19 +45,35 @@ def plain(value: Any, depth: int = 0) -> Any:
 
         plain(("a", {"b": {1, 2}}))  # ["a", {"b": [1, 2]}]
     """
-    if isinstance(value, _SCALARS):
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
         return value
     if depth > MAX_DEPTH:
         raise ValueError(f"a value nested deeper than {MAX_DEPTH} levels cannot be sent")
     depth += 1
+    if kind is dict:
+        return {
+            (k if type(k) is str else _key(k)): (v if type(v) is str else plain(v, depth))
+            for k, v in value.items()
+        }
+    if kind is list or kind is tuple:
+        return [v if type(v) is str else plain(v, depth) for v in value]
+    if isinstance(value, BaseMessage):
+        return message_dict(value, depth)
+    return _other(value, depth)
+
+
+def _other(value: Any, depth: int) -> Any:
+    if isinstance(value, _SCALARS):  # subclasses of str and int (enums aside)
+        if isinstance(value, enum.Enum):
+            return plain(value.value, depth)
+        return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {(k if isinstance(k, str) else _key(k)): plain(v, depth) for k, v in value.items()}
+        return plain(dict(value), depth - 1)
     if isinstance(value, list | tuple):
         return [plain(v, depth) for v in value]
-    if isinstance(value, BaseMessage):
-        return message_dict(value, depth)
     if isinstance(value, set | frozenset):
         items = [plain(v, depth) for v in value]
         try:
@@ -114,29 +130,42 @@ def message_dict(message: BaseMessage, depth: int = 0) -> dict[str, Any]:
         # {"content": "hi", "additional_kwargs": {}, "response_metadata": {},
         #  "type": "human", "name": None, "id": None}
     """
+    content = message.content
+    extra = getattr(message, "additional_kwargs", None)
+    metadata = getattr(message, "response_metadata", None)
     out: dict[str, Any] = {
-        "content": plain(message.content, depth),
-        "additional_kwargs": plain(getattr(message, "additional_kwargs", None) or {}, depth),
-        "response_metadata": plain(getattr(message, "response_metadata", None) or {}, depth),
+        "content": content if type(content) is str else plain(content, depth),
+        "additional_kwargs": plain(extra, depth) if extra else {},
+        "response_metadata": plain(metadata, depth) if metadata else {},
         "type": message.type,
         "name": message.name,
         "id": message.id,
     }
     if isinstance(message, AIMessage | AIMessageChunk):
-        out["tool_calls"] = [
-            {"name": c.name, "args": plain(c.args, depth), "id": c.id, "type": "tool_call"}
-            for c in message.tool_calls
-        ]
-        out["invalid_tool_calls"] = [
-            {
-                "name": c.name,
-                "args": c.args,
-                "id": c.id,
-                "error": c.error,
-                "type": "invalid_tool_call",
-            }
-            for c in getattr(message, "invalid_tool_calls", ())
-        ]
+        calls = message.tool_calls
+        out["tool_calls"] = (
+            [
+                {"name": c.name, "args": plain(c.args, depth), "id": c.id, "type": "tool_call"}
+                for c in calls
+            ]
+            if calls
+            else []
+        )
+        invalid = getattr(message, "invalid_tool_calls", ())
+        out["invalid_tool_calls"] = (
+            [
+                {
+                    "name": c.name,
+                    "args": c.args,
+                    "id": c.id,
+                    "error": c.error,
+                    "type": "invalid_tool_call",
+                }
+                for c in invalid
+            ]
+            if invalid
+            else []
+        )
         usage = message.usage
         out["usage_metadata"] = (
             None
@@ -148,16 +177,21 @@ def message_dict(message: BaseMessage, depth: int = 0) -> dict[str, Any]:
             }
         )
         if isinstance(message, AIMessageChunk):
-            out["tool_call_chunks"] = [
-                {
-                    "name": c.name,
-                    "args": c.args,
-                    "id": c.id,
-                    "index": c.index,
-                    "type": "tool_call_chunk",
-                }
-                for c in message.tool_call_chunks
-            ]
+            chunks = message.tool_call_chunks
+            out["tool_call_chunks"] = (
+                [
+                    {
+                        "name": c.name,
+                        "args": c.args,
+                        "id": c.id,
+                        "index": c.index,
+                        "type": "tool_call_chunk",
+                    }
+                    for c in chunks
+                ]
+                if chunks
+                else []
+            )
             out["chunk_position"] = None
     elif isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
