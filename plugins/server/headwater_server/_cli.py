@@ -358,6 +358,9 @@ def _bind(host: str, port: int) -> socket.socket:
             f"cannot listen on {_show(host)}:{port}: {exc.strerror or exc}"
             + (" (another process uses that port; pick another with --port)" if port else "")
         ) from None
+    # Connections accepted on it inherit TCP_NODELAY: without it, the last small write of
+    # each SSE stream waited for a delayed ACK (+40 ms a run, measured by serve.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
