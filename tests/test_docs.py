@@ -18,6 +18,10 @@
   ``$REDIS_URL``.
 * Reference pages list what the code defines: every public event kind on the events
   page, every exception of ``headwater.errors`` as a heading on the errors page.
+* A shell block marked ``<!-- docs: install -->`` (the quickstart's install steps) runs as
+  written, from the checkout's top directory, with a fresh ``$HOME``: it must make a fresh
+  virtual environment in which ``headwater plugins`` lists every standard plugin. pip's
+  and uv's download caches are kept, so only the first run on a machine is slow.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -34,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
+from fixtures.markdown import NO_RUN, Block, fenced_blocks
 
 import headwater.errors
 import headwater.events
@@ -45,27 +51,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLE_PLUGIN = DOCS / "plugins" / "example"  # a real package: its files are sources
 PYTHON_INFO = frozenset({"python", "py", "python3"})
-NO_RUN = "<!-- docs: no-run -->"
 MAX_NO_RUN = 6
 """Blocks that only configure a real provider (an API key, a server URL) may opt out."""
 BLOCK_TIMEOUT = 60.0
 _MODULE = "headwater_docs_page"
 
-_FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 _SERVICES = re.compile(r"<!--\s*docs:\s*services\s+(?P<names>[a-z ,]+?)\s*-->")
-
-
-@attrs.frozen
-class Block:
-    path: Path
-    line: int  # 1-based line of the first line of code
-    info: str
-    code: str
-    run: bool
-
-    @property
-    def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
 
 
 def pages() -> list[Path]:
@@ -73,41 +64,6 @@ def pages() -> list[Path]:
         p for p in sorted(DOCS.rglob("*.md")) if EXAMPLE_PLUGIN not in p.parents and p.is_file()
     ]
     return [ROOT / "README.md", *found]
-
-
-def fenced_blocks(path: Path) -> list[Block]:
-    """Every fenced block of a Markdown file, with its info string and position."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    i = 0
-    while i < len(lines):
-        match = _FENCE.match(lines[i])
-        if match is None:
-            i += 1
-            continue
-        indent, fence, info = len(match["indent"]), match["fence"], match["info"].strip()
-        previous = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-        body: list[str] = []
-        j = i + 1
-        while j < len(lines):
-            stripped = lines[j].strip()
-            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
-                break
-            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
-            j += 1
-        else:
-            raise AssertionError(f"{path.relative_to(ROOT)}:{i + 1}: unclosed code fence")
-        blocks.append(
-            Block(
-                path=path,
-                line=i + 2,
-                info=info,
-                code="\n".join(body) + "\n",
-                run=previous != NO_RUN,
-            )
-        )
-        i = j + 1
-    return blocks
 
 
 def python_blocks(path: Path) -> list[Block]:
@@ -307,6 +263,81 @@ def test_the_harness_finds_blocks_and_markers(tmp_path: Path) -> None:
     namespace = {}
     _run_blocks(python_blocks(awaiting), namespace)
     assert namespace["z"] == 2
+
+
+# -- install steps --------------------------------------------------------------------------
+
+STANDARD_PLUGINS = {
+    "anthropic",
+    "filters",
+    "openai",
+    "postgres",
+    "redis",
+    "server",
+    "sqlite",
+    "streams",
+}
+
+
+def _install_blocks() -> list[Block]:
+    return [b for page in pages() for b in fenced_blocks(page) if b.install]
+
+
+def test_the_quickstart_shows_install_steps_for_pip_and_for_uv() -> None:
+    blocks = [b for b in _install_blocks() if b.path == DOCS / "quickstart.md"]
+    assert [b.info for b in blocks] == ["bash", "bash"]
+    assert "\npip install ./core ./plugins/* ." in "\n" + blocks[0].code
+    assert "\nuv pip install ./core ./plugins/* ." in "\n" + blocks[1].code
+
+
+def _cache_dirs() -> dict[str, str]:
+    """pip's and uv's caches as they are for the real user (the blocks get a fresh $HOME)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return {
+        "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(base / "pip"),
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(base / "uv"),
+    }
+
+
+@pytest.mark.parametrize("block", _install_blocks(), ids=lambda b: b.where)
+def test_install_steps_make_a_working_environment(block: Block, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    dev_bin = str(Path(sys.executable).parent)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != dev_bin]
+    uv = shutil.which("uv", path=os.pathsep.join(path)) or shutil.which(
+        "uv", path=str(ROOT / ".tools" / "uv" / "bin")
+    )
+    if "uv " in block.code and uv is None:
+        pytest.fail("uv is not on PATH: run the suite through ./run test, which provides it")
+    if uv is not None:
+        path.insert(0, str(Path(uv).parent))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
+        and not k.startswith("HEADWATER_")
+    }
+    env.update(_cache_dirs(), HOME=str(home), PATH=os.pathsep.join(path))
+    script = block.code + 'echo "__headwater__=$(command -v headwater)"\n'
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (
+        f"{block.where} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    where = done.stdout.rsplit("__headwater__=", 1)[1].strip()
+    assert Path(where).is_relative_to(home), f"headwater ran from {where}, not the fresh venv"
+    found = re.search(r"^\[$.*?^\]$", done.stdout, flags=re.M | re.S)  # the JSON listing
+    assert found is not None, done.stdout[-3000:]
+    listing = json.loads(found.group())
+    assert {p["name"] for p in listing} >= STANDARD_PLUGINS
+    assert [p for p in listing if p["error"] is not None] == []
 
 
 # -- reference pages match the code -----------------------------------------------------

@@ -26,6 +26,7 @@ from headwater._plugins import PluginManager, create_plugin_manager, get_plugin_
 from headwater._pregel import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater._types import END, START, Command, Send
 from headwater.hookspecs import hookimpl
+from headwater.messages import MessagesState
 from headwater.retry import RetryPolicy
 from headwater.runtime import StreamWriter, get_config, get_stream_writer, interrupt
 
@@ -35,6 +36,7 @@ __all__ = [
     "START",
     "Command",
     "CompiledGraph",
+    "MessagesState",
     "PluginManager",
     "RetryPolicy",
     "Send",

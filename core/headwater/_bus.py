@@ -287,6 +287,20 @@ class Bus:
         """
         self._inbox.settle(raise_errors=raise_errors)
 
+    def mute_thread(self, ident: int, muted: bool) -> None:
+        """Drop (``muted``) or deliver again the events emitted by worker thread
+        ``ident``: a sync node whose thread a timeout abandoned speaks no more.
+
+        Example::
+
+            run.bus.mute_thread(thread_ident, True)
+        """
+        with self._inbox.lock:
+            if muted:
+                self._inbox.muted.add(ident)
+            else:
+                self._inbox.muted.discard(ident)
+
 
 class Emitter:
     """Emits the events of one source, all carrying one header.
@@ -376,7 +390,7 @@ class _Inbox:
     until the batch is delivered and consumers have room.
     """
 
-    __slots__ = ("error", "items", "lock", "root", "token")
+    __slots__ = ("error", "items", "lock", "muted", "root", "token")
 
     def __init__(self, root: Bus) -> None:
         self.root = root
@@ -384,9 +398,12 @@ class _Inbox:
         self.items: list[tuple[Bus, tuple[Any, ...]]] = []
         self.token: anyio.lowlevel.EventLoopToken | None = None
         self.error: BaseException | None = None
+        self.muted: set[int] = set()  # abandoned threads (see Bus.mute_thread)
 
     def put(self, bus: Bus, args: tuple[Any, ...]) -> None:
         """Queue one event from a worker thread (never called on the loop thread)."""
+        if self.muted and threading.get_ident() in self.muted:
+            return
         if self.error is not None:
             error, self.error = self.error, None
             raise error

@@ -9,7 +9,7 @@ import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headwater._nodes import Branch, Calling, NodeSpec, calling_convention
+from headwater._nodes import Branch, Calling, NodeSpec, calling_convention, is_seconds
 from headwater._state import Schema, describe_schema
 from headwater._types import END, START, Command
 from headwater.errors import GraphValidationError
@@ -120,6 +120,7 @@ class StateGraph:
         metadata: Mapping[str, Any] | None = None,
         destinations: Sequence[str] | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> StateGraph:
         """Add a node: a function, an async function or a compiled graph (a subgraph).
 
@@ -129,12 +130,14 @@ class StateGraph:
         ``metadata`` is merged into those events' metadata; ``destinations`` lists the
         nodes a ``Command(goto=...)`` from this node may go to (for validation);
         ``retry`` is a :class:`~headwater.retry.RetryPolicy` that runs the node again
-        when it fails with a transient error.
+        when it fails with a transient error; ``timeout`` bounds each attempt of the node
+        in seconds (then it is cancelled and fails with
+        :class:`~headwater.errors.RunTimeoutError`, which ``retry`` may retry).
 
         Example::
 
             graph.add_node("process", process_fn, tags=["critical"])
-            graph.add_node("call_api", call_api, retry=RetryPolicy(max_attempts=5))
+            graph.add_node("call_api", call_api, retry=RetryPolicy(max_attempts=5), timeout=30)
         """
         if fn is None and callable(name):
             fn, name = name, getattr(name, "__name__", "")
@@ -173,6 +176,11 @@ class StateGraph:
                 f"retry of node {name!r} must be a headwater.RetryPolicy; got "
                 f"{type(retry).__name__}: {retry!r:.80}."
             )
+        if timeout is not None and not is_seconds(timeout):
+            raise GraphValidationError(
+                f"timeout of node {name!r} must be a positive, finite number of seconds "
+                f"(each attempt of the node); got {type(timeout).__name__}: {timeout!r:.40}."
+            )
         if retry is not None and isinstance(fn, CompiledGraph):
             raise GraphValidationError(
                 f"Node {name!r} is a subgraph, which cannot be retried as a whole (its own "
@@ -208,6 +216,7 @@ class StateGraph:
             destinations=dests,
             subgraph=subgraph,
             retry=retry,
+            timeout=timeout,
         )
         return self
 

@@ -9,6 +9,7 @@ the compiled graph.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from headwater._state import Schema
     from headwater.runtime import Task
 
-__all__ = ["Branch", "Calling", "NodeSpec", "Subgraph", "calling_convention"]
+__all__ = ["Branch", "Calling", "NodeSpec", "Subgraph", "calling_convention", "is_seconds"]
 
 
 class Subgraph(Protocol):
@@ -96,6 +97,14 @@ class NodeSpec:
     destinations: tuple[str, ...] | None  # Command targets, None = unknown (may go anywhere)
     subgraph: Subgraph | None = None
     retry: RetryPolicy | None = None
+    timeout: float | None = None  # seconds per attempt
+
+
+def is_seconds(value: Any) -> bool:
+    """Whether ``value`` is a valid timeout: a positive, finite int or float (not a bool)."""
+    return (
+        type(value) in (int, float) and value > 0 and math.isfinite(value)  # not bool, not nan
+    )
 
 
 @attrs.frozen

@@ -36,7 +36,7 @@ from headwater.errors import InvalidInputError
 from headwater.events import CHECKPOINT
 from headwater.runtime import Run, Task
 
-__all__ = ["Outcome", "Pending", "Persist", "graph_emitter", "snapshot"]
+__all__ = ["Outcome", "Pending", "Persist", "graph_emitter", "snapshot", "text_id"]
 
 _ASYNC_BACKLOG = 256
 """Checkpoint writes an ``async`` run may have in flight before its steps wait."""
@@ -173,7 +173,7 @@ class Persist:
                 f"Graph {run.graph_name!r} has a checkpointer, so each run needs a thread id: "
                 "config={'configurable': {'thread_id': 'my-thread'}}."
             )
-        return cls(saver, str(thread_id), run)
+        return cls(saver, text_id(thread_id, "thread_id"), run)
 
     async def load(self) -> CheckpointTuple | None:
         found = await self.saver.aget(self.thread_id, self.ns)
@@ -263,3 +263,19 @@ def snapshot(checkpoint: Checkpoint, writes: tuple[PendingWrite, ...]) -> StateS
         tasks=checkpoint.next,
         interrupts=tuple(w.interrupt for w in writes if w.interrupt is not None),
     )
+
+
+def text_id(value: Any, what: str) -> str:
+    """``str(value)`` as a thread or checkpoint id: text any database can store (a lone
+    surrogate such as ``"\\ud800"`` cannot be encoded in UTF-8, and would fail in the
+    driver, not here)."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"config['configurable'][{what!r}] must be valid Unicode text; {text!r:.80} holds "
+            f"{text[exc.start]!r} at position {exc.start}, a lone surrogate no database "
+            "stores. Use another id."
+        ) from None
+    return text

@@ -9,17 +9,19 @@ checkpoints are written by :mod:`headwater._persist`; streams are built by
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-
-from headwater._persist import Pending, Persist, snapshot
+from headwater._batch import run_batch
+from headwater._config import merge_configs
+from headwater._persist import Pending, Persist, snapshot, text_id
 from headwater._plugins import PluginManager, get_plugin_manager
 from headwater._scheduler import DEFAULT_RECURSION_LIMIT, Scheduler, check_config
 from headwater._state import MISSING, Schema
 from headwater._stream import RunStream, open_event_stream, open_stream, stream_sync
+from headwater._sync import run_sync
 from headwater.checkpoint import Checkpointer, StateSnapshot, checkpointer_from_url
 from headwater.errors import CheckpointError, InvalidInputError
 from headwater.runtime import Run, Task
@@ -27,8 +29,11 @@ from headwater.runtime import Run, Task
 if TYPE_CHECKING:
     from headwater._graph import StateGraph
     from headwater._nodes import NodeSpec
+    from headwater.drawing import DrawableGraph
 
 __all__ = ["DEFAULT_RECURSION_LIMIT", "CompiledGraph"]
+
+T = TypeVar("T")
 
 
 class CompiledGraph:
@@ -66,6 +71,9 @@ class CompiledGraph:
         self.schema: Schema = builder.schema
         self.nodes: dict[str, NodeSpec] = dict(builder.nodes)
         self._pm = plugin_manager
+        self._config: Mapping[str, Any] | None = None  # bound by with_config()
+        # The graph as built, for get_graph(): edges (END included), joins, routers.
+        self._shape = (tuple(builder.edges), tuple(builder.joins), tuple(builder.branches))
         self._scheduler = Scheduler(
             name=name,
             schema=self.schema,
@@ -91,16 +99,53 @@ class CompiledGraph:
         """
         return get_plugin_manager() if self._pm is None else self._pm
 
+    def get_graph(
+        self, config: Mapping[str, Any] | None = None, *, xray: bool | int = False
+    ) -> DrawableGraph:
+        """The graph's nodes and edges, to draw: ``draw_mermaid()``, ``draw_ascii()``,
+        ``to_json()``. ``xray=True`` expands subgraphs into their nodes (an int: that many
+        levels). ``config`` is accepted for LangGraph compatibility and not used.
+
+        Example::
+
+            print(app.get_graph().draw_mermaid())
+        """
+        from headwater.drawing import graph_of
+
+        return graph_of(self, xray)
+
+    def with_config(self, config: Mapping[str, Any] | None = None, **kwargs: Any) -> CompiledGraph:
+        """A copy of this graph whose runs and thread-state calls start from ``config``.
+
+        A call's own config is merged on top: tags add up, ``metadata`` and
+        ``configurable`` merge key by key, other keys (``recursion_limit`` …) are replaced.
+        Keyword arguments are config keys too.
+
+        Example::
+
+            app_for_ada = app.with_config(configurable={"thread_id": "ada"}, tags=["ui"])
+            app_for_ada.invoke({"messages": ["hi"]})
+        """
+        bound = copy.copy(self)
+        bound._config = merge_configs(self._config, config, kwargs)
+        return bound
+
+    def _merged(self, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        return config if self._config is None else merge_configs(self._config, config)
+
     # -- public entry points ----------------------------------------------------------
 
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph to completion from sync code and return the final state.
 
+        Works in a Jupyter cell or other code running an event loop too (the run then
+        executes on a helper thread with a loop of its own), as in LangGraph.
+
         Example::
 
             state = app.invoke({"text": "hi"}, {"recursion_limit": 50})
         """
-        return anyio.run(functools.partial(self.ainvoke, input, config))
+        return _sync(self, "invoke", functools.partial(self.ainvoke, input, config))
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run the graph to completion and return the final state (asyncio or trio).
@@ -112,17 +157,54 @@ class CompiledGraph:
         run = self.prepare_run(input, config)
         return await self.execute(run, input)
 
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Sync :meth:`abatch`.
+
+        Example::
+
+            finals = app.batch([{"text": "a"}, {"text": "b"}])
+        """
+        call = functools.partial(self.abatch, inputs, config, return_exceptions=return_exceptions)
+        return _sync(self, "batch", call)
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run the graph on several inputs concurrently; final states in input order.
+
+        ``config`` is one config for all runs or a list with one per input;
+        ``config["max_concurrency"]`` bounds how many run at once. The first run to fail
+        cancels the others and its exception is raised, unless ``return_exceptions=True``,
+        which puts each run's exception in its place in the list instead.
+
+        Example::
+
+            finals = await app.abatch([{"text": "a"}, {"text": "b"}], {"max_concurrency": 4})
+        """
+        return await run_batch(self.ainvoke, inputs, config, return_exceptions)
+
     def astream(
         self,
         input: Any,
         config: Mapping[str, Any] | None = None,
         *,
-        stream_mode: str | Sequence[str] = "values",
+        stream_mode: str | Sequence[str] = "updates",
         subgraphs: bool = False,
     ) -> RunStream:
         """Stream a run as it happens, shaped by one or more stream modes.
 
-        With one mode, yields that mode's chunks; with a list of modes, ``(mode, chunk)``
+        ``stream_mode`` defaults to ``"updates"``, as in LangGraph. With one mode, yields
+        that mode's chunks; with a list of modes, ``(mode, chunk)``
         tuples in the order they happened; with ``subgraphs=True``, the namespace of the
         (sub)graph comes first: ``(ns, chunk)`` or ``(ns, mode, chunk)``. Modes come from
         plugins (``headwater-streams``: values, updates, messages, custom, debug, tasks).
@@ -140,7 +222,7 @@ class CompiledGraph:
         input: Any,
         config: Mapping[str, Any] | None = None,
         *,
-        stream_mode: str | Sequence[str] = "values",
+        stream_mode: str | Sequence[str] = "updates",
         subgraphs: bool = False,
     ) -> Iterator[Any]:
         """The sync twin of :meth:`astream`: the run executes on an event loop in a thread.
@@ -200,6 +282,7 @@ class CompiledGraph:
                 f"Graph {self.name!r} has no checkpointer, so it keeps no thread state; "
                 "compile it with checkpointer='memory:' (or sqlite:///…, postgresql://…)."
             )
+        config = self._merged(config)
         configurable = (config or {}).get("configurable") or {}
         thread_id = configurable.get("thread_id")
         if thread_id is None:
@@ -207,7 +290,10 @@ class CompiledGraph:
                 "Thread state needs config={'configurable': {'thread_id': ...}}; "
                 "no thread_id was given."
             )
-        return self.checkpointer, str(thread_id), configurable.get("checkpoint_id")
+        checkpoint_id = configurable.get("checkpoint_id")
+        if checkpoint_id is not None:
+            checkpoint_id = text_id(checkpoint_id, "checkpoint_id")
+        return self.checkpointer, text_id(thread_id, "thread_id"), checkpoint_id
 
     async def aget_state(self, config: Mapping[str, Any]) -> StateSnapshot:
         """The thread's latest state (or the ``checkpoint_id`` in the config).
@@ -232,7 +318,7 @@ class CompiledGraph:
 
             app.get_state({"configurable": {"thread_id": "t1"}}).values
         """
-        return anyio.run(self.aget_state, config)
+        return _sync(self, "get_state", functools.partial(self.aget_state, config))
 
     async def aget_state_history(
         self, config: Mapping[str, Any], *, limit: int | None = None
@@ -257,7 +343,8 @@ class CompiledGraph:
 
             [s.values for s in app.get_state_history(config)]
         """
-        return anyio.run(functools.partial(self.aget_state_history, config, limit=limit))
+        call = functools.partial(self.aget_state_history, config, limit=limit)
+        return _sync(self, "get_state_history", call)
 
     async def aupdate_state(
         self, config: Mapping[str, Any], values: Mapping[str, Any], as_node: str | None = None
@@ -278,6 +365,7 @@ class CompiledGraph:
                 f"nodes: {sorted(self.nodes)}."
             )
         update = self.schema.check_update(as_node or "update_state", values)
+        self._scheduler.check_storable(update, "update_state(values)")
         run = self.prepare_run(None, config)
         persist = Persist(saver, thread_id, run)
         persist.durable = True  # one write, outside any run: always synchronous
@@ -312,7 +400,8 @@ class CompiledGraph:
 
             app.update_state(config, {"approved": True})
         """
-        return anyio.run(functools.partial(self.aupdate_state, config, values, as_node))
+        call = functools.partial(self.aupdate_state, config, values, as_node)
+        return _sync(self, "update_state", call)
 
     # -- running ----------------------------------------------------------------------
 
@@ -324,7 +413,7 @@ class CompiledGraph:
         parent: Task | None = None,
     ) -> Run:
         """Make the :class:`Run` record for one execution (subscriptions are added to it)."""
-        config = check_config(config)
+        config = check_config(self._merged(config) if parent is None else config)
         if parent is None:
             run_id = config.get("run_id")
             if run_id is not None and not isinstance(run_id, str):
@@ -360,3 +449,12 @@ class CompiledGraph:
         run = self.prepare_run(node_input, task.run.config, parent=task)
         values = await self.execute(run, node_input)
         return {k: v for k, v in values.items() if k in parent_schema.keys}
+
+
+def _sync(graph: CompiledGraph, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a sync method's async twin (see :mod:`headwater._sync` for where it runs)."""
+    return run_sync(
+        call,
+        what=f"{method}() of graph {graph.name!r}",
+        instead=f"In an async node use `await graph.a{method}(...)`.",
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -27,14 +28,14 @@ import anyio.lowlevel
 import anyio.to_thread
 import attrs
 
-from headwater import _concurrency
+from headwater import _concurrency, serde
 from headwater._bus import Emitter
-from headwater._nodes import Branch, NodeSpec
+from headwater._nodes import Branch, NodeSpec, is_seconds
 from headwater._persist import Outcome, Pending, Persist, graph_emitter
 from headwater._plugins import PluginManager
 from headwater._state import MISSING, Schema
 from headwater._types import END, START, Command, Send
-from headwater.checkpoint import Checkpointer, Interrupt, PendingWrite
+from headwater.checkpoint import Checkpoint, Checkpointer, Interrupt, PendingWrite
 from headwater.errors import (
     CheckpointError,
     GraphInterrupt,
@@ -42,12 +43,17 @@ from headwater.errors import (
     InvalidInputError,
     InvalidRouteError,
     InvalidUpdateError,
+    NodeCancelledError,
+    NodeError,
+    RunTimeoutError,
+    SerdeError,
 )
 from headwater.events import (
     INTERRUPT,
     ON_CHAIN_END,
     ON_CHAIN_ERROR,
     ON_CHAIN_START,
+    ON_CHAIN_STREAM,
     ON_INTERRUPT,
     STEP_END,
     TASK_END,
@@ -56,14 +62,27 @@ from headwater.events import (
 from headwater.runtime import Run, Task, current_task
 from headwater.sinks import close_sinks, open_sinks
 
-__all__ = ["DEFAULT_RECURSION_LIMIT", "Scheduler", "check_config"]
+__all__ = ["DEFAULT_RECURSION_LIMIT", "MAX_RECURSION_LIMIT", "Scheduler", "check_config"]
 
-DEFAULT_RECURSION_LIMIT = 25
+DEFAULT_RECURSION_LIMIT = 10_007
 """Supersteps a run may take unless ``config["recursion_limit"]`` says otherwise.
+
+LangGraph 1.2's default: a long agent loop just runs, while a loop that never ends still
+stops (in seconds for nodes that do no I/O).
 
 Example::
 
     app.invoke(state, {"recursion_limit": 4 * DEFAULT_RECURSION_LIMIT})
+"""
+
+MAX_RECURSION_LIMIT = 1_000_000
+"""The highest ``config["recursion_limit"]`` accepted: past it, a limit stops nothing (a
+looping run would write a checkpoint per step for hours); bound such runs by time with
+``config["timeout"]`` instead.
+
+Example::
+
+    app.invoke(state, {"recursion_limit": 10_000, "timeout": 600})
 """
 
 _EMPTY: Mapping[str, Any] = {}
@@ -137,6 +156,16 @@ class Scheduler:
         for b in branches:
             by_source.setdefault(b.source, []).append(b)
         self._branches = {k: tuple(v) for k, v in by_source.items()}
+        self._calls: dict[str, Callable[[Task], Any]] = {
+            name: (
+                self._call_retrying
+                if spec.retry is not None
+                else self._call_node
+                if spec.timeout is None
+                else self._call_timed
+            )
+            for name, spec in nodes.items()
+        }
         self._reducers = {k: f.reducer for k, f in self.schema.fields.items()}
         self._fields = self.schema.fields
 
@@ -145,18 +174,35 @@ class Scheduler:
         return [set() for _ in self._joins]
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]:
-        """Execute ``run`` with hooks and graph-level events around the supersteps."""
+        """Execute ``run`` with hooks and graph-level events around the supersteps.
+
+        Whatever escapes it is an ``Exception`` or a real cancellation (see
+        :meth:`_failure`): a hook or a sink raising ``SystemExit`` fails the run too."""
+        try:
+            return await self._execute(run, input)
+        except BaseException as exc:
+            failure = self._failure(exc, None)
+            if failure is exc:
+                raise
+            raise failure from exc
+
+    async def _execute(self, run: Run, input: Any) -> dict[str, Any]:
         pm = run.plugin_manager
         hooks = pm.hook
         specs = run.config.get("sinks") if run.parent is None else None
         sinks = await open_sinks(specs, pm) if specs is not None else []
+        timeout = run.config.get("timeout") if run.parent is None else None
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
         try:
             start = await self._restore(run, input)  # bad input fails here, before any event
-        except BaseException:
+        except BaseException as exc:
             if sinks:
                 with anyio.CancelScope(shield=True):
                     await close_sinks(sinks)
-            raise
+            failure = self._failure(exc, None)
+            if failure is exc:
+                raise
+            raise failure from exc
         error: BaseException | None = None
         bus = run.bus
         emit = graph_emitter(run)
@@ -174,17 +220,19 @@ class Scheduler:
                 emit.emit(ON_CHAIN_START, {"input": input})
             if start.persist is not None:
                 async with start.persist.background():
-                    values = await self._loop(run, start, pm, emit)
+                    values = await self._timed_loop(run, start, pm, emit, deadline)
             else:
-                values = await self._loop(run, start, pm, emit)
+                values = await self._timed_loop(run, start, pm, emit, deadline)
             if bus.streaming:
                 emit.emit(ON_CHAIN_END, {"output": dict(values)})
             return values
         except BaseException as exc:  # cancelled too: every start still gets its error event
-            error = exc
+            error = self._failure(exc, None)
             if bus.streaming:
-                emit.emit(ON_CHAIN_ERROR, {"error": exc})
-            raise
+                emit.emit(ON_CHAIN_ERROR, {"error": error})
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             try:
                 for result in hooks.headwater_run_end(run=run, error=error):
@@ -195,6 +243,91 @@ class Scheduler:
                 if sinks:  # after the run's last event, however it ended
                     with anyio.CancelScope(shield=True):
                         await close_sinks(sinks)
+
+    def _check_resumable(self, thread_id: str, checkpoint: Checkpoint) -> None:
+        """The thread's pending tasks and join progress fit this graph (it may have changed
+        since the checkpoint was written: a new deploy renamed or removed a node)."""
+        missing = sorted({t.node for t in checkpoint.next} - self.nodes.keys())
+        if missing:
+            raise CheckpointError(
+                f"Thread {thread_id!r} cannot be resumed: its checkpoint {checkpoint.id!r} "
+                f"has node(s) {missing} due to run next, and graph {self.name!r} has no such "
+                f"node (it changed since; its nodes: {sorted(self.nodes)}). Add the node back, "
+                "write the thread's next step with update_state(config, values, as_node=...), "
+                "or start the thread again with new input."
+            )
+        if checkpoint.joins and len(checkpoint.joins) != len(self._joins):
+            raise CheckpointError(
+                f"Thread {thread_id!r} cannot be resumed: its checkpoint {checkpoint.id!r} "
+                f"tracks {len(checkpoint.joins)} join edge(s), and graph {self.name!r} has "
+                f"{len(self._joins)} (it changed since). Start the thread again with new input."
+            )
+
+    def check_storable(self, value: Any, what: str) -> Any:
+        """``value`` if a checkpoint can hold it (not nested past ``serde.MAX_DEPTH``)."""
+        try:
+            serde.check_depth(value)
+        except SerdeError as exc:
+            raise InvalidInputError(
+                f"{what} of graph {self.name!r} cannot be checkpointed: {exc}"
+            ) from None
+        return value
+
+    async def _timed_loop(
+        self, run: Run, start: Start, pm: PluginManager, emit: Emitter, deadline: float
+    ) -> dict[str, Any]:
+        """The loop, cancelled at ``deadline`` (``config["timeout"]``) with a
+        :class:`RunTimeoutError`; finished steps stay checkpointed."""
+        if deadline == math.inf:
+            return await self._loop(run, start, pm, emit)
+        with anyio.CancelScope(deadline=deadline):
+            return await self._loop(run, start, pm, emit)
+        timeout = run.config["timeout"]
+        resume = (
+            " The thread keeps the state of its last finished step: continue it with "
+            "invoke(None, config)."
+            if start.persist is not None
+            else ""
+        )
+        raise RunTimeoutError(
+            f"Run of graph {self.name!r} took longer than its timeout of {timeout:g}s "
+            f"(config['timeout']) and was cancelled.{resume} Raise the timeout if the work "
+            "needs longer.",
+            timeout=timeout,
+        )
+
+    def _failure(
+        self, exc: BaseException, task: Task | None, where: str | None = None
+    ) -> BaseException:
+        """What a run fails with when ``exc`` escapes ``task`` (or a router ``where``, or
+        the run itself): an ``Exception`` or a real cancellation as it is; any other
+        ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``, a
+        ``CancelledError`` raised with no cancellation pending, a custom one) as a
+        :class:`NodeError`, so it fails this run and never the event loop or the process."""
+        if isinstance(exc, Exception):
+            return exc
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        if cancelled and _concurrency.cancel_pending():
+            return exc
+        name = type(exc).__name__
+        shown = f"{name}({', '.join(repr(a) for a in exc.args)})"
+        node = None if task is None else task.node
+        if task is not None:
+            where = f"Node {task.node!r} (step {task.step}) of graph {self.name!r}"
+        elif where is None:
+            where = f"Graph {self.name!r}, outside its nodes (in a reducer or a hook),"
+        if cancelled or name in ("CancelledError", "Cancelled"):  # also asyncio's on trio
+            return NodeCancelledError(
+                f"{where} raised {shown} while nothing was cancelling the run: a node's "
+                f"own {name} fails its run like any error (only a real cancellation of the "
+                "run cancels it).",
+                node=node,
+            )
+        hint = " (sys.exit() or an argparse error?)" if isinstance(exc, SystemExit) else ""
+        return NodeError(
+            f"{where} raised {shown}{hint}: a node's {name} fails its run, not the process.",
+            node=node,
+        )
 
     async def _restore(self, run: Run, input: Any) -> Start:
         """Where a run starts: fresh input, new input on a thread, or a resume."""
@@ -215,6 +348,10 @@ class Scheduler:
             values = self.schema.defaults()
             update = self.schema.coerce_input(input, self.name)
             return Start(values=values, update=update, step=0)
+        if not resuming:
+            update = self.check_storable(self.schema.coerce_input(input, self.name), "Input")
+        elif isinstance(input, Command):
+            self.check_storable(input.resume, "Command(resume=...)")
         latest = await persist.load()
         if resuming:
             if latest is None:
@@ -223,6 +360,7 @@ class Scheduler:
                     f"{input!r:.40}). Start it with an input state first."
                 )
             checkpoint = latest.checkpoint
+            self._check_resumable(persist.thread_id, checkpoint)
             done = {w.task_id: w for w in latest.writes}
             answer = input.resume if isinstance(input, Command) else None
             if isinstance(input, Command) and not any(w.interrupt for w in done.values()):
@@ -244,7 +382,6 @@ class Scheduler:
                 checkpoint_id=checkpoint.id,
                 persist=persist,
             )
-        update = self.schema.coerce_input(input, self.name)
         if latest is None:
             return Start(values=self.schema.defaults(), update=update, step=0, persist=persist)
         checkpoint = latest.checkpoint
@@ -273,15 +410,18 @@ class Scheduler:
         if start.update is not None:  # new input: step `step` applies it
             self.apply(values, [(START, start.update)], step)
             if step_subs:
-                data = {"values": dict(values), "writes": {START: (start.update,)}, "step": step}
-                emit.emit(STEP_END, data)
+                wrote = {START: (start.update,)} if start.update else {}
+                emit.emit(STEP_END, {"values": dict(values), "writes": wrote, "step": step})
             pending = await self.route([START], {}, values, join_seen, run)
             if persist is not None:
                 await persist.save(values, pending, join_seen, step, "input", {START: start.update})
-        else:
+        else:  # a resume: the run starts from the thread's saved state (writes: None)
             pending = start.pending
+            if step_subs:
+                emit.emit(STEP_END, {"values": dict(values), "writes": None, "step": step})
         resumed = start.update is None
         done = start.done
+        timed = run.config.get("timeout") is not None  # the run's, or its parent run's
         steps_run = 0
         while pending:
             if not resumed and persist is not None and self._interrupt_before:
@@ -293,21 +433,24 @@ class Scheduler:
             steps_run += 1
             step += 1
             if steps_run > limit:
+                higher = min(max(limit * 4, 100), MAX_RECURSION_LIMIT)
                 raise GraphRecursionError(
                     f"Graph {self.name!r} reached its recursion limit of {limit} supersteps with "
                     f"node(s) {sorted({p.node for p in pending})} still to run. If it loops on "
                     "purpose, raise the limit: "
-                    f"config={{'recursion_limit': {max(limit * 4, 100)}}}; "
+                    f"config={{'recursion_limit': {higher}}}; "
                     "otherwise make a conditional edge route to END."
                 )
             # A cancelled run (its consumer left) starts no new step, even when the nodes
             # of the last one finished without reaching a checkpoint (e.g. in a thread).
             await anyio.lowlevel.checkpoint_if_cancelled()
-            tasks = [self._make_task(p, step, values, run, done, start.answer) for p in pending]
+            tasks = [
+                self._make_task(p, step, values, run, done, start.answer, timed) for p in pending
+            ]
             outcomes = await self._run_step(tasks, wrap, pm, done, persist)
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
-                return self._pause(emit, values, paused)
+                return self._pause(emit, values, paused, step=step)
             done = {}
             goto: dict[str, tuple[str | Send, ...]] = {}
             if len(tasks) == 1:
@@ -351,16 +494,30 @@ class Scheduler:
         return values
 
     def _pause(
-        self, emit: Emitter, values: dict[str, Any], interrupts: list[Interrupt]
+        self,
+        emit: Emitter,
+        values: dict[str, Any],
+        interrupts: list[Interrupt],
+        *,
+        step: int | None = None,
     ) -> dict[str, Any]:
-        """End the run paused: report the interrupts; the result carries them too."""
+        """End the run paused: report the interrupts; the result carries them too.
+
+        ``step`` is given for a pause by ``interrupt()`` in that step: the ``values`` mode
+        then ends with the state and the interrupts, as LangGraph's does.
+        """
+        paused = {**values, INTERRUPT: tuple(interrupts)}
         if emit.bus.streaming:
             for item in interrupts:
                 data = {"value": item.value, "id": item.id, "node": item.node}
                 emit.emit(ON_INTERRUPT, data, item.node)
             data = _task_end(INTERRUPT, update=tuple(interrupts))
             emit.emit(TASK_END, data, INTERRUPT)
-        return {**values, INTERRUPT: tuple(interrupts)}
+            if step is not None:
+                emit.emit(STEP_END, {"values": paused, "writes": None, "step": step})
+            if emit.bus.ns == ():  # only the root graph streams {node: update} as itself
+                emit.emit(ON_CHAIN_STREAM, {"chunk": {INTERRUPT: tuple(interrupts)}})
+        return paused
 
     def _make_task(
         self,
@@ -370,6 +527,7 @@ class Scheduler:
         run: Run,
         done: Mapping[str, PendingWrite],
         answer: Any,
+        timed: bool,
     ) -> Task:
         spec = self.nodes[p.node]
         node_input = self.schema.make_input(values) if p.arg is MISSING else p.arg
@@ -383,6 +541,8 @@ class Scheduler:
             metadata=spec.metadata,
             run=run,
         )
+        if timed or spec.timeout is not None:
+            task.timed = True
         if p.id:
             task.checkpoint_task_id = p.id
             previous = done.get(p.id)
@@ -456,7 +616,7 @@ class Scheduler:
             emit.emit(TASK_START, {"input": task.input, "triggers": task.triggers})
             emit.emit(ON_CHAIN_START, {"input": task.input})
         try:
-            call = self._call_node if self.nodes[task.node].retry is None else self._call_retrying
+            call = self._calls[task.node]
             if wrap:
                 out = await _wrapped(call, task, pm)
             else:
@@ -481,13 +641,24 @@ class Scheduler:
                 f"While running node {task.node!r} (step {task.step}) of graph {self.name!r}."
             )
             raise
-        except BaseException as exc:  # cancelled (a sibling failed, the consumer left)
-            if streaming:
-                emit.emit(ON_CHAIN_ERROR, {"error": exc})
-            raise
+        except BaseException as exc:
+            failure = self._failure(exc, task)
+            if failure is exc:  # cancelled (a sibling failed, the consumer left, a timeout)
+                if streaming:
+                    emit.emit(ON_CHAIN_ERROR, {"error": exc})
+                raise
+            if streaming:  # the node's SystemExit, its own CancelledError ...: it failed
+                emit.emit(ON_CHAIN_ERROR, {"error": failure})
+                emit.emit(TASK_END, _task_end(task.node, error=failure))
+            raise failure from exc
         if streaming:
+            # As LangGraph: the node's output, then (on the root graph) {node: update}.
+            emit.emit(ON_CHAIN_STREAM, {"chunk": out})
             emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
             emit.emit(ON_CHAIN_END, {"output": out})
+            if run.parent is None and run.bus.subscriptions(ON_CHAIN_STREAM):
+                chunk = {task.node: outcome.update or None}
+                graph_emitter(run).emit(ON_CHAIN_STREAM, {"chunk": chunk})
             waiting = run.bus.pressure()
             if waiting is not None:
                 await waiting
@@ -495,19 +666,37 @@ class Scheduler:
 
     async def _call_retrying(self, task: Task) -> Any:
         """Call the node under its retry policy: again after each retryable failure."""
-        policy = self.nodes[task.node].retry
+        spec = self.nodes[task.node]
+        policy = spec.retry
         assert policy is not None
+        call = self._call_node if spec.timeout is None else self._call_timed
         attempt = 1
         while True:
             try:
-                return await self._call_node(task)
-            except Exception as exc:
+                return await call(task)
+            except Exception as exc:  # never a BaseException: SystemExit is not retried
                 if attempt >= policy.max_attempts or not policy.should_retry(exc):
                     if attempt > 1:
                         exc.add_note(f"Node {task.node!r} failed {attempt} attempts in all.")
                     raise
             await anyio.sleep(policy.delay(attempt))
             attempt += 1
+
+    async def _call_timed(self, task: Task) -> Any:
+        """One attempt of a node with ``add_node(..., timeout=...)``: cancelled at its
+        deadline (a sync node's thread is abandoned), then a :class:`RunTimeoutError`."""
+        timeout = self.nodes[task.node].timeout
+        assert timeout is not None
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout):
+            return await self._call_node(task)
+        raise RunTimeoutError(
+            f"Node {task.node!r} (step {task.step}) of graph {self.name!r} took longer than "
+            f"its timeout of {timeout:g}s (add_node(..., timeout=...)) and was cancelled. "
+            "Raise the timeout if the work needs longer, or give the node a RetryPolicy to "
+            "try again.",
+            timeout=timeout,
+            node=task.node,
+        )
 
     async def _call_node(self, task: Task) -> Any:
         spec = self.nodes[task.node]
@@ -525,28 +714,26 @@ class Scheduler:
         if calling.writer:
             kwargs["writer"] = task.writer
         if calling.is_async:
-            try:
-                return await spec.fn(*args, **kwargs)
-            except BaseException as exc:
-                _fail_run_not_process(task, exc)
-                raise
+            return await spec.fn(*args, **kwargs)
         fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
         bus = task.run.bus
-        if not bus.streaming:
-            try:
-                return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
-            except BaseException as exc:
-                _fail_run_not_process(task, exc)
-                raise
-        bus.threads_starting()
         try:
-            out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
-        except BaseException as exc:
-            bus.threads_done(raise_errors=False)  # the node's own error is what counts
-            _fail_run_not_process(task, exc)
-            raise
-        bus.threads_done()
-        return out
+            if task.timed:  # a timeout may abandon it
+                return await _concurrency.abandonable(
+                    bus, _sync_node, self.schema, task.node, fn, *args
+                )
+            if not bus.streaming:
+                return await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+            bus.threads_starting()
+            try:
+                out = await anyio.to_thread.run_sync(_sync_node, self.schema, task.node, fn, *args)
+            except BaseException:
+                bus.threads_done(raise_errors=False)  # the node's own error is what counts
+                raise
+            bus.threads_done()
+            return out
+        except _concurrency.Carried as carried:  # the thread's SystemExit, GeneratorExit …
+            raise carried.exc from None
 
     def _outcome(self, node: str, out: Any) -> Outcome:
         if out is None:
@@ -652,16 +839,23 @@ class Scheduler:
         self, branch: Branch, values: dict[str, Any], run: Run
     ) -> list[str | Send]:
         state = self.schema.make_input(values)
-        if branch.calling.config is not None:
-            result = (
-                branch.router(state, run.config)
-                if branch.calling.config == "positional"
-                else branch.router(state, config=run.config)
-            )
-        else:
-            result = branch.router(state)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            if branch.calling.config is not None:
+                result = (
+                    branch.router(state, run.config)
+                    if branch.calling.config == "positional"
+                    else branch.router(state, config=run.config)
+                )
+            else:
+                result = branch.router(state)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException as exc:
+            where = f"Router {branch.name!r} of node {branch.source!r} in graph {self.name!r}"
+            failure = self._failure(exc, None, where)
+            if failure is exc:
+                raise
+            raise failure from exc
         items = result if isinstance(result, list | tuple) else [result]
         out: list[str | Send] = []
         for item in items:
@@ -678,24 +872,10 @@ class Scheduler:
         return out
 
 
-def _fail_run_not_process(task: Task, exc: BaseException) -> None:
-    """A node's ``SystemExit``, ``KeyboardInterrupt`` or other ``BaseException`` fails its
-    run as an ordinary error: escaping a task, it would stop the event loop and every
-    other run of the process (a served graph's ``sys.exit()`` took the server down).
-    Cancellation and ``GeneratorExit`` (closing the coroutine) pass through unchanged."""
-    if isinstance(exc, Exception | GeneratorExit | anyio.get_cancelled_exc_class()):
-        return
-    name = type(exc).__name__
-    raise RuntimeError(
-        f"Node {task.node!r} raised {name}({', '.join(map(repr, exc.args))}): a node's "
-        f"{name} fails its run, not the process."
-    ) from exc
-
-
 def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Call a sync node in its worker thread; a coroutine it returns is reported here
     (trio would refuse it with a confusing TypeError, asyncio would pass it on)."""
-    out = fn(*args)
+    out = _concurrency.carry(fn, *args)
     if inspect.iscoroutine(out):
         schema.check_update(node, out)  # raises InvalidUpdateError: make the node async
     return out
@@ -720,10 +900,17 @@ def check_config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
             f"{type(config).__name__}: {config!r:.80}."
         )
     limit = config.get("recursion_limit", DEFAULT_RECURSION_LIMIT)
-    if type(limit) is not int or limit < 1:
+    if type(limit) is not int or not 1 <= limit <= MAX_RECURSION_LIMIT:
         raise InvalidInputError(
-            f"config['recursion_limit'] must be a positive int (supersteps per run, default "
-            f"{DEFAULT_RECURSION_LIMIT}); got {limit!r}."
+            f"config['recursion_limit'] must be an int from 1 to {MAX_RECURSION_LIMIT:_} "
+            f"(supersteps per run, default {DEFAULT_RECURSION_LIMIT}); got {limit!r:.40}. "
+            "To let a long-looping run go on, bound it by time with config['timeout']."
+        )
+    timeout = config.get("timeout")
+    if timeout is not None and not is_seconds(timeout):
+        raise InvalidInputError(
+            f"config['timeout'] must be a positive, finite number of seconds (the whole run), "
+            f"or None; got {type(timeout).__name__}: {timeout!r:.40}."
         )
     durability = config.get("durability", "sync")
     if durability not in ("sync", "async"):

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import inspect
 import operator
+import reprlib
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -169,7 +170,8 @@ class Schema:
             example = ", ".join(f"{k!r}: ..." for k in sorted(self.keys)[:3])
             raise InvalidInputError(
                 f"Input of graph {graph!r} must be a mapping of state keys (like {{{example}}}) "
-                f"or None to resume a thread; got {type(value).__name__}: {value!r:.80}."
+                f"or None to resume a thread; got {type(value).__name__}: "
+                f"{reprlib.repr(value):.80}."
             )
         unknown = value.keys() - self.keys
         if unknown:

@@ -37,11 +37,12 @@ import anyio.from_thread
 import sniffio
 
 from headwater.errors import (
+    HeadwaterError,
     InvalidFilterError,
     UnknownStreamModeError,
     UnsupportedVersionError,
 )
-from headwater.events import SKIP, Accept, Event, EventFilter, StreamMode, Subscription
+from headwater.events import SKIP, Accept, Chunks, Event, EventFilter, StreamMode, Subscription
 from headwater.hookspecs import EVENTS_MODE
 from headwater.runtime import Run
 
@@ -194,7 +195,11 @@ class _Pipe:
             if chunk is SKIP:
                 continue
             batch = self._batch
-            batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
+            if chunk.__class__ is Chunks:  # several chunks for one event
+                for one in chunk:
+                    batch.append(one if shape is None else shape(mode_name, ns, one))
+            else:
+                batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
             if self._waiting or len(batch) >= self._batch_size:
                 self._flush()
 
@@ -627,7 +632,20 @@ def open_event_stream(
 
 
 def stream_sync(make: Callable[[], RunStream]) -> Iterator[Any]:
-    """Iterate a stream from sync code: the run executes on an event loop in a thread."""
+    """Iterate a stream from sync code: the run executes on an event loop in a thread.
+
+    That works in plain code and on a thread running an event loop of its own (a Jupyter
+    cell); in a node on the event loop's thread it is refused, as blocking would stall
+    the run.
+    """
+    from headwater._sync import in_running_node, on_event_loop
+
+    if on_event_loop() and in_running_node():
+        raise HeadwaterError(
+            "stream() was called in a node on the event loop thread, where it would block "
+            "every other task of the run. In an async node use `async for chunk in "
+            "graph.astream(...)`."
+        )
     with anyio.from_thread.start_blocking_portal() as portal:
         stream = portal.call(make)
         try:

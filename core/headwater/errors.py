@@ -2,7 +2,35 @@
 
 All of them derive from :class:`HeadwaterError`, so ``except HeadwaterError`` catches
 anything headwater itself rejected, while an exception raised by your own node code
-propagates unchanged (with a note naming the node it came from).
+propagates unchanged (with a note naming the node it came from) — unless it is a
+``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt`` …):
+that fails the run as a :class:`NodeError`, never the process.
+
+The tree::
+
+    HeadwaterError
+    ├── GraphValidationError       (also ValueError)
+    ├── GraphInterrupt             (control flow: interrupt())
+    ├── GraphRecursionError        (also RecursionError)
+    ├── InvalidInputError          (also ValueError)
+    ├── InvalidUpdateError         (also ValueError)
+    ├── InvalidRouteError          (also ValueError)
+    ├── NodeError
+    │   └── NodeCancelledError
+    ├── RunTimeoutError            (also TimeoutError)
+    ├── StreamWriterError          (also RuntimeError)
+    ├── UnknownStreamModeError     (also ValueError)
+    ├── UnsupportedVersionError    (also ValueError)
+    ├── InvalidFilterError         (also ValueError)
+    ├── ChatModelError
+    ├── CheckpointError
+    ├── BrokerError
+    │   └── ExpiredPositionError
+    ├── QueueError
+    ├── SerdeError                 (also ValueError)
+    └── PluginError
+        ├── PluginLoadError
+        └── PluginConflictError
 
 Each message says what was wrong, what was expected and how to fix it::
 
@@ -36,10 +64,13 @@ __all__ = [
     "InvalidInputError",
     "InvalidRouteError",
     "InvalidUpdateError",
+    "NodeCancelledError",
+    "NodeError",
     "PluginConflictError",
     "PluginError",
     "PluginLoadError",
     "QueueError",
+    "RunTimeoutError",
     "SerdeError",
     "StreamWriterError",
     "UnknownStreamModeError",
@@ -91,20 +122,12 @@ class GraphInterrupt(HeadwaterError):
 
 
 class GraphRecursionError(HeadwaterError, RecursionError):
-    """A run took more supersteps than ``config["recursion_limit"]`` allows (default 25).
+    """A run took more supersteps than ``config["recursion_limit"]`` allows (default 10,007,
+    as in LangGraph 1.2).
 
     Example::
 
         graph.invoke(state, {"recursion_limit": 100})  # allow longer loops
-    """
-
-
-class InvalidInputError(HeadwaterError, ValueError):
-    """The input given to a run is not a state the graph's schema accepts.
-
-    Example::
-
-        graph.invoke([1, 2])  # InvalidInputError: Graph input must be a mapping ...
     """
 
 
@@ -121,6 +144,20 @@ class InvalidUpdateError(HeadwaterError, ValueError):
     """
 
 
+class InvalidInputError(InvalidUpdateError):
+    """The input or config given to a run is not acceptable.
+
+    A state the graph's schema does not accept, a malformed config, a checkpointed run
+    without a thread id. A subclass of :class:`InvalidUpdateError` (and so of
+    ``ValueError``): code written for LangGraph, which reports bad input as
+    ``InvalidUpdateError``, catches it unchanged.
+
+    Example::
+
+        graph.invoke([1, 2])  # InvalidInputError: Graph input must be a mapping ...
+    """
+
+
 class InvalidRouteError(HeadwaterError, ValueError):
     """A router or a ``Command(goto=...)`` named a destination the graph does not have.
 
@@ -129,6 +166,75 @@ class InvalidRouteError(HeadwaterError, ValueError):
         graph.add_conditional_edges("a", lambda s: "nope", {"yes": "b"})
         # at run time: InvalidRouteError: Router of 'a' returned 'nope' ...
     """
+
+
+class NodeError(HeadwaterError):
+    """A node raised a ``BaseException`` that is not an ``Exception``: it fails the run.
+
+    ``SystemExit`` (``sys.exit()`` in a tool, an ``argparse`` error), ``KeyboardInterrupt``,
+    ``GeneratorExit`` or your own ``BaseException`` subclass, raised by a node or by code
+    it called (a tool, a model, a middleware, a router), would otherwise stop the event
+    loop and every other run of the process (a served graph's ``sys.exit()`` would stop
+    the server). The run fails with this error instead; the original exception is its
+    ``__cause__``, and ``node`` names the node (``None`` when it came from outside any
+    node: a reducer or a hook). Exceptions (``Exception`` subclasses) are never wrapped,
+    and a real cancellation of the run is not an error.
+
+    Example::
+
+        try:
+            app.invoke(state)
+        except NodeError as e:
+            print(e.node, type(e.__cause__).__name__)  # 'parse_args' SystemExit
+    """
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class NodeCancelledError(NodeError):
+    """A node raised ``CancelledError`` itself, while nothing was cancelling the run.
+
+    ``asyncio.CancelledError`` (or ``trio.Cancelled``) raised by node code with no
+    cancellation pending is a failure of that node, not a cancellation: it would
+    otherwise look like a run that stopped early, or even succeeded. A real cancellation
+    (the consumer left, ``aclose()``, an enclosing cancel scope or task group, a sibling
+    task failing, a timeout) is never turned into this error.
+
+    Example::
+
+        async def node(state):
+            raise asyncio.CancelledError  # -> NodeCancelledError naming the node
+    """
+
+
+class RunTimeoutError(HeadwaterError, TimeoutError):
+    """A run, or one attempt of a node, took longer than its timeout.
+
+    ``config={"timeout": seconds}`` bounds a whole run (``node`` is ``None``);
+    ``add_node(..., timeout=seconds)`` bounds each attempt of that node (``node`` names
+    it). The work is cancelled; a sync node's worker thread cannot be stopped, so it is
+    abandoned and its late result discarded. With a checkpointer, the thread keeps the
+    state as of the last finished step and can be resumed with ``invoke(None, config)``.
+    A node's timeout is a ``TimeoutError``, which a node's
+    :class:`~headwater.retry.RetryPolicy` retries by default; a run's timeout is never
+    retried.
+
+    Example::
+
+        try:
+            app.invoke(state, {"timeout": 30})
+        except RunTimeoutError as e:
+            print(e.timeout, e.node)  # 30 None
+    """
+
+    def __init__(
+        self, message: str, *, timeout: float | None = None, node: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.node = node
 
 
 class StreamWriterError(HeadwaterError, RuntimeError):

@@ -29,6 +29,7 @@ __all__ = [
     "ON_CHAIN_END",
     "ON_CHAIN_ERROR",
     "ON_CHAIN_START",
+    "ON_CHAIN_STREAM",
     "ON_CUSTOM_EVENT",
     "PUBLIC_KINDS",
     "SKIP",
@@ -39,6 +40,7 @@ __all__ = [
     "TASK_END",
     "TASK_START",
     "Accept",
+    "Chunks",
     "Event",
     "EventFilter",
     "StreamMode",
@@ -49,15 +51,27 @@ ON_CHAIN_START: Final = "on_chain_start"
 """A graph run or a node execution started. ``data = {"input": ...}``."""
 ON_CHAIN_END: Final = "on_chain_end"
 """A graph run or a node execution finished. ``data = {"output": ...}``."""
+ON_CHAIN_STREAM: Final = "on_chain_stream"
+"""A node finished and produced its output, or the graph received a node's update.
+
+As in LangGraph: named after the node, ``data = {"chunk": <what the node returned>}``,
+right before its ``on_chain_end``; then, named after the (root) graph,
+``data = {"chunk": {node: update}}`` — the ``updates`` chunk (``None`` for a node that
+wrote nothing; ``{"__interrupt__": ...}`` when the run pauses).
+"""
 ON_CHAIN_ERROR: Final = "on_chain_error"
 """A node execution, then its graph run, failed. ``data = {"error": exception}``."""
 ON_CUSTOM_EVENT: Final = "on_custom_event"
 """A stream writer was called inside a node. ``data`` is the payload."""
 STEP_END: Final = "step_end"
-"""Bus-internal: a superstep's writes were applied. ``data = {"values", "writes"}``.
+"""Bus-internal: a superstep's writes were applied. ``data = {"step", "values", "writes"}``.
 
 ``values`` is the full state after the step (the input is step 0); ``writes`` maps each
-node that ran to the tuple of updates it returned, in the order they were applied.
+node that wrote something to the tuple of updates it returned, in the order they were
+applied. ``writes`` is ``None`` for the state outside a step's end: the thread's saved
+state, which a run that resumes it (input ``None`` or ``Command(resume=...)``) starts
+with; and the state with the pending interrupts under ``"__interrupt__"``, which a run
+paused by ``interrupt()`` ends with.
 """
 
 TASK_START: Final = "task_start"
@@ -94,6 +108,7 @@ ON_INTERRUPT: Final = "on_interrupt"
 CORE_KINDS: Final = frozenset(
     {
         ON_CHAIN_START,
+        ON_CHAIN_STREAM,
         ON_CHAIN_END,
         ON_CHAIN_ERROR,
         ON_CUSTOM_EVENT,
@@ -109,6 +124,7 @@ CORE_KINDS: Final = frozenset(
 PUBLIC_KINDS: Final = frozenset(
     {
         ON_CHAIN_START,
+        ON_CHAIN_STREAM,
         ON_CHAIN_END,
         ON_CHAIN_ERROR,
         ON_CUSTOM_EVENT,
@@ -140,6 +156,20 @@ class _Skip:
 
 SKIP: Final = _Skip()
 """Returned by a :class:`StreamMode` projection for an event that yields no chunk."""
+
+
+class Chunks(tuple[Any, ...]):
+    """Returned by a :class:`StreamMode` projection for an event that yields several
+    chunks: they are streamed in this order (an empty ``Chunks`` is the same as SKIP).
+
+    Example::
+
+        def project(event):
+            messages = event.data["update"].get("messages", [])
+            return Chunks((m, event.metadata) for m in messages)
+    """
+
+    __slots__ = ()
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -222,8 +252,9 @@ class StreamMode:
     """A projection of events into the chunks of one ``stream_mode``, made once per run.
 
     ``project(event)`` is called for every event whose kind is in ``kinds`` and returns
-    the chunk to yield, or :data:`SKIP`; with ``data_only=True`` it is called with the
-    event's ``data`` alone.
+    the chunk to yield, :data:`SKIP`, or :class:`Chunks` for several; with
+    ``data_only=True`` it is called with the event's ``data`` alone (and returns one
+    chunk or SKIP).
 
     Example::
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final, TypedDict
 
 import attrs
 
@@ -28,6 +28,7 @@ from headwater._ids import new_id
 from headwater.errors import InvalidUpdateError
 
 __all__ = [
+    "REMOVE_ALL_MESSAGES",
     "AIMessage",
     "AIMessageChunk",
     "AnyMessage",
@@ -35,6 +36,7 @@ __all__ = [
     "ChunkSum",
     "HumanMessage",
     "InvalidToolCall",
+    "MessagesState",
     "RemoveMessage",
     "SystemMessage",
     "ToolCall",
@@ -81,6 +83,31 @@ class ToolCall:
     name: str
     args: Mapping[str, Any] = attrs.field(factory=dict)
     id: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        """LangChain's dict access: ``call["name"]``, ``["args"]``, ``["id"]``, ``["type"]``.
+
+        Example::
+
+            call["name"], call["args"]["query"]
+        """
+        if key == "type":
+            return "tool_call"
+        if key in ("name", "args", "id"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``call.get("id")``, as on LangChain's tool-call dicts.
+
+        Example::
+
+            call.get("id") or "no id"
+        """
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 @attrs.frozen
@@ -133,6 +160,40 @@ class BaseMessage:
     id: str | None = None
     name: str | None = None
 
+    def pretty_repr(self) -> str:
+        """The message as LangChain prints it: a titled rule, the name, the content.
+
+        Example::
+
+            print(HumanMessage(content="hi").pretty_repr())
+            # ================================ Human Message =================================
+            #
+            # hi
+        """
+        title = f" {self.type.capitalize()} Message "
+        left = (80 - len(title)) // 2
+        lines = ["=" * left + title + "=" * (80 - len(title) - left)]
+        if self.name is not None:
+            lines.append(f"Name: {self.name}")
+        text = self.content if isinstance(self.content, str) else self.text
+        if text:
+            lines.extend(["", text])
+        lines.extend(self._pretty_extra())
+        return "\n".join(lines)
+
+    def _pretty_extra(self) -> list[str]:
+        return []
+
+    def pretty_print(self) -> None:
+        """Print :meth:`pretty_repr`.
+
+        Example::
+
+            for message in final_state["messages"]:
+                message.pretty_print()
+        """
+        print(self.pretty_repr())
+
     @property
     def text(self) -> str:
         """The message's text (text blocks joined when content is a list of blocks)."""
@@ -171,11 +232,18 @@ class HumanMessage(BaseMessage):
     type: ClassVar[str] = "human"
 
 
+def _as_tool_calls(calls: Any) -> tuple[ToolCall, ...]:
+    return _tool_calls(calls)  # defined below, with the other coercions
+
+
 @attrs.frozen(kw_only=True)
 class AIMessage(BaseMessage):
     """A complete model response, with any tool calls and the token usage.
 
-    ``invalid_tool_calls`` holds the calls whose arguments were not a JSON object.
+    ``tool_calls`` may also be given as LangChain's dicts (``{"name", "args", "id"}``) or
+    OpenAI's (``{"id", "function": {"name", "arguments"}}``): they become
+    :class:`ToolCall` objects. ``invalid_tool_calls`` holds the calls whose arguments were
+    not a JSON object.
 
     Example::
 
@@ -183,10 +251,36 @@ class AIMessage(BaseMessage):
     """
 
     type: ClassVar[str] = "ai"
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = attrs.field(default=(), converter=_as_tool_calls)
     invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
     usage: Usage | None = None
     response_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def usage_metadata(self) -> dict[str, int] | None:
+        """:attr:`usage` as LangChain's dict: ``input_tokens``, ``output_tokens``,
+        ``total_tokens`` (``None`` when the provider reported none).
+
+        Example::
+
+            reply.usage_metadata["total_tokens"]
+        """
+        if self.usage is None:
+            return None
+        return {
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "total_tokens": self.usage.total_tokens,
+        }
+
+    def _pretty_extra(self) -> list[str]:
+        if not self.tool_calls:
+            return []
+        lines = ["Tool Calls:"]
+        for call in self.tool_calls:
+            lines += [f"  {call.name} ({call.id})", f" Call ID: {call.id}", "  Args:"]
+            lines += [f"    {key}: {value}" for key, value in call.args.items()]
+        return lines
 
 
 def _merge_tool_chunks(
@@ -445,50 +539,159 @@ class RemoveMessage(BaseMessage):
     type: ClassVar[str] = "remove"
 
 
+REMOVE_ALL_MESSAGES: Final = "__remove_all__"
+"""The id of a :class:`RemoveMessage` that clears the list (what came before it in the
+same update too), as LangGraph's constant of the same name.
+
+Example::
+
+    return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), summary]}
+"""
+
 AnyMessage = SystemMessage | HumanMessage | AIMessage | AIMessageChunk | ToolMessage
 """Any concrete message type."""
 
 _ROLES: dict[str, type[BaseMessage]] = {
     "system": SystemMessage,
+    "developer": SystemMessage,
     "human": HumanMessage,
     "user": HumanMessage,
     "ai": AIMessage,
     "assistant": AIMessage,
+    "tool": ToolMessage,
 }
+
+_ACCEPTED = (
+    "expected a message, a string, a (role, content) pair, or a dict with 'role' (or "
+    "'type') and 'content'; roles: system/developer, user/human, assistant/ai, and tool "
+    "(with 'tool_call_id')"
+)
+
+
+def _tool_calls(calls: Any) -> tuple[ToolCall, ...]:
+    if type(calls) is tuple and all(type(c) is ToolCall for c in calls):
+        return calls
+    if isinstance(calls, str | Mapping) or not isinstance(calls, Iterable):
+        raise InvalidUpdateError(
+            f"AIMessage.tool_calls must be a list of tool calls; got {type(calls).__name__}: "
+            f"{calls!r:.80}."
+        )
+    return tuple(_tool_call(c) for c in calls)
+
+
+def _tool_call(value: Any) -> ToolCall:
+    """A tool call given as LangChain's ``{"name", "args", "id"}`` or OpenAI's
+    ``{"id", "type": "function", "function": {"name", "arguments": "<json>"}}``."""
+    if isinstance(value, ToolCall):
+        return value
+    if isinstance(value, Mapping):
+        function = value.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            arguments = function.get("arguments") or "{}"
+            try:
+                args = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                args = None
+            if isinstance(args, Mapping):
+                return ToolCall(name=function["name"], args=dict(args), id=value.get("id"))
+        elif isinstance(value.get("name"), str) and isinstance(value.get("args", {}), Mapping):
+            return ToolCall(
+                name=value["name"], args=dict(value.get("args", {})), id=value.get("id")
+            )
+    raise InvalidUpdateError(
+        f"Cannot make a tool call from {type(value).__name__} {value!r:.80}; expected "
+        "{'name': ..., 'args': {...}, 'id': ...} or OpenAI's {'id': ..., 'type': 'function', "
+        "'function': {'name': ..., 'arguments': '<JSON object>'}}."
+    )
+
+
+def _from_role(role: str, content: Any, value: Any, fields: Mapping[str, Any]) -> BaseMessage:
+    cls = _ROLES.get(role)
+    if cls is None:
+        hint = " (use role 'tool' with 'tool_call_id')" if role == "function" else ""
+        raise InvalidUpdateError(
+            f"Cannot make a message from {type(value).__name__} {value!r:.80}: unknown role "
+            f"{role!r}{hint}; {_ACCEPTED}."
+        )
+    if not isinstance(content, str | list):
+        raise InvalidUpdateError(
+            f"Cannot make a message from {type(value).__name__} {value!r:.80}: its content "
+            f"must be a string or a list of content blocks; got {type(content).__name__}."
+        )
+    if cls is ToolMessage:
+        call_id = fields.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise InvalidUpdateError(
+                f"Cannot make a tool message from {type(value).__name__} {value!r:.80}: it "
+                "needs the 'tool_call_id' of the call it answers, e.g. {'role': 'tool', "
+                "'content': '42', 'tool_call_id': 'call_1'}."
+            )
+        return ToolMessage(
+            content=content,
+            id=fields.get("id"),
+            name=fields.get("name"),
+            tool_call_id=call_id,
+            status=str(fields.get("status") or "success"),
+        )
+    if cls is AIMessage:
+        usage = fields.get("usage_metadata")
+        return AIMessage(
+            content=content,
+            id=fields.get("id"),
+            name=fields.get("name"),
+            tool_calls=fields.get("tool_calls") or (),
+            usage=Usage(
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+            )
+            if isinstance(usage, Mapping)
+            else None,
+            response_metadata=dict(fields.get("response_metadata") or {}),
+        )
+    return cls(content=content, id=fields.get("id"), name=fields.get("name"))
 
 
 def coerce_message(value: Any) -> BaseMessage:
-    """Turn a message-like value into a message.
+    """Turn a message-like value into a message, accepting what LangChain accepts.
 
-    Accepts messages, strings (a human message), ``(role, content)`` pairs and
-    ``{"role": ..., "content": ...}`` dicts; roles are system, human/user, ai/assistant
-    and tool (with ``tool_call_id``).
+    Messages; strings (a human message); ``(role, content)`` pairs (or two-item lists);
+    and dicts with ``role`` or ``type`` plus ``content`` — OpenAI-style
+    (``{"role": "user", "content": "hi"}``) or LangChain-style
+    (``{"type": "human", "content": "hi"}``). Roles are system/developer, human/user,
+    ai/assistant and tool (with ``tool_call_id``). A dict may carry ``id`` and ``name``;
+    an AI message dict ``tool_calls`` (LangChain's or OpenAI's form) and
+    ``usage_metadata``; a tool message dict ``status``. Other keys are ignored.
 
     Example::
 
         coerce_message(("user", "hi"))  # HumanMessage(content="hi")
+        coerce_message({"type": "ai", "content": "", "tool_calls": [
+            {"name": "add", "args": {"a": 1}, "id": "call_1"}]})
     """
     if isinstance(value, BaseMessage):
         return value
     if isinstance(value, str):
         return HumanMessage(content=value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], str | list)
+    ):
         role, content = value
-        cls = _ROLES.get(role)
-        if cls is not None:
-            return cls(content=content)
-    if isinstance(value, Mapping) and isinstance(value.get("role") or value.get("type"), str):
-        role = value.get("role") or value.get("type")
-        fields = {k: v for k, v in value.items() if k in ("content", "id", "name")}
         if role == "tool":
-            return ToolMessage(tool_call_id=str(value.get("tool_call_id", "")), **fields)
-        cls = _ROLES.get(str(role))
-        if cls is not None:
-            return cls(**fields)
+            raise InvalidUpdateError(
+                f"Cannot make a tool message from the pair {value!r:.80}: a tool message "
+                "needs the 'tool_call_id' of the call it answers; give a dict such as "
+                "{'role': 'tool', 'content': '42', 'tool_call_id': 'call_1'}."
+            )
+        return _from_role(role, content, value, {})
+    if isinstance(value, Mapping):
+        role = value.get("role") if "role" in value else value.get("type")
+        if isinstance(role, str):
+            return _from_role(role, value.get("content", ""), value, value)
     raise InvalidUpdateError(
-        f"Cannot make a message from {type(value).__name__} {value!r:.80}; expected a message, "
-        "a string, a (role, content) pair or a {'role': ..., 'content': ...} dict with role "
-        "system, user/human, assistant/ai or tool."
+        f"Cannot make a message from {type(value).__name__} {value!r:.80}; {_ACCEPTED}."
     )
 
 
@@ -517,6 +720,9 @@ def add_messages(
             message = attrs.evolve(message, id=new_id())
         assert message.id is not None
         if isinstance(message, RemoveMessage):
+            if message.id == REMOVE_ALL_MESSAGES:  # everything so far, this update's too
+                merged, index, removed = [], {}, set()
+                continue
             if message.id not in index:
                 raise InvalidUpdateError(
                     f"RemoveMessage(id={message.id!r}) names no message in the list; ids "
@@ -533,3 +739,22 @@ def add_messages(
     if removed:
         merged = [m for m in merged if m.id not in removed]
     return merged
+
+
+class MessagesState(TypedDict):
+    """A ready-made state schema for chat graphs: one ``messages`` key with :func:`add_messages`.
+
+    Subclass it to add keys, as with LangGraph's ``MessagesState``.
+
+    Example::
+
+        from headwater import StateGraph
+        from headwater.messages import MessagesState
+
+        class State(MessagesState):
+            summary: str
+
+        graph = StateGraph(State)
+    """
+
+    messages: Annotated[list[AnyMessage], add_messages]

@@ -34,11 +34,13 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.from_thread
+import attrs
 
 from headwater._concurrency import run_all
+from headwater._ids import new_id
 from headwater._observe import Observed
 from headwater._plugins import REGISTRIES, PluginManager, get_plugin_manager
-from headwater._sync import on_event_loop, run_sync
+from headwater._sync import in_running_node, on_event_loop, run_sync
 from headwater.errors import HeadwaterError, InvalidInputError
 from headwater.messages import (
     AIMessage,
@@ -155,6 +157,9 @@ class ChatModel(abc.ABC):
                         await waiting
                 yield chunk
             message = total.result().to_message()
+            if message.id is None:  # as LangChain: every reply has an id (the call's run id)
+                call_id = emitter.header[1] if emitter is not None else new_id()
+                message = attrs.evolve(message, id=call_id)
         except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
@@ -210,10 +215,10 @@ class ChatModel(abc.ABC):
         try:
             anyio.from_thread.run_sync(lambda: None)
         except RuntimeError:
-            if on_event_loop():
+            if on_event_loop() and in_running_node():
                 raise HeadwaterError(
-                    f"{type(self).__name__}.stream() was called on the event loop thread; "
-                    "use `async for chunk in llm.astream(...)` in async nodes."
+                    f"{type(self).__name__}.stream() was called in a node on the event loop "
+                    "thread; use `async for chunk in llm.astream(...)` in async nodes."
                 ) from None
             yield from _drain_outside_loop(agen)
             return
@@ -259,7 +264,8 @@ class ChatModel(abc.ABC):
 def _drain_outside_loop(
     agen: AsyncGenerator[AIMessageChunk, None],
 ) -> Iterator[AIMessageChunk]:
-    """Iterate from plain sync code: an event loop in a helper thread runs the model."""
+    """Iterate from sync code outside any run (plain code, a Jupyter cell): an event loop
+    in a helper thread runs the model."""
 
     async def step() -> AIMessageChunk:
         return await agen.__anext__()

@@ -117,7 +117,8 @@ class Task:
     Attributes: ``node`` (name), ``step``, ``input`` (the state, or a ``Send`` argument),
     ``triggers`` (what made it run), ``path`` (``("pull", node)`` for an edge,
     ``("push", i)`` for the i-th ``Send``), ``tags``, ``metadata`` (the node's own), ``run``,
-    ``run_id`` (this execution's own id, the ``run_id`` of its events), ``config``.
+    ``run_id`` (this execution's own id, the ``run_id`` of its events), ``config``,
+    ``timed`` (a run or node timeout bounds it).
 
     Example::
 
@@ -142,6 +143,9 @@ class Task:
     resume: tuple[Any, ...] = ()
     _interrupts: int = attrs.field(default=0, alias="_interrupts")
     _emitter: Emitter | None = attrs.field(default=None, alias="_emitter")
+    timed: bool = False
+    """Whether a timeout (the run's or the node's) bounds this task: its sync calls in
+    worker threads are abandoned, not waited for, when it is cancelled."""
 
     @property
     def config(self) -> Mapping[str, Any]:

@@ -7,6 +7,12 @@ type a plugin registers through ``headwater_serde_types``. Decoding rebuilds onl
 registered names; an unknown tag, a malformed value or anything that is not JSON raises
 :class:`~headwater.errors.SerdeError`. Nothing read back can execute code.
 
+Values may nest :data:`MAX_DEPTH` levels of JSON containers deep (a tuple takes two: it is
+``{"__type__": "tuple", "items": [...]}``); deeper is a :class:`~headwater.errors.SerdeError`
+on writing and on reading, never a ``RecursionError``. Strings are stored as JSON escapes,
+so lone surrogates (``"\\ud800"``) round-trip; a high surrogate directly followed by a low
+one reads back as the one character the pair encodes, as in any JSON.
+
 Example::
 
     from headwater import serde
@@ -33,10 +39,30 @@ import cattrs
 from headwater._plugins import PluginManager, create_plugin_manager, get_plugin_manager
 from headwater.errors import PluginError, SerdeError
 
-__all__ = ["FORMAT_VERSION", "decode", "dumps", "encode", "loads", "register_type"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_DEPTH",
+    "check_depth",
+    "decode",
+    "dumps",
+    "encode",
+    "loads",
+    "register_type",
+]
 
 FORMAT_VERSION = 1
 """Version of the encoded form; stored with every checkpoint."""
+
+MAX_DEPTH = 256
+"""How deep encoded values may nest JSON containers (objects and arrays).
+
+Far beyond any real state, and far enough under Python's recursion limit that encoding
+and decoding never hit it, whatever the depth of the stack they run on.
+
+Example::
+
+    check_depth(value)  # SerdeError if it would nest deeper than MAX_DEPTH
+"""
 
 TAG = "__type__"
 
@@ -149,9 +175,13 @@ def encode(value: Any, _path: str = "$") -> Any:
     """
     _load_types()
     try:
-        return _fast(value)
+        return _fast(value, 1)
     except _Unsupported:
-        return _encode(value, _path)  # walk again, tracking the path, to name the culprit
+        pass
+    try:
+        return _encode(value, _path, 1)  # walk again, tracking the path, to name the culprit
+    except RecursionError:  # a stack already deep: a clear error all the same
+        raise _too_deep(_path, "the stack's remaining depth") from None
 
 
 class _Unsupported(Exception):
@@ -169,11 +199,16 @@ def _fields_of(kind: type) -> tuple[str, ...]:
     return names
 
 
-def _fast(value: Any) -> Any:
-    """The common case without path bookkeeping; raises _Unsupported on anything odd."""
+def _fast(value: Any, depth: int) -> Any:
+    """The common case without path bookkeeping; raises _Unsupported on anything odd.
+
+    ``depth`` counts the JSON containers ``value`` is encoded in, its own included."""
     kind = type(value)
     if kind in _PLAIN:
         return value
+    if depth > MAX_DEPTH:
+        raise _Unsupported
+    deeper = depth + 1
     if kind is dict:
         if TAG in value:
             raise _Unsupported
@@ -181,51 +216,73 @@ def _fast(value: Any) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 raise _Unsupported
-            out[k] = v if type(v) in _PLAIN else _fast(v)
+            out[k] = v if type(v) in _PLAIN else _fast(v, deeper)
         return out
     if kind is list:
-        return [v if type(v) in _PLAIN else _fast(v) for v in value]
+        return [v if type(v) in _PLAIN else _fast(v, deeper) for v in value]
     name = _by_type.get(kind)
     if name is not None:
         out = {TAG: name}
         for field in _fields_of(kind):
             v = getattr(value, field)
-            out[field] = v if type(v) in _PLAIN else _fast(v)
+            out[field] = v if type(v) in _PLAIN else _fast(v, deeper)
         return out
     if kind is tuple:
-        return {TAG: "tuple", "items": [v if type(v) in _PLAIN else _fast(v) for v in value]}
+        deeper += 1  # {"__type__": "tuple", "items": [...]}
+        return {
+            TAG: "tuple",
+            "items": [v if type(v) in _PLAIN else _fast(v, deeper) for v in value],
+        }
     if kind is float and value == value and value not in (float("inf"), float("-inf")):
         return value
     raise _Unsupported
 
 
-def _encode(value: Any, path: str) -> Any:
+def _too_deep(path: str, limit: str) -> SerdeError:
+    shown = path if len(path) <= 80 else f"{path[:60]}…{path[-12:]}"
+    return SerdeError(
+        f"Value at {shown} is nested deeper than {limit} (serde.MAX_DEPTH = {MAX_DEPTH} levels "
+        "of JSON objects and arrays): headwater does not store or read such values. Flatten "
+        "it, or store it as a string."
+    )
+
+
+def _encode(value: Any, path: str, depth: int) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return {TAG: "float", "repr": repr(value)}
         return value
+    if depth > MAX_DEPTH:
+        raise _too_deep(path, f"{MAX_DEPTH} levels")
+    d = depth + 1
     kind = type(value)
     if kind is list:
-        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_encode(v, f"{path}[{i}]", d) for i, v in enumerate(value)]
     if kind is dict or (isinstance(value, Mapping) and not attrs.has(kind)):
         if all(isinstance(k, str) for k in value) and TAG not in value:
-            return {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: _encode(v, f"{path}.{k}", d) for k, v in value.items()}
         return {
             TAG: "dict",
-            "items": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()],
+            "items": [
+                [_encode(k, path, d + 2), _encode(v, f"{path}[{k!r}]", d + 2)]
+                for k, v in value.items()
+            ],
         }
     name = _by_type.get(kind)
     if name is not None:
         out: dict[str, Any] = {TAG: name}
         for field in attrs.fields(kind):
-            out[field.name] = _encode(getattr(value, field.name), f"{path}.{field.name}")
+            out[field.name] = _encode(getattr(value, field.name), f"{path}.{field.name}", d)
         return out
     if kind is tuple:
-        return {TAG: "tuple", "items": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+        return {
+            TAG: "tuple",
+            "items": [_encode(v, f"{path}[{i}]", d + 1) for i, v in enumerate(value)],
+        }
     if kind in (set, frozenset):
-        items = [_encode(v, f"{path}{{}}") for v in value]
+        items = [_encode(v, f"{path}{{}}", d + 1) for v in value]
         try:
             items.sort(key=lambda x: json.dumps(x, sort_keys=True))
         except TypeError:
@@ -257,20 +314,25 @@ def decode(data: Any, _path: str = "$") -> Any:
         decode({"__type__": "tuple", "items": [1, 2]})  # (1, 2)
     """
     _load_types()
-    return _decode(data, _path)
+    try:
+        return _decode(data, _path, 1)
+    except RecursionError:  # a stack already deep: a clear error all the same
+        raise _too_deep(_path, "the stack's remaining depth") from None
 
 
-_DECODERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
-    "tuple": lambda d, p: tuple(_decode(v, p) for v in d["items"]),
-    "set": lambda d, p: {_decode(v, p) for v in d["items"]},
-    "frozenset": lambda d, p: frozenset(_decode(v, p) for v in d["items"]),
-    "dict": lambda d, p: {_decode(k, p): _decode(v, p) for k, v in d["items"]},
-    "bytes": lambda d, p: base64.b64decode(d["b64"], validate=True),
-    "datetime": lambda d, p: datetime.datetime.fromisoformat(d["iso"]),
-    "date": lambda d, p: datetime.date.fromisoformat(d["iso"]),
-    "uuid": lambda d, p: uuid.UUID(hex=d["hex"]),
-    "float": lambda d, p: float(d["repr"]) if d["repr"] in ("nan", "inf", "-inf") else _bad(d, p),
-    "error": lambda d, p: RemoteError(str(d["class"]), str(d["message"])),
+_DECODERS: dict[str, Callable[[dict[str, Any], str, int], Any]] = {
+    "tuple": lambda d, p, n: tuple(_decode(v, p, n + 1) for v in d["items"]),
+    "set": lambda d, p, n: {_decode(v, p, n + 1) for v in d["items"]},
+    "frozenset": lambda d, p, n: frozenset(_decode(v, p, n + 1) for v in d["items"]),
+    "dict": lambda d, p, n: {_decode(k, p, n + 2): _decode(v, p, n + 2) for k, v in d["items"]},
+    "bytes": lambda d, p, n: base64.b64decode(d["b64"], validate=True),
+    "datetime": lambda d, p, n: datetime.datetime.fromisoformat(d["iso"]),
+    "date": lambda d, p, n: datetime.date.fromisoformat(d["iso"]),
+    "uuid": lambda d, p, n: uuid.UUID(hex=d["hex"]),
+    "float": lambda d, p, n: (
+        float(d["repr"]) if d["repr"] in ("nan", "inf", "-inf") else _bad(d, p)
+    ),
+    "error": lambda d, p, n: RemoteError(str(d["class"]), str(d["message"])),
 }
 
 
@@ -278,22 +340,27 @@ def _bad(data: Any, path: str) -> Any:
     raise SerdeError(f"Malformed value at {path}: {data!r:.120}.")
 
 
-def _decode(data: Any, path: str) -> Any:
+def _decode(data: Any, path: str, depth: int) -> Any:
+    """Rebuild ``data``, the JSON value at ``path``, nested in ``depth`` containers (its
+    own included)."""
     if data is None or isinstance(data, bool | int | float | str):
         return data
+    if depth > MAX_DEPTH:
+        raise _too_deep(path, f"{MAX_DEPTH} levels")
+    d = depth + 1
     if isinstance(data, list):
-        return [_decode(v, f"{path}[{i}]") for i, v in enumerate(data)]
+        return [_decode(v, f"{path}[{i}]", d) for i, v in enumerate(data)]
     if not isinstance(data, dict):
         raise SerdeError(f"Malformed value at {path}: {type(data).__name__} is not JSON data.")
     tag = data.get(TAG)
     if tag is None:
-        return {k: _decode(v, f"{path}.{k}") for k, v in data.items()}
+        return {k: _decode(v, f"{path}.{k}", d) for k, v in data.items()}
     if not isinstance(tag, str):
         raise SerdeError(f"Malformed type tag at {path}: {tag!r:.60}.")
     decoder = _DECODERS.get(tag)
     try:
         if decoder is not None:
-            return decoder(data, path)
+            return decoder(data, path, depth)
         cls = _by_name.get(tag)
         if cls is None:
             raise SerdeError(
@@ -301,7 +368,7 @@ def _decode(data: Any, path: str) -> Any:
                 f"rebuilt (known: {', '.join(sorted(_by_name))}). The data was written by "
                 "something else, or a plugin that registered this type is not installed."
             )
-        kwargs = {k: _decode(v, f"{path}.{k}") for k, v in data.items() if k != TAG}
+        kwargs = {k: _decode(v, f"{path}.{k}", d) for k, v in data.items() if k != TAG}
         unknown = set(kwargs) - {a.alias for a in attrs.fields(cls)}
         if unknown:
             raise SerdeError(
@@ -346,7 +413,11 @@ def dumps(value: Any) -> bytes:
 
         dumps({"a": (1, 2)})  # b'{"a":{"__type__":"tuple","items":[1,2]}}'
     """
-    return json.dumps(encode(value), separators=(",", ":"), allow_nan=False).encode()
+    encoded = encode(value)
+    try:
+        return json.dumps(encoded, separators=(",", ":"), allow_nan=False).encode()
+    except RecursionError:  # within MAX_DEPTH, but the stack was already deep
+        raise _too_deep("$", "the stack's remaining depth") from None
 
 
 def loads(data: bytes | str) -> Any:
@@ -358,8 +429,47 @@ def loads(data: bytes | str) -> Any:
     """
     try:
         parsed = json.loads(data)
+    except RecursionError:
+        raise _too_deep("$", "what JSON parsing allows") from None
     except (ValueError, TypeError) as exc:
         raise SerdeError(
             f"Not valid JSON: {exc}. (headwater never reads pickle or other formats.)"
         ) from exc
     return decode(parsed)
+
+
+def check_depth(value: Any, path: str = "$") -> None:
+    """Raise :class:`~headwater.errors.SerdeError` if ``value`` would be encoded more than
+    :data:`MAX_DEPTH` JSON containers deep (without encoding it, and without recursion).
+
+    Example::
+
+        deep = []
+        for _ in range(1000):
+            deep = [deep]
+        check_depth(deep)  # SerdeError: Value at $[0][0]… is nested deeper than 256 levels
+    """
+    todo: list[tuple[Any, int, Any]] = [(value, 1, None)]  # (item, depth, (parent, key))
+    while todo:
+        item, depth, where = todo.pop()
+        kind = type(item)
+        if kind in _PLAIN or kind is float:
+            continue
+        if depth > MAX_DEPTH:
+            keys = []
+            while where is not None:  # the path, rendered only now
+                where, key = where
+                keys.append(key)
+            shown = "".join(f".{k}" if isinstance(k, str) else f"[{k!r}]" for k in reversed(keys))
+            raise _too_deep(path + shown, f"{MAX_DEPTH} levels")
+        if kind is dict or isinstance(item, Mapping):
+            plain = all(type(k) is str for k in item) and TAG not in item
+            extra = 1 if plain else 3  # {"__type__": "dict", "items": [[k, v]]}
+            todo.extend((v, depth + extra, (where, k)) for k, v in item.items())
+        elif kind is list:
+            todo.extend((v, depth + 1, (where, i)) for i, v in enumerate(item))
+        elif kind in (tuple, set, frozenset):
+            todo.extend((v, depth + 2, (where, i)) for i, v in enumerate(item))
+        elif attrs.has(kind):
+            fields = attrs.fields(kind)
+            todo.extend((getattr(item, f.name), depth + 1, (where, f.name)) for f in fields)

@@ -1,8 +1,9 @@
 """Tools models can call: the :func:`tool` decorator and :class:`ToolNode`.
 
-A tool emits ``on_tool_start`` (data ``input``), then ``on_tool_end`` (``output``) or
-``on_tool_error`` (``error``), named after the tool, inside the run of the node that
-calls it.
+A tool emits ``on_tool_start`` (data ``input``), then ``on_tool_end`` (``output``: what
+it returned; the :class:`~headwater.messages.ToolMessage` when it was called with a
+:class:`~headwater.messages.ToolCall`, as by :class:`ToolNode`) or ``on_tool_error``
+(``error``), named after the tool, inside the run of the node that calls it.
 
 Example::
 
@@ -24,18 +25,17 @@ import json
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Literal, overload
 
-import anyio
-import anyio.from_thread
-import anyio.to_thread
-
+from headwater._concurrency import in_thread, run_all
 from headwater._observe import Observed
 from headwater._sync import run_sync
+from headwater._types import END
 from headwater.errors import HeadwaterError
 from headwater.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from headwater.runtime import current_task
 
-__all__ = ["Tool", "ToolError", "ToolNode", "tool"]
+__all__ = ["Tool", "ToolError", "ToolNode", "tool", "tools_condition"]
 
 
 class ToolError(HeadwaterError, ValueError):
@@ -148,15 +148,22 @@ class Tool:
             if self.is_async:
                 result = await self.fn(**args)
             else:
-                result = await anyio.to_thread.run_sync(functools.partial(self.fn, **args))
+                task = current_task.get()
+                fn = functools.partial(self.fn, **args)
+                if task is None:
+                    result = await in_thread(None, fn)
+                else:
+                    result = await in_thread(task.run.bus, fn, abandon=task.timed)
         except BaseException as exc:  # cancelled too: every start gets an end
             observed.emit("error", {"error": exc})
             raise
-        observed.emit("end", {"output": result})
         if call is None:
+            observed.emit("end", {"output": result})
             return result
         content = result if isinstance(result, str) else json.dumps(result, default=str)
-        return ToolMessage(content=content, tool_call_id=call.id or "", name=self.name)
+        message = ToolMessage(content=content, tool_call_id=call.id or "", name=self.name)
+        observed.emit("end", {"output": message})  # as LangChain: called with a call, a message
+        return message
 
     def invoke(self, input: Any) -> Any:
         """Sync :meth:`ainvoke`.
@@ -259,9 +266,12 @@ class ToolNode:
 
         if last.invalid_tool_calls and not self.handle_errors:
             raise ToolError(last.invalid_tool_calls[0].error)
-        async with anyio.create_task_group() as tg:
-            for i, call in enumerate(last.tool_calls):
-                tg.start_soon(run, i, call)
+        # The first error not handled cancels the other calls and is raised as it is.
+        _, failure = await run_all(
+            [functools.partial(run, i, call) for i, call in enumerate(last.tool_calls)]
+        )
+        if failure is not None:
+            raise failure[1]
         answers = [r for r in results if r is not None]
         for invalid in last.invalid_tool_calls:
             answers.append(
@@ -273,3 +283,34 @@ class ToolNode:
                 )
             )
         return {self.messages_key: answers}
+
+
+def tools_condition(state: Any, messages_key: str = "messages") -> Literal["tools", "__end__"]:
+    """A router for ``add_conditional_edges``: ``"tools"`` when the last message asks for
+    tool calls, else ``END``.
+
+    ``state`` may be the graph's state (a mapping or an object with the messages key) or
+    a list of messages. Route to a :class:`ToolNode` added under the name ``"tools"``.
+
+    Example::
+
+        graph.add_node("agent", agent)
+        graph.add_node("tools", ToolNode([search]))
+        graph.add_conditional_edges("agent", tools_condition)
+        graph.add_edge("tools", "agent")
+    """
+    messages: Any
+    if isinstance(state, list | tuple):
+        messages = state
+    elif isinstance(state, Mapping):
+        messages = state.get(messages_key)
+    else:
+        messages = getattr(state, messages_key, None)
+    if not messages:
+        raise ToolError(
+            f"tools_condition found no messages in the state under {messages_key!r} (got "
+            f"{type(state).__name__}); route it after a node that adds an AI message, or pass "
+            "messages_key=... naming the state key that holds the messages."
+        )
+    last = messages[-1]
+    return "tools" if getattr(last, "tool_calls", None) else END

@@ -175,7 +175,7 @@ async def test_a_paused_node_ends_its_events_and_tasks_report_the_interrupt() ->
         ["error", "id", "interrupts", "name", "result"],
     ]  # no task result for the __interrupt__ summary: it was never a task
     result = tasks[1]
-    assert result["name"] == "ask" and result["result"] == [] and result["error"] is None
+    assert result["name"] == "ask" and result["result"] == {} and result["error"] is None
     assert [i.value for i in result["interrupts"]] == ["name?"]
 
     updates = [c async for c in app.astream({"n": 0}, config("u"), stream_mode="updates")]

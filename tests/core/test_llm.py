@@ -296,7 +296,10 @@ async def test_messages_mode_yields_each_chunk_once_and_respects_nostream() -> N
 
     chunks = [c async for c in _graph(node).astream({"messages": []}, stream_mode="messages")]
     texts = [chunk.content for chunk, _ in chunks if chunk.content]
-    assert texts == ["Hi", " there"]
+    # The streamed reply is not repeated; the nostream model's reply, which the node
+    # returns, comes once, whole, when the node ends (as in LangGraph 1.2).
+    assert texts == ["Hi", " there", "secret"]
+    assert type(chunks[-1][0]) is AIMessage
     assert all(meta["node"] == "chat_node" for _, meta in chunks)
 
 
@@ -327,12 +330,6 @@ def test_model_outside_a_run_and_sync_stream() -> None:
     assert [c.content for c in llm.stream("hi") if c.content] == ["one", " two"]
     assert [m.content for m in llm.batch(["a", "b"])] == ["one two", "one two"]
     assert len(llm.calls) == 4
-
-
-@pytest.mark.anyio
-async def test_sync_invoke_on_the_event_loop_is_refused_clearly() -> None:
-    with pytest.raises(HeadwaterError, match=r"await llm\.ainvoke"):
-        FakeChatModel(["x"]).invoke("hi")
 
 
 def test_fake_model_scripts_run_out_clearly() -> None:
@@ -435,7 +432,11 @@ async def test_tool_node_runs_calls_concurrently_and_reports_errors_as_messages(
     starts = {e["name"]: e["data"]["input"] for e in events if e["event"] == "on_tool_start"}
     assert starts == {"add": {"a": 2, "b": 3}, "lookup": {"query": "rivers"}}
     ends = {e["name"]: e["data"]["output"] for e in events if e["event"] == "on_tool_end"}
-    assert ends == {"add": 5, "lookup": {"query": "rivers", "hits": 2}}
+    # Called by ToolNode with a tool call, a tool's end carries its ToolMessage (LangChain's).
+    assert {name: (m.content, m.tool_call_id) for name, m in ends.items()} == {
+        "add": ("5", "c1"),
+        "lookup": ('{"query": "rivers", "hits": 2}', "c2"),
+    }
     agent.cycle = True
     result = await app.ainvoke({"messages": ["hi"]})
     replies = [m for m in result["messages"] if isinstance(m, ToolMessage)]
@@ -613,26 +614,47 @@ def test_the_same_from_plain_sync_code_with_no_loop(kind: str) -> None:
     assert count() == 1
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["model", "tool", "retriever"])
-async def test_sync_invoke_on_the_event_loop_thread_is_refused_with_the_async_form(
-    kind: str,
-) -> None:
+def sync_calls() -> dict[str, tuple[Callable[[], Any], str]]:
     @tool
     def add(a: int, b: int) -> int:
         """Add."""
         return a + b
 
-    call, hint = {
+    return {
         "model": (lambda: FakeChatModel(["x"]).invoke("hi"), "await llm.ainvoke"),
+        "model-stream": (lambda: list(FakeChatModel(["x"]).stream("hi")), "llm.astream"),
         "tool": (lambda: add.invoke({"a": 1, "b": 2}), "await tool.ainvoke"),
         "retriever": (
             lambda: InMemoryRetriever.from_texts(["x"]).invoke("x"),
             "await retriever.ainvoke",
         ),
-    }[kind]
-    with pytest.raises(HeadwaterError, match=f"event loop thread.*{re.escape(hint)}"):
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "model-stream", "tool", "retriever"])
+async def test_sync_invoke_in_an_async_node_is_refused_with_the_async_form(kind: str) -> None:
+    call, hint = sync_calls()[kind]
+
+    async def node(state: Plain) -> dict[str, Any]:
         call()
+        return {}
+
+    graph = StateGraph(Plain)
+    graph.add_node("node", node)
+    graph.add_edge(START, "node")
+    with pytest.raises(
+        HeadwaterError, match=f"in a node on the event loop thread.*{re.escape(hint)}"
+    ):
+        await graph.compile().ainvoke({"out": None})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["model", "model-stream", "tool", "retriever"])
+async def test_sync_invoke_in_async_code_outside_a_run_works_as_in_langchain(kind: str) -> None:
+    # A Jupyter cell, `python -m asyncio`, an async test: the call runs on a helper thread.
+    call, _ = sync_calls()[kind]
+    assert call()
 
 
 @pytest.mark.anyio

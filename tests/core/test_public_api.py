@@ -308,3 +308,12 @@ def test_core_with_plugins_disabled_loads_no_plugin_module() -> None:
 def test_importing_the_core_loads_no_plugin_even_when_plugins_are_enabled() -> None:
     report = run_python(NO_PLUGINS, "import", load=None)  # nothing happens at import time
     assert report == {"manager_built_at_import": False, "after_import": []}
+
+
+def test_the_errors_tree_in_the_module_docstring_names_every_error() -> None:
+    doc = errors.__doc__ or ""
+    tree = doc[doc.index("HeadwaterError\n") :]
+    missing = [
+        name for name in errors.__all__ if f" {name}" not in tree and name != "HeadwaterError"
+    ]
+    assert not missing, f"add {missing} to the tree in headwater/errors.py's docstring"

@@ -132,20 +132,50 @@ def long_chain(n: int) -> headwater.CompiledGraph:
     return graph.compile()
 
 
-def test_default_recursion_limit_is_25() -> None:
-    assert DEFAULT_RECURSION_LIMIT == 25
+def test_default_recursion_limit_is_langgraphs() -> None:
+    assert DEFAULT_RECURSION_LIMIT == 10_007  # langgraph 1.2.24's DEFAULT_RECURSION_LIMIT
+
+
+def spinner(target: int) -> headwater.CompiledGraph:
+    """A loop of one async node that runs ``target`` times, then routes to END."""
+
+    class Counter(TypedDict):
+        n: int
+
+    async def spin(state: Counter) -> dict[str, int]:
+        return {"n": state["n"] + 1}
+
+    graph = StateGraph(Counter)
+    graph.add_node("spin", spin)
+    graph.add_edge(START, "spin")
+    graph.add_conditional_edges("spin", lambda s: END if s["n"] >= target else "spin")
+    return graph.compile()
 
 
 @pytest.mark.anyio
-async def test_chain_of_exactly_the_default_limit_passes_one_more_fails() -> None:
-    result = await long_chain(DEFAULT_RECURSION_LIMIT).ainvoke({})
-    assert len(result["log"]) == DEFAULT_RECURSION_LIMIT
+async def test_a_50_step_agent_loop_just_runs() -> None:
+    assert await spinner(50).ainvoke({"n": 0}) == {"n": 50}
+
+
+@pytest.mark.anyio
+async def test_a_loop_of_exactly_the_default_limit_passes_one_more_fails() -> None:
+    assert await spinner(DEFAULT_RECURSION_LIMIT).ainvoke({"n": 0}) == {
+        "n": DEFAULT_RECURSION_LIMIT
+    }
     with pytest.raises(GraphRecursionError) as info:
-        await long_chain(DEFAULT_RECURSION_LIMIT + 1).ainvoke({})
+        await spinner(DEFAULT_RECURSION_LIMIT + 1).ainvoke({"n": 0})
     message = str(info.value)
     assert f"recursion limit of {DEFAULT_RECURSION_LIMIT}" in message
     assert "recursion_limit" in message  # says how to raise it
-    assert "n025" in message  # names what was still to run
+    assert "'spin'" in message  # names what was still to run
+
+
+@pytest.mark.anyio
+async def test_a_chain_of_exactly_the_limit_passes_one_more_fails() -> None:
+    assert len((await long_chain(25).ainvoke({}, {"recursion_limit": 25}))["log"]) == 25
+    with pytest.raises(GraphRecursionError) as info:
+        await long_chain(26).ainvoke({}, {"recursion_limit": 25})
+    assert "n025" in str(info.value)  # names what was still to run
 
 
 @pytest.mark.anyio

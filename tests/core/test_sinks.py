@@ -84,7 +84,9 @@ async def test_a_sink_gets_every_event_of_an_ainvoke_and_is_closed_after_the_las
         ("on_chain_start", "outer"),
         ("on_chain_start", "write"),
         ("on_custom_event", "write"),
+        ("on_chain_stream", "write"),
         ("on_chain_end", "write"),
+        ("on_chain_stream", "outer"),
         ("on_chain_end", "outer"),
     ]
     assert sink.closed_after == len(sink.events)

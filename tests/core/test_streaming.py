@@ -157,7 +157,9 @@ async def test_graph_run_id_can_be_given_in_the_config() -> None:
     run_id = "00000000-0000-4000-8000-000000000001"
     events = await events_of(rich_graph(), INPUT, {"run_id": run_id})
     assert events[0]["run_id"] == run_id
-    assert all(e["parent_ids"][:1] == [run_id] for e in events[1:-1])
+    inside = [e for e in events if e["name"] != "rich"]  # the graph's own: no parent
+    assert inside and all(e["parent_ids"][:1] == [run_id] for e in inside)
+    assert all(e["run_id"] == run_id for e in events if e["name"] == "rich")
 
 
 async def test_each_node_run_has_start_and_end_with_input_and_output() -> None:
@@ -191,6 +193,7 @@ async def test_node_tags_are_on_every_event_of_the_node_and_only_there() -> None
         "on_chain_start",
         "on_custom_event",
         "on_chat_model_stream",
+        "on_chain_stream",
         "on_chain_end",
     }
     assert all(e["tags"] == ["critical", "heavy"] for e in work)
@@ -295,7 +298,9 @@ async def test_a_failing_node_reports_errors_then_raises_the_original_exception(
     assert [(e["event"], e["name"]) for e in events] == [
         ("on_chain_start", "g"),
         ("on_chain_start", "ok"),
+        ("on_chain_stream", "ok"),
         ("on_chain_end", "ok"),
+        ("on_chain_stream", "g"),
         ("on_chain_start", "bad"),
         ("on_chain_error", "bad"),
         ("on_chain_error", "g"),
@@ -592,7 +597,7 @@ async def test_a_run_nobody_streams_builds_no_event(count_events: list[str]) -> 
 
 async def test_data_only_stream_modes_build_no_event(count_events: list[str]) -> None:
     chunks = [c async for c in chatty_graph().astream(INPUT, stream_mode=["custom", "values"])]
-    assert len(chunks) == 20 + 3
+    assert len(chunks) == 20 + 2  # input, talk (`after` writes nothing: no values chunk)
     assert count_events == []
 
 
@@ -615,9 +620,10 @@ async def test_events_rejected_by_name_are_never_built(count_events: list[str]) 
     events = await events_of(chatty_graph(), INPUT, include_names=["after"])
     assert [(e["event"], e["name"]) for e in events] == [
         ("on_chain_start", "after"),
+        ("on_chain_stream", "after"),
         ("on_chain_end", "after"),
     ]
-    assert count_events == ["on_chain_start", "on_chain_end"]
+    assert count_events == ["on_chain_start", "on_chain_stream", "on_chain_end"]
 
 
 async def test_a_stream_modes_kinds_limit_what_reaches_it() -> None:
@@ -739,11 +745,12 @@ async def test_a_long_chain_streamed_as_events_to_a_slow_consumer_keeps_memory_b
 
         return go
 
-    # start + custom + end per node: 3 events (more than the buffer holds), then 15
+    # start, custom, stream, end and the graph's stream per node: 5 events (more than the
+    # buffer holds), then 25
     small = await peak_memory(run(1), warm_up=True)
-    large = await peak_memory(run(13), warm_up=False)
-    assert small[0] == 2 + 3 * length > BUFFER_SIZE
-    assert large[0] == 2 + 15 * length
+    large = await peak_memory(run(21), warm_up=False)
+    assert small[0] == 2 + 5 * length > BUFFER_SIZE
+    assert large[0] == 2 + 25 * length
     assert_bounded(small, large, 5)
 
 

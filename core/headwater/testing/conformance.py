@@ -29,6 +29,7 @@ import anyio
 import attrs
 import pytest
 
+from headwater import serde
 from headwater._graph import StateGraph
 from headwater._types import END, START, Command, Send
 from headwater.broker import Broker, BrokerEntry, ExpiredPositionError
@@ -40,7 +41,7 @@ from headwater.checkpoint import (
     PendingWrite,
     new_checkpoint_id,
 )
-from headwater.errors import CheckpointError, SerdeError
+from headwater.errors import CheckpointError, InvalidInputError, SerdeError
 from headwater.messages import AIMessage, AIMessageChunk, HumanMessage, ToolCall, add_messages
 from headwater.models import ChatModel
 from headwater.runtime import interrupt, new_id
@@ -298,6 +299,124 @@ class CheckpointerConformance:
         assert final == {"log": ["ask", "side"], "answer": "yes"}
         history = await app.aget_state_history(config)
         assert [h.metadata["source"] for h in history] == ["loop", "input"]
+
+    @pytest.mark.anyio
+    async def test_values_nested_too_deep_are_a_serde_error_not_a_recursion_error(
+        self, saver: Checkpointer
+    ) -> None:
+        thread = new_id()
+        for depth in (serde.MAX_DEPTH + 1, 2_000, 100_000):
+            with pytest.raises(SerdeError, match="nested deeper than"):
+                await saver.aput(_checkpoint(thread, deep=_nested(depth)))
+        assert await saver.aget(thread) is None  # nothing half-written
+
+        async def deepen(state: _Flow) -> dict[str, Any]:
+            return {"answer": _nested(5_000)}
+
+        graph = StateGraph(_Flow)
+        graph.add_node("deepen", deepen)
+        graph.add_edge(START, "deepen")
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}}
+        with pytest.raises(SerdeError, match=r"\$\.record\.(update|values)\.answer"):
+            await app.ainvoke({"log": []}, config)
+        history = await app.aget_state_history(config)
+        assert [h.metadata["source"] for h in history] == ["input"]
+
+    @pytest.mark.anyio
+    async def test_input_nested_too_deep_is_invalid_input_and_writes_nothing(
+        self, saver: Checkpointer
+    ) -> None:
+        graph = StateGraph(_Flow)
+        graph.add_node("a", lambda state: {"log": ["a"]})
+        graph.add_edge(START, "a")
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}}
+        for depth in (2_000, 100_000):
+            with pytest.raises(InvalidInputError, match=r"Input of graph .* nested deeper"):
+                await app.ainvoke({"log": [], "answer": _nested(depth)}, config)
+            with pytest.raises(InvalidInputError, match="must be a mapping"):
+                await app.ainvoke(_nested(depth), config)  # not even a mapping
+        assert await app.aget_state_history(config) == []
+        await app.ainvoke({"log": []}, config)
+        with pytest.raises(InvalidInputError, match="update_state"):
+            await app.aupdate_state(config, {"answer": _nested(2_000)})
+
+    @pytest.mark.anyio
+    async def test_stored_rows_nested_too_deep_fail_closed(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        for depth in (serde.MAX_DEPTH + 1, 900, 100_000):
+            checkpoint_id = new_checkpoint_id()
+            inner = b"[" * depth + b"]" * depth
+            await self.write_raw(
+                saver, thread, checkpoint_id, b'{"headwater": 1, "record": ' + inner + b"}"
+            )
+            with pytest.raises(CheckpointError) as caught:
+                await saver.aget(thread, "", checkpoint_id)
+            assert thread in str(caught.value) and "nested deeper" in str(caught.value)
+
+    @pytest.mark.anyio
+    async def test_lone_surrogates_in_state_round_trip(self, saver: Checkpointer) -> None:
+        thread = new_id()
+        odd: dict[str, Any] = {
+            "text": "a\ud800b",
+            "low": "\udfff",
+            "reversed": "\udc00\ud800",
+            "key": {"k\ud801": 1},
+        }
+        cp = _checkpoint(thread, **odd)
+        await saver.aput(cp)
+        found = await saver.aget(thread)
+        assert found is not None and found.checkpoint.values == odd
+
+        async def echo(state: _Flow) -> dict[str, Any]:
+            return {"answer": state["answer"] + "\udc80", "log": ["\ud83d"]}
+
+        graph = StateGraph(_Flow)
+        graph.add_node("echo", echo)
+        graph.add_edge(START, "echo")
+        app = graph.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": new_id()}}
+        final = await app.ainvoke({"log": [], "answer": "x\udfff"}, config)
+        assert final == {"log": ["\ud83d"], "answer": "x\udfff\udc80"}
+        assert (await app.aget_state(config)).values == final
+        bad = {"configurable": {"thread_id": "t\ud800"}}
+        with pytest.raises(InvalidInputError, match=r"thread_id.*lone surrogate"):
+            await app.ainvoke({"log": []}, bad)
+        with pytest.raises(InvalidInputError, match=r"thread_id.*lone surrogate"):
+            await app.aget_state(bad)
+
+    @pytest.mark.anyio
+    async def test_resuming_a_thread_whose_next_node_was_removed(self, saver: Checkpointer) -> None:
+        def build(*nodes: str) -> Any:
+            graph = StateGraph(_Flow)
+            previous = START
+            for name in nodes:
+                graph.add_node(name, lambda state, name=name: {"log": [name]})
+                graph.add_edge(previous, name)
+                previous = name
+            pause = ["review"] if "review" in nodes else []
+            return graph.compile(checkpointer=saver, interrupt_before=pause)
+
+        thread = new_id()
+        config = {"configurable": {"thread_id": thread}}
+        paused = await build("draft", "review").ainvoke({"log": []}, config)
+        assert paused["__interrupt__"][0].node == "review"
+        redeployed = build("draft", "publish")  # 'review' is gone
+        with pytest.raises(CheckpointError) as caught:
+            await redeployed.ainvoke(None, config)
+        message = str(caught.value)
+        assert repr(thread) in message and "'review'" in message and "publish" in message
+        # new input still goes on from the thread's state, through the new graph
+        final = await redeployed.ainvoke({"log": []}, config)
+        assert final["log"] == ["draft", "draft", "publish"]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 class BrokerConformance:

@@ -86,6 +86,18 @@ class FakeChatModel(ChatModel):
         self.token_delay = token_delay
         self.cycle = cycle
         self.calls: list[list[BaseMessage]] = []
+        self.bound_tools: list[Any] = []
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> FakeChatModel:
+        """Record ``tools`` (the script decides what the model answers) and return the
+        model itself, so code written for a real model's ``bind_tools`` runs unchanged.
+
+        Example::
+
+            llm = FakeChatModel([AIMessage(content="", tool_calls=(call,))]).bind_tools([add])
+        """
+        self.bound_tools = list(tools)
+        return self
 
     def _next(self) -> Script:
         index = len(self.calls) - 1

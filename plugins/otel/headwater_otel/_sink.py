@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from headwater.errors import InvalidInputError
 from headwater.events import Subscription
+from headwater.messages import ToolMessage
 from headwater_otel import _genai
 from headwater_otel._context import TRACEPARENT, from_metadata
 from headwater_otel._provider import resolve_provider
@@ -502,9 +503,10 @@ class OtelSink:
         if open_ is None:
             return
         if self._content and open_.span.is_recording() and isinstance(data, Mapping):
-            open_.span.set_attribute(
-                "gen_ai.tool.call.result", _genai.plain_json(data.get("output"))
-            )
+            output = data.get("output")
+            if isinstance(output, ToolMessage):  # called with a tool call: the answer's content
+                output = output.content
+            open_.span.set_attribute("gen_ai.tool.call.result", _genai.plain_json(output))
         self._finish(open_)
 
     def _start_retriever(

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from headwater import CompiledGraph
+from headwater import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_from_url
 from headwater.queue import RunQueue, queue_from_url
 
@@ -220,7 +220,7 @@ def create_app(
     queue: RunQueue | str | None = None,
     first_message_timeout: float = 30.0,
     allowed_origins: Iterable[str] = (),
-    max_recursion_limit: int = 1000,
+    max_recursion_limit: int = DEFAULT_RECURSION_LIMIT,
     max_run_timeout: float | None = None,
     max_depth: int = 100,
     lease: float = 30.0,

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import click
 
-from headwater import CompiledGraph
+from headwater import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater.errors import HeadwaterError
 from headwater.hookspecs import hookimpl
 from headwater.runtime import new_id
@@ -62,21 +62,32 @@ def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
     return target
 
 
+NOT_SEEN: Any = object()
+"""What :func:`render_run` returns when filters hid the graph's end (and its final state)."""
+
+
 async def render_run(
-    app: CompiledGraph, input: Any, config: dict[str, Any], modes: list[str]
+    app: CompiledGraph,
+    input: Any,
+    config: dict[str, Any],
+    modes: list[str],
+    filters: dict[str, Any] | None = None,
 ) -> Any:
-    """Stream a run to the terminal: tokens inline, a line per finished node, errors readable."""
+    """Stream a run to the terminal: tokens inline, a line per finished node, errors readable.
+
+    ``filters`` are ``astream_events``'s ``include_*`` / ``exclude_*`` arguments.
+    """
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
     start = time.perf_counter()
     in_tokens = False
-    final: Any = None
+    final: Any = NOT_SEEN
 
     def stamp() -> str:
         return f"[dim]{time.perf_counter() - start:6.2f}s[/dim]"
 
-    async for event in app.astream_events(input, config):
+    async for event in app.astream_events(input, config, **(filters or {})):
         kind = event["event"]
         if kind == "on_chat_model_stream":
             text = getattr(event["data"]["chunk"], "content", "")
@@ -160,7 +171,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
     )
     @click.option(
         "--max-recursion-limit",
-        default=1000,
+        default=DEFAULT_RECURSION_LIMIT,
         show_default=True,
         type=click.IntRange(min=1),
         help="Largest recursion_limit a run may ask for.",
@@ -299,12 +310,20 @@ def headwater_cli_commands(cli: click.Group) -> None:
         type=click.Choice(["custom", "none"]),
         help="Extra output besides tokens and node lines: custom events, or none.",
     )
+    @click.option(
+        "--include-types",
+        multiple=True,
+        help="Show only these run types (chain, chat_model, tool …) or event types.",
+    )
+    @click.option("--exclude-types", multiple=True, help="Hide these run types or event types.")
     def run(
         graph: str,
         input_json: str,
         thread_id: str | None,
         checkpointer: str | None,
         modes: tuple[str, ...],
+        include_types: tuple[str, ...],
+        exclude_types: tuple[str, ...],
     ) -> None:
         """Run a graph once and render its stream in the terminal."""
         app = load_graph(graph, checkpointer)
@@ -319,7 +338,15 @@ def headwater_cli_commands(cli: click.Group) -> None:
         if thread_id is not None:
             config["configurable"] = {"thread_id": thread_id}
         try:
-            final = anyio.run(render_run, app, input, config, list(modes))
+            filters = {
+                name: list(value)
+                for name, value in (
+                    ("include_types", include_types),
+                    ("exclude_types", exclude_types),
+                )
+                if value
+            }
+            final = anyio.run(render_run, app, input, config, list(modes), filters)
         except HeadwaterError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(1)
@@ -329,7 +356,8 @@ def headwater_cli_commands(cli: click.Group) -> None:
                 f"error in the graph: {type(exc).__name__}: {exc}{notes}", fg="red", err=True
             )
             sys.exit(1)
-        click.echo(json.dumps(_plain(final), indent=2, default=str))
+        if final is not NOT_SEEN:
+            click.echo(json.dumps(_plain(final), indent=2, default=str))
 
 
 def _graceful_server(config: Any, engine: Any) -> Any:

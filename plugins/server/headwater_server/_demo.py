@@ -194,7 +194,8 @@ async def _stream_demo(question: str) -> None:
         elif kind == "on_retriever_end":
             click.echo(f"{stamp()}    retrieved {len(event['data']['documents'])} notes")
         elif kind == "on_tool_end":
-            click.echo(f"{stamp()}    tool {name} -> {event['data']['output']!r}")
+            output = event["data"]["output"]  # a ToolMessage: the tool answered a tool call
+            click.echo(f"{stamp()}    tool {name} -> {getattr(output, 'content', output)!r}")
         elif kind == "on_chain_end" and not node:
             click.echo(f"\nsummary: {event['data']['output']['summary']}")
 

@@ -62,7 +62,6 @@ class RunRecord:
     error: str | None = None
     reason: str | None = None  # why it was cancelled: cancel, interrupt, rollback …
     multitask: str = "reject"
-    timeout: float | None = None
     scope: anyio.CancelScope | None = None
     done: anyio.Event = attrs.field(factory=anyio.Event)
 
@@ -183,7 +182,6 @@ class Engine:
             thread_id=thread_id,
             owner=owner,
             multitask=request.multitask,
-            timeout=request.timeout,
         )
         stream = self._open(request, record)  # a bad mode, filter or input: 400 now
         if self.queue is not None:  # a worker executes it; this server only streams
@@ -313,7 +311,7 @@ class Engine:
                     tg.start_soon(self._keep_alive, record)
                     try:
                         entries = wire_entries(stream, stream_mode)
-                        outcome = await drive(self.broker, record.run_id, entries, record.timeout)
+                        outcome = await drive(self.broker, record.run_id, entries)
                     except Exception as exc:  # the broker or the engine, not the run
                         outcome = Outcome(
                             "error", {"type": type(exc).__name__, "message": str(exc)}

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 from starlette.responses import JSONResponse
 
+from headwater import DEFAULT_RECURSION_LIMIT
 from headwater.queue import MULTITASK_STRATEGIES
 
 __all__ = [
@@ -58,7 +59,7 @@ class Limits:
 
     max_body_bytes: int = 1_048_576
     max_depth: int = 100
-    max_recursion_limit: int = 1000
+    max_recursion_limit: int = DEFAULT_RECURSION_LIMIT
     max_run_timeout: float | None = None
     default_history_limit: int = 10
     max_history_limit: int = 1000

@@ -216,35 +216,20 @@ class Outcome:
         return f"{self.body.get('type')}: {self.body.get('message')}"
 
 
-async def drive(
-    broker: Broker,
-    run_id: str,
-    entries: AsyncIterator[tuple[str, str]],
-    timeout: float | None = None,  # noqa: ASYNC109 - the run's own timeout, reported as such
-) -> Outcome:
-    """Publish a run's entries until it ends, within ``timeout`` seconds.
+async def drive(broker: Broker, run_id: str, entries: AsyncIterator[tuple[str, str]]) -> Outcome:
+    """Publish a run's entries until it ends.
 
-    Anything the run raises — an exception, or a ``BaseException`` such as a node's
-    ``sys.exit()`` — makes an ``error`` outcome; only a real cancellation of the
-    calling task propagates.
+    Anything the run raises makes an ``error`` outcome (a ``config["timeout"]`` that ran
+    out is the core's ``RunTimeoutError``); only a real cancellation of the calling task
+    propagates.
     """
     try:
-        with anyio.move_on_after(math.inf if timeout is None else timeout) as timer:
-            await publish_stream(broker, run_id, entries)
+        await publish_stream(broker, run_id, entries)
     except BaseException as exc:
         if is_cancellation(exc):
             raise
         message = str(exc) or repr(exc)
         return Outcome("error", {"type": type(exc).__name__, "message": message})
-    if timer.cancelled_caught:
-        return Outcome(
-            "error",
-            {
-                "type": "RunTimeoutError",
-                "message": f"Run {run_id!r} did not finish within its timeout of "
-                f"{timeout:g} s and was stopped.",
-            },
-        )
     return Outcome("done")
 
 

@@ -46,7 +46,6 @@ async def run_job(
     """Execute one claimed job to its end; returns the final status."""
     configurable = {**(job.config.get("configurable") or {}), "thread_id": job.thread_id}
     config = {**job.config, "configurable": configurable, "run_id": job.run_id}
-    timeout = job.config.get("timeout")
     input = job.input
     if job.attempts > 1:
         await publish(broker, job.run_id, "resumed", encode_json({"attempt": job.attempts}))
@@ -88,7 +87,7 @@ async def run_job(
                 entries = wire_entries(
                     stream, job.stream.get("stream_mode"), {"attempt": job.attempts}
                 )
-                outcome = await drive(broker, job.run_id, entries, timeout)
+                outcome = await drive(broker, job.run_id, entries)
             except Exception as exc:  # the stream could not open (the graph changed)
                 outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})
             finally:

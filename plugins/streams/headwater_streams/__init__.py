@@ -5,9 +5,13 @@ Registered through ``headwater_stream_modes`` like any third-party mode:
 =========  ==============================================================================
 mode       chunk
 =========  ==============================================================================
-values     the full state: first the input applied, then after every superstep
-updates    ``{node: update}`` for every finished task (parallel nodes each get one)
-messages   ``(message_chunk, metadata)`` for every chat-model token (not ``nostream``)
+values     the full state: first the input applied (or, resuming a thread, its saved
+           state), then after every superstep that wrote something
+updates    ``{node: update}`` for every finished task (parallel nodes each get one;
+           ``{node: None}`` for a node that wrote nothing)
+messages   ``(message_chunk, metadata)`` for every chat-model token (not ``nostream``),
+           and ``(message, metadata)`` once for each message a node returns that no
+           model streamed (tool results, hand-built messages)
 custom     each stream-writer payload, in order
 debug      ``{"type", "step", "timestamp", "payload"}`` for task starts, task results
            and checkpoints
@@ -24,25 +28,33 @@ Example::
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import attrs
+
+from headwater import Command
 from headwater.checkpoint import StateSnapshot
 from headwater.events import (
     CHECKPOINT,
     INTERRUPT,
+    ON_CHAIN_STREAM,
     ON_CUSTOM_EVENT,
     PUBLIC_KINDS,
     SKIP,
     STEP_END,
     TASK_END,
     TASK_START,
+    Chunks,
     Event,
     StreamMode,
 )
 from headwater.hookspecs import EVENTS_MODE, hookimpl
-from headwater.runtime import Run
+from headwater.messages import BaseMessage
+from headwater.runtime import Run, new_id
 
 __all__ = ["NOSTREAM_TAG", "headwater_stream_modes"]
 
@@ -55,13 +67,15 @@ def _values(run: Run) -> StreamMode:
 
 
 def _project_values(data: Mapping[str, Any]) -> Any:
-    return data["values"]
+    if data["writes"] == {}:
+        return SKIP  # a superstep that wrote nothing (LangGraph yields nothing for it)
+    return data["values"]  # after a step that wrote, or the saved state a resume starts from
 
 
 def _project_update(data: Mapping[str, Any]) -> Any:
     if data["error"] is not None or data["interrupt"] is not None:
         return SKIP
-    return {data["node"]: data["update"]}
+    return {data["node"]: data["update"] or None}  # {} and None both read {node: None}
 
 
 def _updates(run: Run) -> StreamMode:
@@ -76,14 +90,97 @@ def _custom(run: Run) -> StreamMode:
     return StreamMode(kinds=frozenset({ON_CUSTOM_EVENT}), project=_identity, data_only=True)
 
 
-def _project_message(event: Event) -> Any:
-    if NOSTREAM_TAG in event.tags:
-        return SKIP
-    return (event.data["chunk"], event.metadata)
+_MODEL_STREAM = "on_chat_model_stream"
+_MODEL_END = "on_chat_model_end"
+
+
+def _messages_in(values: Any) -> Iterator[BaseMessage]:
+    """The messages among ``values``: messages, or lists and tuples of them."""
+    for value in values:
+        if isinstance(value, BaseMessage):
+            yield value
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, BaseMessage):
+                    yield item
+
+
+def _fields(state: Any) -> Iterable[Any]:
+    """A node input's values: a mapping's, or an attrs class's or dataclass's fields."""
+    if isinstance(state, Mapping):
+        return state.values()
+    if attrs.has(type(state)):
+        return [getattr(state, f.name) for f in attrs.fields(type(state))]
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return [getattr(state, f.name) for f in dataclasses.fields(state)]
+    return ()
+
+
+def _look(message: BaseMessage) -> tuple[Any, ...]:
+    """What a message says, without its id (to recognise it once it has one)."""
+    return (
+        type(message),
+        repr(message.content),
+        message.name,
+        getattr(message, "tool_call_id", None),
+    )
 
 
 def _messages(run: Run) -> StreamMode:
-    return StreamMode(kinds=frozenset({"on_chat_model_stream"}), project=_project_message)
+    """Model tokens as they stream, and the messages nodes return that no model streamed.
+
+    As in LangGraph: a message a node returns (a ``ToolNode``'s ``ToolMessage``, a
+    hand-built ``AIMessage``, a ``nostream`` model's reply) is yielded once, whole, with
+    the node's metadata; a reply whose tokens were streamed, and messages the node got in
+    its input (a node returning the whole list back), are not repeated. A message
+    without an id is given one, as LangGraph does; when it comes back with the id the
+    reducer gave it (a subgraph node's output, streamed with ``subgraphs=True``), it is
+    recognised and not repeated. Made per run: it remembers what it has yielded.
+    """
+    seen: set[str] = set()
+    unnamed: collections.Counter[tuple[Any, ...]] = collections.Counter()
+
+    def project(event: Event) -> Any:
+        kind = event.event
+        if kind == _MODEL_STREAM:
+            return SKIP if NOSTREAM_TAG in event.tags else (event.data["chunk"], event.metadata)
+        if kind == _MODEL_END:
+            reply = event.data["response"]
+            if reply.id is not None and NOSTREAM_TAG not in event.tags:
+                seen.add(reply.id)  # streamed already: not again when the node returns it
+            return SKIP
+        data = event.data
+        if kind == TASK_START:
+            seen.update(m.id for m in _messages_in(_fields(data["input"])) if m.id is not None)
+            return SKIP
+        # The node's output (on_chain_stream comes before the task's updates chunk, so its
+        # messages do too, as in LangGraph).
+        update = data["chunk"]
+        if isinstance(update, Command):
+            update = update.update
+        if not isinstance(update, Mapping) or not event.parent_ids:  # not the graph's own
+            return SKIP
+        out = []
+        for message in _messages_in(update.values()):
+            if message.id is None:
+                unnamed[_look(message)] += 1
+                message = attrs.evolve(message, id=new_id())
+            elif message.id in seen:
+                continue
+            else:
+                look = _look(message)
+                if unnamed[look]:  # yielded before it had this id
+                    unnamed[look] -= 1
+                    seen.add(message.id)
+                    continue
+            seen.add(message.id)
+            out.append((message, event.metadata))
+        return Chunks(out)
+
+    return StreamMode(
+        kinds=frozenset({_MODEL_STREAM, _MODEL_END, TASK_START, ON_CHAIN_STREAM}),
+        project=project,
+    )
 
 
 def _task_payload(event: Event) -> Any:
@@ -102,7 +199,7 @@ def _task_payload(event: Event) -> Any:
     return {
         "id": event.run_id,
         "name": event.name,
-        "result": list(update.items()) if isinstance(update, Mapping) else [],
+        "result": dict(update) if isinstance(update, Mapping) else {},
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "interrupts": [] if data["interrupt"] is None else [data["interrupt"]],
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, TypedDict
 
@@ -74,15 +75,21 @@ async def test_no_filter_sees_everything(everything: list[tuple[str, str]]) -> N
         ("on_chain_start", "pipeline"),
         ("on_chain_start", "fetch_node"),
         ("on_custom_event", "fetch_node"),
+        ("on_chain_stream", "fetch_node"),
         ("on_chain_end", "fetch_node"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_start", "summarize_node"),
         ("on_custom_event", "summarize_node"),
         ("on_chat_model_stream", "analyzer"),
         ("on_chat_model_stream", "analyzer"),
+        ("on_chain_stream", "summarize_node"),
         ("on_chain_end", "summarize_node"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_start", "report"),
         ("on_custom_event", "report"),
+        ("on_chain_stream", "report"),
         ("on_chain_end", "report"),
+        ("on_chain_stream", "pipeline"),
         ("on_chain_end", "pipeline"),
     ]
 
@@ -108,7 +115,7 @@ async def test_include_tags() -> None:
     events = [e async for e in graph().astream_events(INPUT, include_tags=["critical"])]
     assert {e["metadata"]["node"] for e in events} == {"summarize_node"}
     assert all("critical" in e["tags"] for e in events)
-    assert len(events) == 5  # start, custom, 2 tokens, end
+    assert len(events) == 6  # start, custom, 2 tokens, stream, end
 
 
 async def test_exclude_names_types_and_tags(everything: list[tuple[str, str]]) -> None:
@@ -178,7 +185,8 @@ async def test_node_filters_select_by_the_node_events_come_from(
     everything: list[tuple[str, str]],
 ) -> None:
     got = await seen(filters=[("include_nodes", ["summarize_node"])])
-    assert got == everything[4:9]  # the node's own events and its model's tokens
+    # the node's own events and its model's tokens
+    assert got == [e for e in everything if e[1] in ("summarize_node", "analyzer")]
     got = await seen(filters=[("exclude_nodes", ["*_node"])])
     assert got == [e for e in everything if e[1] in ("report", "pipeline")]
 
@@ -276,7 +284,7 @@ async def test_a_named_filter_from_a_plugin() -> None:
     assert await seen(app, filters=["tokens_from"]) == [("on_chat_model_stream", "analyzer")] * 2
     assert made_with == ["analyzer", "other", None]
     # autoload=True keeps the standard filters beside the plugin's
-    assert len(await seen(app, include_names=["report"])) == 3
+    assert len(await seen(app, include_names=["report"])) == 4
     with pytest.raises(InvalidFilterError, match="unknown filter 'tokens_from'"):
         graph().astream_events(INPUT, filters=["tokens_from"])  # not on the default manager
 
@@ -299,7 +307,7 @@ async def test_without_the_filters_plugin_the_keyword_filters_say_what_to_instal
     app = graph(plugin_manager=pm)
     with pytest.raises(InvalidFilterError, match=r"\(none\). Install headwater-filters"):
         app.astream_events(INPUT, include_names=["report"])
-    assert len(await seen(app)) == 13  # no filter asked for: works without the plugin
+    assert len(await seen(app)) == 19  # no filter asked for: works without the plugin
 
 
 def test_the_standard_filters_are_registered_by_the_filters_plugin() -> None:
@@ -314,3 +322,148 @@ def test_the_standard_filters_are_registered_by_the_filters_plugin() -> None:
         "exclude_tags",
         "exclude_nodes",
     } <= set(registry)
+
+
+# -- LangChain's run types in include_types / exclude_types ---------------------------------
+
+
+def agent_with_a_tool() -> headwater.CompiledGraph:
+    """agent (a model call and a custom event) → tools (one tool call) → agent → END, as
+    the LangGraph 1.2 agent these expectations were recorded from."""
+    from headwater.messages import AIMessage, ToolCall
+    from headwater.testing.fake import FakeChatModel
+    from headwater.tools import ToolNode, tool, tools_condition
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    call = AIMessage(content="", tool_calls=(ToolCall(name="add", args={"a": 1, "b": 2}, id="c1"),))
+    llm = FakeChatModel([call, "three"], name="model")
+
+    async def agent(state: headwater.MessagesState, *, writer: Any) -> dict[str, Any]:
+        writer({"progress": 1})
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    g = StateGraph(headwater.MessagesState)
+    g.add_node("agent", agent)
+    g.add_node("tools", ToolNode([add]))
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", tools_condition)
+    g.add_edge("tools", "agent")
+    return g.compile(name="agent_graph")
+
+
+async def kinds_and_names(**kwargs: Any) -> set[tuple[str, str]]:
+    app = agent_with_a_tool()
+    return {
+        (e["event"], e["name"]) async for e in app.astream_events({"messages": ["hi"]}, **kwargs)
+    }
+
+
+async def test_include_types_tool_keeps_tool_events() -> None:
+    # LangGraph 1.2: {('on_tool_start', 'add'), ('on_tool_end', 'add')}
+    assert await kinds_and_names(include_types=["tool"]) == {
+        ("on_tool_start", "add"),
+        ("on_tool_end", "add"),
+    }
+
+
+async def test_include_types_chain_keeps_the_graph_and_its_nodes() -> None:
+    # LangGraph 1.2 also has its routers' chain events (headwater does not trace routers).
+    assert await kinds_and_names(include_types=["chain"]) == {
+        (kind, name)
+        for kind in ("on_chain_start", "on_chain_stream", "on_chain_end")
+        for name in ("agent_graph", "agent", "tools")
+    }
+
+
+async def test_exclude_types_chain_drops_graph_and_node_events() -> None:
+    # LangGraph 1.2: custom events, chat-model and tool events remain.
+    kept = await kinds_and_names(exclude_types=["chain"])
+    assert {kind for kind, _ in kept} == {
+        "on_custom_event",
+        "on_chat_model_start",
+        "on_chat_model_stream",
+        "on_chat_model_end",
+        "on_tool_start",
+        "on_tool_end",
+    }
+
+
+async def test_run_types_and_event_patterns_mix_and_combine_with_names() -> None:
+    assert {k for k, _ in await kinds_and_names(include_types=["chat_model"])} == {
+        "on_chat_model_start",
+        "on_chat_model_stream",
+        "on_chat_model_end",
+    }
+    assert {k for k, _ in await kinds_and_names(exclude_types=["chat_model", "tool"])} == {
+        "on_chain_start",
+        "on_chain_stream",
+        "on_chain_end",
+        "on_custom_event",
+    }
+    mixed = await kinds_and_names(include_types=["tool", "on_chat_model_end"])
+    assert {k for k, _ in mixed} == {"on_tool_start", "on_tool_end", "on_chat_model_end"}
+    # LangGraph 1.2: any include matches — the tool's events plus everything named 'agent'.
+    union = await kinds_and_names(include_types=["tool"], include_names=["agent"])
+    assert ("on_tool_start", "add") in union and ("on_chain_start", "agent") in union
+    assert {n for _, n in union} == {"add", "agent"}
+
+
+async def test_interrupts_are_chain_events() -> None:
+    from headwater import interrupt
+
+    def ask(state: S) -> dict[str, Any]:
+        return {"log": [interrupt("ok?")]}
+
+    g = StateGraph(S)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    app = g.compile(checkpointer="memory:")
+    config = {"configurable": {"thread_id": "t"}}
+    chain = [e["event"] async for e in app.astream_events(INPUT, config, include_types=["chain"])]
+    assert "on_interrupt" in chain
+    others = [e["event"] async for e in app.astream_events(INPUT, config, exclude_types=["chain"])]
+    assert others == []
+
+
+async def test_langchains_other_run_types_are_accepted() -> None:
+    for run_type in ("llm", "prompt", "parser", "retriever"):
+        assert await kinds_and_names(include_types=[run_type]) == set()  # none emitted here
+
+
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [
+        (["tools"], "got 'tools', which matches no event. Did you mean 'tool'?"),
+        (["on_tol_*"], "got 'on_tol_*', which matches no event. Did you mean 'on_tool_*'?"),
+        (["custom"], "Did you mean 'on_custom_*'?"),
+        (["tool", "chian"], "got 'chian'"),
+        ([42], "takes a list of names or glob patterns"),
+    ],
+)
+@pytest.mark.parametrize("argument", ["include_types", "exclude_types"])
+async def test_a_type_that_matches_nothing_is_an_error_before_the_run(
+    argument: str, arg: list[Any], says: str
+) -> None:
+    started = []
+
+    def node(state: S) -> dict[str, Any]:
+        started.append(True)
+        return {}
+
+    g = StateGraph(S)
+    g.add_node("node", node)
+    g.add_edge(START, "node")
+    app = g.compile()
+    with pytest.raises(InvalidFilterError, match=re.escape(says)) as info:
+        app.astream_events(INPUT, **{argument: arg})  # raised here: nothing iterated
+    if "matches no event" in says:
+        message = str(info.value)
+        assert "chain, chat_model, llm, tool, retriever, prompt, parser" in message
+        assert "on_tool_start" in message  # the event types it could have named
+    with pytest.raises(InvalidFilterError):
+        app.astream_events(INPUT, filters=[(argument, arg)])
+    assert started == []

@@ -257,7 +257,9 @@ async def test_astream_events_streams_each_token_live_then_the_response(
     response = end[0]["data"]["response"]
     assert isinstance(response, AIMessage)
     assert response.content == "Rivers flow to the sea."
-    assert response.id is None  # add_messages gives one; the completion's id is metadata
+    # As in LangChain, a reply without an id takes its call's run id (so the messages
+    # stream mode can tell it was streamed); the completion's id is metadata.
+    assert response.id == end[0]["run_id"]
     assert response.usage == Usage(input_tokens=9, output_tokens=5)
     assert response.response_metadata == {
         "finish_reason": "stop",

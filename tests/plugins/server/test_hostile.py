@@ -453,7 +453,7 @@ NESTED = {"input": {"messages": [json.loads("[" * 150 + "]" * 150)]}}
         ({"graph": "chat", "config": {"tags": [1, 2]}}, 400, "bad_config", "config.tags"),
         ({"graph": "chat", "config": {"metadata": [1]}}, 400, "bad_config", "config.metadata"),
         ({"graph": "chat", "config": []}, 400, "bad_config", "config"),
-        ({"graph": "chat", "config": {"recursion_limit": 10**18}}, 400, "bad_config", "1000"),
+        ({"graph": "chat", "config": {"recursion_limit": 10**18}}, 400, "bad_config", "10007"),
         ({"graph": "chat", "config": {"recursion_limit": True}}, 400, "bad_config", "recursion"),
         ({"graph": "chat", "inputs": {}}, 400, "unknown_field", "'input'"),
         ({"graph": "chat", "include_typez": []}, 400, "unknown_field", "include_types"),
@@ -643,13 +643,13 @@ def test_a_run_timeout_stops_a_looping_run_with_a_clear_error() -> None:
     graph.add_node("spin", spin)
     graph.add_edge(START, "spin")
     graph.add_conditional_edges("spin", lambda s: "spin", ["spin"])
-    app = create_app(graph.compile(name="loop"), max_run_timeout=60)
+    app = create_app(graph.compile(name="loop"), max_run_timeout=60, max_recursion_limit=1000)
     with serving(app) as url, httpx.Client(base_url=url, timeout=20) as client:
         body = {"input": {"n": 0}, "timeout": 0.5, "config": {"recursion_limit": 1000}}
         got = sse(client, "POST", "/workflow/stream", json=body)
         assert got[-1]["event"] == "error"
         error = json.loads(got[-1]["data"])
-        assert error["type"] == "RunTimeoutError" and "0.5 s" in error["message"]
+        assert error["type"] == "RunTimeoutError" and "timeout of 0.5" in error["message"]
         too_long = client.post("/runs", json={**body, "timeout": 61})
         assert too_long.status_code == 400 and "maximum of 60 s" in too_long.json()["detail"]
         higher = client.post("/runs", json={**body, "config": {"recursion_limit": 1001}})

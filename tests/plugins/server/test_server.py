@@ -142,6 +142,23 @@ def test_stream_modes_are_named_by_mode(app_url: str) -> None:
     assert json.loads(got[1]["data"]) == {"tick": {"steps": [38]}}
 
 
+def test_langchain_run_types_filter_the_stream_and_unknown_ones_are_rejected(
+    app_url: str,
+) -> None:
+    with httpx.Client(base_url=app_url, timeout=10) as client:
+        body = {"graph": "chat", "input": {"messages": ["hi"]}, "include_types": ["chat_model"]}
+        kinds = {f["event"] for f in sse(client, "POST", "/workflow/stream", json=body)}
+        assert kinds - {"end"} == {
+            "on_chat_model_start",
+            "on_chat_model_stream",
+            "on_chat_model_end",
+        }
+        response = client.post("/workflow/stream", json={**body, "include_types": ["tools"]})
+        assert response.status_code == 400
+        assert response.json()["error"] == "InvalidFilterError"
+        assert "Did you mean 'tool'?" in response.json()["detail"]
+
+
 def test_runs_can_be_joined_late_and_resumed_with_last_event_id(app_url: str) -> None:
     with httpx.Client(base_url=app_url, timeout=10) as client:
         started = client.post("/runs", json={"graph": "chat", "input": {"messages": ["hi"]}})
@@ -379,6 +396,22 @@ def test_headwater_run_errors_are_readable() -> None:
     assert done.returncode == 1
     assert "error: Input of graph 'demo' has unknown key(s) ['nope']" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_headwater_run_filters_by_run_type() -> None:
+    command = [sys.executable, "-m", "headwater", "run", "headwater_server._demo:build_demo",
+               "--input", json.dumps({"question": "Where do rivers flow?"})]  # fmt: skip
+    done = subprocess.run(
+        [*command, "--include-types", "chat_model"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Rivers begin in mountains" in done.stdout  # tokens, but no node lines
+    assert "✓" not in done.stdout and '"summary"' not in done.stdout
+    bad = subprocess.run(
+        [*command, "--exclude-types", "tools"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1
+    assert "error: exclude_types got 'tools', which matches no event." in bad.stderr
 
 
 def test_mount_into_an_existing_app() -> None:

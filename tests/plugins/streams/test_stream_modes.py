@@ -101,9 +101,18 @@ async def test_values_yields_the_input_then_the_state_after_each_step() -> None:
     ]
 
 
-async def test_values_is_the_default_mode_and_its_last_chunk_is_the_result() -> None:
+async def test_updates_is_the_default_mode_as_in_langgraph() -> None:
+    app = chain_graph()
+    assert [c async for c in app.astream(INPUT)] == await collect(app, stream_mode="updates")
+    assert list(app.stream(INPUT)) == [
+        {"first": {"n": 10, "log": ["first"]}},
+        {"second": {"log": ["second"]}},
+    ]
+
+
+async def test_values_last_chunk_is_the_result() -> None:
     app = fan_out_graph()
-    chunks = [chunk async for chunk in app.astream(INPUT)]
+    chunks = await collect(app, stream_mode="values")
     assert chunks[-1] == await app.ainvoke(INPUT)
     assert len(chunks) == 3
 
@@ -217,7 +226,7 @@ async def test_debug_chunks_report_task_starts_and_results() -> None:
     assert result == {
         "id": start["id"],  # the same task
         "name": "first",
-        "result": [("n", 10), ("log", ["first"])],
+        "result": {"n": 10, "log": ["first"]},  # LangGraph 1.2: the update dict
         "error": None,
         "interrupts": [],
     }
@@ -239,7 +248,7 @@ async def test_debug_reports_a_failed_task_with_its_error() -> None:
             chunks.append(chunk)
     assert [c["type"] for c in chunks] == ["task", "task_result"]
     assert chunks[1]["payload"]["error"] == "ValueError: nope"
-    assert chunks[1]["payload"]["result"] == []
+    assert chunks[1]["payload"]["result"] == {}
 
 
 async def test_debug_with_a_checkpointer_reports_checkpoints() -> None:
