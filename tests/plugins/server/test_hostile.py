@@ -305,7 +305,7 @@ def start(client: httpx.Client, url: str, tag: str, thread: str, **body: Any) ->
 
 def test_a_second_run_on_a_busy_thread_is_rejected_by_default() -> None:
     with (
-        serving(create_app(steps_graph(count=20))) as url,
+        serving(create_app(steps_graph(pause=0.1, count=20))) as url,
         httpx.Client(timeout=20) as client,
     ):
         first = start(client, url, "A", "busy").json()
@@ -333,7 +333,7 @@ def test_enqueued_runs_run_one_after_the_other_in_order() -> None:
 
 def test_interrupt_stops_the_running_run_and_keeps_its_progress() -> None:
     with (
-        serving(create_app(steps_graph(count=20))) as url,
+        serving(create_app(steps_graph(pause=0.1, count=20))) as url,
         httpx.Client(timeout=20) as client,
     ):
         first = start(client, url, "A", "cut").json()
@@ -356,7 +356,7 @@ def test_interrupt_stops_the_running_run_and_keeps_its_progress() -> None:
 
 def test_rollback_stops_the_running_run_and_undoes_its_writes() -> None:
     with (
-        serving(create_app(steps_graph(count=20))) as url,
+        serving(create_app(steps_graph(pause=0.1, count=20))) as url,
         httpx.Client(timeout=20) as client,
     ):
         fast = start(client, url, "Z", "undo", timeout=30).json()
@@ -413,7 +413,7 @@ def test_multitask_strategies_hold_across_instances(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'both.db'}"
     thread = f"across-{time.monotonic_ns()}"
     with (
-        serving(create_app(steps_graph(db, count=20), broker=redis_url)) as a,
+        serving(create_app(steps_graph(db, pause=0.2, count=20), broker=redis_url)) as a,
         serving(create_app(steps_graph(db, count=4), broker=redis_url)) as b,
         httpx.Client(timeout=30) as client,
     ):
@@ -557,7 +557,7 @@ def test_deep_websocket_frames_are_refused_and_the_run_still_cancels(open_url: s
 
 
 def test_a_websocket_client_leaving_after_a_deep_frame_cancels_its_run() -> None:
-    app = create_app({"steps": steps_graph(count=20)})
+    app = create_app({"steps": steps_graph(pause=0.1, count=20)})
     with serving(app) as url, httpx.Client(timeout=20) as client:
         with connect_ws(f"{url}/ws/workflow", client) as ws:
             ws.send_text(json.dumps({"input": {"steps": ["w:0"]}}))
@@ -746,7 +746,7 @@ def test_thread_owner_cache_is_bounded(open_url: str) -> None:
 
 
 def test_runs_held_at_once_are_bounded() -> None:
-    app = create_app(steps_graph(count=20), max_active_runs=2)
+    app = create_app(steps_graph(pause=0.2, count=20), max_active_runs=2)
     with serving(app) as url, httpx.Client(timeout=20) as client:
         first, second = (start(client, url, tag, f"cap-{tag}").json() for tag in "AB")
         third = start(client, url, "C", "cap-C")
