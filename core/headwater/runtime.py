@@ -177,6 +177,7 @@ class Task:
         """Metadata carried by every event of this task (node, step, triggers, path, …)."""
         if self._event_metadata is None:
             configurable = self.run.config.get("configurable") or {}
+            ns = self.run.ns
             self._event_metadata = {
                 **self.run.metadata,
                 **self.metadata,
@@ -185,7 +186,14 @@ class Task:
                 "triggers": list(self.triggers),
                 "path": list(self.path),
                 "thread_id": configurable.get("thread_id"),
-                "checkpoint_ns": "|".join(self.run.ns),
+                "checkpoint_ns": "|".join(ns),
+                # The same facts under LangGraph's keys and in LangGraph's form, so code
+                # (and front ends) written against ``metadata["langgraph_node"]`` work.
+                "langgraph_step": self.step,
+                "langgraph_node": self.node,
+                "langgraph_triggers": _langgraph_triggers(self.node, self.triggers),
+                "langgraph_path": _langgraph_path(self.path),
+                "langgraph_checkpoint_ns": "|".join((*ns, f"{self.node}:{self.run_id}")),
             }
         return self._event_metadata
 
@@ -217,6 +225,30 @@ class Task:
     def event_tags(self) -> tuple[str, ...]:
         """Tags carried by every event of this task: the run's, then the node's."""
         return self.run.tags + self.tags if self.run.tags else self.tags
+
+
+def _langgraph_triggers(node: str, triggers: tuple[str, ...]) -> list[str]:
+    """A task's triggers named as LangGraph names its channels: ``branch:to:<node>`` for an
+    edge or a router, ``join:a+b:<node>`` for a join, ``__pregel_push`` for a ``Send``."""
+    out: list[str] = []
+    for trigger in triggers:
+        if trigger.startswith("send:"):
+            name = "__pregel_push"
+        elif trigger.startswith("join:"):
+            name = f"{trigger}:{node}"
+        else:
+            name = f"branch:to:{node}"
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _langgraph_path(path: tuple[str | int, ...]) -> list[str | int | bool]:
+    """A task's path in LangGraph's form: ``["__pregel_pull", node]`` for a node an edge
+    triggered, ``["__pregel_push", i, False]`` for the i-th ``Send``."""
+    if path[:1] == ("push",):
+        return ["__pregel_push", *path[1:], False]
+    return ["__pregel_pull", *path[1:]]
 
 
 NodeMiddleware = Callable[[Callable[[Task], Awaitable[Any]], Task], Awaitable[Any]]

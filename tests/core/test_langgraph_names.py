@@ -531,3 +531,43 @@ def test_an_ai_message_takes_tool_calls_as_langchains_dicts() -> None:
     assert langchain_style.tool_calls == openai_style.tool_calls == expected
     with pytest.raises(InvalidUpdateError, match="must be a list of tool calls"):
         AIMessage(content="", tool_calls="add")
+
+
+# -- langgraph_* event metadata ----------------------------------------------------------------
+
+
+class _Fan(TypedDict):
+    x: Annotated[list[int], operator.add]
+
+
+@pytest.mark.anyio
+async def test_langgraph_metadata_keys_as_langgraph_fills_them() -> None:
+    """Edges, a join and a ``Send``: the ``langgraph_*`` keys a LangGraph 1.2 run of the same
+    graph gives (recorded), each task's ``langgraph_checkpoint_ns`` its own ``node:id``."""
+    from headwater import Send
+
+    graph = StateGraph(_Fan)
+    graph.add_node("a", lambda s: {"x": [1]})
+    graph.add_node("b", lambda s: {"x": [2]})
+    graph.add_node("c", lambda s: {"x": [3]})
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "b")
+    graph.add_conditional_edges("b", lambda s: [Send("c", {"x": [9]})], ["c"])
+    graph.add_edge(["a", "b"], "c")
+    seen = {}
+    async for event in graph.compile().astream_events({"x": []}, include_types=["chain"]):
+        if event["event"] == "on_chain_start" and event["name"] in ("a", "b", "c"):
+            meta = event["metadata"]
+            key = (event["name"], meta["langgraph_path"][0])
+            seen[key] = meta
+            assert meta["langgraph_checkpoint_ns"] == f"{event['name']}:{event['run_id']}"
+            assert meta["langgraph_node"] == event["name"]
+    assert {
+        k: (m["langgraph_step"], m["langgraph_triggers"], m["langgraph_path"])
+        for k, m in seen.items()
+    } == {
+        ("a", "__pregel_pull"): (1, ["branch:to:a"], ["__pregel_pull", "a"]),
+        ("b", "__pregel_pull"): (2, ["branch:to:b"], ["__pregel_pull", "b"]),
+        ("c", "__pregel_pull"): (3, ["join:a+b:c"], ["__pregel_pull", "c"]),
+        ("c", "__pregel_push"): (3, ["__pregel_push"], ["__pregel_push", 0, False]),
+    }

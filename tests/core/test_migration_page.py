@@ -281,13 +281,22 @@ async def test_model_events_are_named_after_the_node() -> None:
     assert {e["name"] for e in named if e["event"].startswith("on_chat_model")} == {"writer"}
 
 
-@pins("Event metadata keys have no `langgraph_` prefix")
+@pins("Event metadata has headwater's short keys beside LangGraph's `langgraph_*` keys")
 @pytest.mark.anyio
-async def test_metadata_keys_without_prefix_and_no_step_tags() -> None:
+async def test_metadata_has_both_key_sets_and_no_step_tags() -> None:
     events = await events_of(chat_app(FakeChatModel(["hi"])), {"messages": ["x"]})
     token = next(e for e in events if e["event"] == "on_chat_model_stream")
-    assert {"node", "step", "triggers", "path", "checkpoint_ns"} <= set(token["metadata"])
-    assert not any(k.startswith("langgraph_") for e in events for k in e["metadata"])
+    meta = token["metadata"]
+    assert {"node", "step", "triggers", "path", "checkpoint_ns"} <= set(meta)
+    assert meta["langgraph_node"] == meta["node"] == "chatbot"
+    assert meta["langgraph_step"] == meta["step"] == 1
+    assert meta["langgraph_path"] == ["__pregel_pull", "chatbot"]
+    assert meta["langgraph_triggers"] == ["branch:to:chatbot"]
+    node_start = next(
+        e for e in events if e["event"] == "on_chain_start" and e["name"] == "chatbot"
+    )
+    assert meta["langgraph_checkpoint_ns"] == f"chatbot:{node_start['run_id']}"
+    assert "ls_integration" not in meta
     assert not any(":step:" in t for e in events for t in e["tags"])
 
 

@@ -221,6 +221,11 @@ async def test_node_events_carry_the_langgraph_metadata_and_the_nodes_own() -> N
         "path": ["pull", "prep"],
         "thread_id": "thread-7",
         "checkpoint_ns": "",
+        "langgraph_step": 1,
+        "langgraph_node": "prep",
+        "langgraph_triggers": ["branch:to:prep"],
+        "langgraph_path": ["__pregel_pull", "prep"],
+        "langgraph_checkpoint_ns": f"prep:{prep['run_id']}",
     }
     work = next(e for e in events if e["name"] == "work" and e["event"] == "on_chain_start")
     assert (work["metadata"]["step"], work["metadata"]["triggers"]) == (2, ["prep"])
