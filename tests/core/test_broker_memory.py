@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import pytest
 
-from headwater.broker import Broker, BrokerError, MemoryBroker, broker_from_url
+from headwater.broker import (
+    Broker,
+    BrokerError,
+    ExpiredPositionError,
+    MemoryBroker,
+    broker_from_url,
+)
 from headwater.testing.conformance import BrokerConformance
 
 
@@ -17,3 +26,45 @@ def test_broker_urls() -> None:
     assert isinstance(broker_from_url("memory:"), MemoryBroker)
     with pytest.raises(BrokerError, match="Did you mean 'memory'"):
         broker_from_url("memroy:")
+
+
+@pytest.mark.anyio
+async def test_one_run_is_bounded_by_bytes_not_only_by_count() -> None:
+    broker = MemoryBroker(retention=100_000, max_run_bytes=64 * 1024, max_bytes=2**30)
+    run = "big"
+    first = await broker.publish(run, "e", "x" * 1000)
+    for _ in range(1000):  # ~1 MB of entries, far under the count bound
+        await broker.publish(run, "e", "x" * 1000)
+    assert broker.total_bytes <= 64 * 1024
+    with pytest.raises(ExpiredPositionError):
+        await broker.read(run, first, block=0)
+    assert len(await broker.read(run, None, block=0)) >= 20  # the newest entries stay
+
+
+@pytest.mark.anyio
+async def test_all_logs_together_are_bounded_and_the_least_recent_go_first() -> None:
+    broker = MemoryBroker(max_run_bytes=2**20, max_bytes=200 * 1024)
+    for n in range(50):  # 50 finished runs of ~20 KB each: 1 MB
+        await broker.publish_many(f"run-{n}", [("token", "y" * 200)] * 100)
+    assert broker.total_bytes <= 200 * 1024
+    assert await broker.read("run-49", None, block=0)  # the newest run is whole
+    with pytest.raises(ExpiredPositionError):  # the oldest was dropped, and readers learn it
+        await broker.read("run-0", "5", block=0)
+
+
+@pytest.mark.anyio
+async def test_a_log_is_dropped_ttl_seconds_after_its_last_write() -> None:
+    broker = MemoryBroker(ttl=0.1)
+    await broker.publish("old", "end", "{}")
+    await anyio.sleep(0.3)
+    await broker.publish("new", "start", "{}")
+    assert await broker.read("old", None, block=0) == []
+    assert broker.total_bytes < 1000
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"retention": 0}, {"max_bytes": -1}, {"max_run_bytes": 1.5}, {"ttl": 0}]
+)
+def test_bad_bounds_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(BrokerError, match="MemoryBroker"):
+        MemoryBroker(**kwargs)

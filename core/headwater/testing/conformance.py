@@ -33,7 +33,7 @@ import pytest
 from headwater import serde
 from headwater._graph import StateGraph
 from headwater._types import END, START, Command, Send
-from headwater.broker import Broker, ExpiredPositionError
+from headwater.broker import Broker, BrokerEntry, ExpiredPositionError
 from headwater.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -571,6 +571,61 @@ class BrokerConformance:
             await broker.read(run, ids[0], block=0)
         recent = await broker.read(run, ids[-3], block=0)
         assert [e.data for e in recent] == ["398", "399"]
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_the_start_of_an_untrimmed_log_is_not_expired(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        ids = [await broker.publish(run, "e", str(i)) for i in range(3)]
+        zero = "0-0" if broker.valid_id("0-0") else "0"
+        assert [e.id for e in await broker.read(run, zero, block=0)] == ids
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_last_is_the_newest_entry(self) -> None:
+        broker = await self.make_broker(1000)
+        run = new_id()
+        assert await broker.last(run) is None
+        await broker.publish(run, "start", "{}")
+        last = await broker.publish(run, "end", '{"ok": true}')
+        assert await broker.last(run) == BrokerEntry(last, "end", '{"ok": true}')
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_odd_ids_are_not_valid(self) -> None:
+        broker = await self.make_broker(1000)
+        for odd in ("", "abc", "-1", "1.5", " 1", "1\n", "\u0661", "9" * 40, "1-2-3", "\ud800"):
+            assert not broker.valid_id(odd), odd
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_records_replace_and_expire(self) -> None:
+        broker = await self.make_broker(1000)
+        key = f"conformance:{new_id()}"
+        assert await broker.get_record(key) is None
+        await broker.put_record(key, {"a": "1", "b": "2"}, ttl=60)
+        await broker.put_record(key, {"a": "3"}, ttl=60)
+        assert await broker.get_record(key) == {"a": "3"}
+        await broker.put_record(key, {"a": "4"}, ttl=0.05)
+        await anyio.sleep(0.2)
+        assert await broker.get_record(key) is None
+        await broker.aclose()
+
+    @pytest.mark.anyio
+    async def test_a_claim_has_one_holder_until_released_or_expired(self) -> None:
+        broker = await self.make_broker(1000)
+        key = f"conformance:{new_id()}"
+        assert await broker.claim(key, "run-1", ttl=60) is None
+        assert await broker.claim(key, "run-1", ttl=60) is None  # renewed by its holder
+        assert await broker.claim(key, "run-2", ttl=60) == "run-1"
+        await broker.release(key, "run-2")  # not the holder: no effect
+        assert await broker.claim(key, "run-2", ttl=60) == "run-1"
+        await broker.release(key, "run-1")
+        assert await broker.claim(key, "run-2", ttl=0.05) is None
+        await anyio.sleep(0.2)
+        assert await broker.claim(key, "run-3", ttl=60) is None  # the lease ran out
+        await broker.release(key, "run-3")
         await broker.aclose()
 
     @pytest.mark.anyio

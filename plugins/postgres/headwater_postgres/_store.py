@@ -29,7 +29,7 @@ from headwater.checkpoint import (
     records_of,
 )
 from headwater.errors import CheckpointError
-from headwater.queue import QueueError, RunJob, RunQueue
+from headwater.queue import MULTITASK_STRATEGIES, QueueError, RunJob, RunQueue, ThreadBusyError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,7 +38,7 @@ __all__ = [
     "redact",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The table layout this version writes; older databases are migrated on first use."""
 
 _LOCK_KEY = 0x68656164  # advisory lock id for migrations ("head")
@@ -80,6 +80,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
         "CREATE INDEX headwater_runs_claim ON headwater_runs (status, created_at)",
+    ),
+    3: (
+        "ALTER TABLE headwater_runs ADD COLUMN cancel_reason TEXT",
+        "ALTER TABLE headwater_runs ADD COLUMN seq BIGSERIAL",
+        # At most one running run per thread from now on: older versions could run two.
+        "UPDATE headwater_runs r SET status = 'error', lease_until = NULL, "
+        "error = 'Stopped by the schema upgrade: another run of its thread was running.' "
+        "WHERE status = 'running' AND EXISTS (SELECT 1 FROM headwater_runs o WHERE "
+        "o.thread_id = r.thread_id AND o.status = 'running' AND o.seq < r.seq)",
+        "CREATE UNIQUE INDEX headwater_runs_one_running ON headwater_runs (thread_id) "
+        "WHERE status = 'running'",
+        "CREATE INDEX headwater_runs_thread ON headwater_runs (thread_id, seq)",
     ),
 }
 
@@ -489,7 +501,7 @@ class PostgresCheckpointer(Checkpointer):
 
 _JOB_COLUMNS = (
     "run_id, graph, thread_id, owner, input, config, stream, status, attempts, worker, "
-    "error, cancel_requested"
+    "error, cancel_requested, cancel_reason"
 )
 
 
@@ -507,6 +519,7 @@ def _job(row: Mapping[str, Any]) -> RunJob:
         worker=row["worker"],
         error=row["error"],
         cancel_requested=row["cancel_requested"],
+        cancel_reason=row["cancel_reason"],
     )
 
 
@@ -534,48 +547,136 @@ class PostgresRunQueue(RunQueue):
         except CheckpointError as exc:
             raise QueueError(str(exc)) from exc
 
+    async def _query(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        try:
+            return await self._store._run(fn)
+        except CheckpointError as exc:
+            raise QueueError(str(exc)) from exc
+
     async def _one(self, sql: str, args: tuple[Any, ...]) -> RunJob | None:
         def query(db: psycopg.Connection[Any]) -> RunJob | None:
             with db.cursor(row_factory=dict_row) as cursor:
                 row = cursor.execute(sql, args).fetchone()
                 return _job(row) if row else None
 
+        return await self._query(query)
+
+    async def _all(self, sql: str, args: tuple[Any, ...]) -> list[RunJob]:
+        def query(db: psycopg.Connection[Any]) -> list[RunJob]:
+            with db.cursor(row_factory=dict_row) as cursor:
+                return [_job(row) for row in cursor.execute(sql, args).fetchall()]
+
+        return await self._query(query)
+
+    async def enqueue(self, job: RunJob, *, multitask: str = "reject") -> list[RunJob]:
+        """Add a run under a multitask strategy, atomically with the check of its thread."""
+        if multitask not in MULTITASK_STRATEGIES:
+            raise QueueError(
+                f"Unknown multitask strategy {multitask!r}; use one of "
+                f"{list(MULTITASK_STRATEGIES)}."
+            )
+
+        def put(db: psycopg.Connection[Any]) -> list[RunJob]:
+            with db.transaction(), db.cursor(row_factory=dict_row) as cursor:
+                # One enqueue per thread at a time, in every process.
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f"headwater-thread:{job.thread_id}",),
+                )
+                active = [
+                    _job(row)
+                    for row in cursor.execute(
+                        f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE thread_id = %s "
+                        "AND status IN ('queued', 'running') ORDER BY seq",
+                        (job.thread_id,),
+                    ).fetchall()
+                ]
+                if active and multitask == "reject":
+                    raise ThreadBusyError(job.thread_id, [a.run_id for a in active])
+                superseded: list[RunJob] = []
+                if active and multitask in ("interrupt", "rollback"):
+                    superseded = [
+                        _job(row)
+                        for row in cursor.execute(
+                            "UPDATE headwater_runs SET cancel_requested = TRUE, "
+                            "cancel_reason = %s, status = CASE WHEN status = 'queued' THEN "
+                            "'cancelled' ELSE status END, updated_at = now() "
+                            f"WHERE run_id = ANY(%s) RETURNING {_JOB_COLUMNS}",
+                            (multitask, [a.run_id for a in active]),
+                        ).fetchall()
+                    ]
+                cursor.execute(
+                    "INSERT INTO headwater_runs (run_id, graph, thread_id, owner, input, config, "
+                    "stream, status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued')",
+                    (
+                        job.run_id,
+                        job.graph,
+                        job.thread_id,
+                        job.owner,
+                        Jsonb(job.input),
+                        Jsonb(dict(job.config)),
+                        Jsonb(dict(job.stream)),
+                    ),
+                )
+                return superseded
+
         try:
-            return await self._store._run(query)
+            return await self._store._run(put)
         except CheckpointError as exc:
             raise QueueError(str(exc)) from exc
 
-    async def enqueue(self, job: RunJob) -> None:
-        """Add a run."""
-        await self._one(
-            "INSERT INTO headwater_runs (run_id, graph, thread_id, owner, input, config, stream, "
-            f"status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued') RETURNING {_JOB_COLUMNS}",
-            (
-                job.run_id,
-                job.graph,
-                job.thread_id,
-                job.owner,
-                Jsonb(job.input),
-                Jsonb(dict(job.config)),
-                Jsonb(dict(job.stream)),
-            ),
-        )
-
     async def claim(
-        self, worker: str, lease: float, graphs: Collection[str] | None = None
+        self,
+        worker: str,
+        lease: float,
+        graphs: Collection[str] | None = None,
+        *,
+        max_attempts: int = 3,
     ) -> RunJob | None:
-        """Take the oldest claimable run (of one of ``graphs``, if given)."""
+        """Take the oldest startable run (of one of ``graphs``, if given)."""
         wanted = None if graphs is None else sorted(graphs)
-        return await self._one(
-            "UPDATE headwater_runs SET status = 'running', worker = %s, attempts = attempts + 1, "
-            "lease_until = now() + make_interval(secs => %s), updated_at = now() "
-            "WHERE run_id = (SELECT run_id FROM headwater_runs WHERE "
-            "((status = 'queued' AND NOT cancel_requested) OR "
-            "(status = 'running' AND lease_until < now())) "
+        sql = (
+            "UPDATE headwater_runs SET status = 'running', worker = %s, "
+            "attempts = attempts + 1, lease_until = now() + make_interval(secs => %s), "
+            "updated_at = now() WHERE run_id = (SELECT r.run_id FROM headwater_runs r WHERE "
+            "((r.status = 'queued' AND NOT r.cancel_requested AND NOT EXISTS (SELECT 1 FROM "
+            "headwater_runs o WHERE o.thread_id = r.thread_id AND o.run_id <> r.run_id AND "
+            "(o.status = 'running' OR (o.status = 'queued' AND o.seq < r.seq)))) OR "
+            "(r.status = 'running' AND r.lease_until < now() AND NOT r.cancel_requested "
+            "AND r.attempts < %s)) "
+            "AND (%s::text[] IS NULL OR r.graph = ANY(%s::text[])) "
+            "ORDER BY r.seq FOR UPDATE SKIP LOCKED LIMIT 1) "
+            f"RETURNING {_JOB_COLUMNS}"
+        )
+        args = (worker, lease, max_attempts, wanted, wanted)
+
+        def query(db: psycopg.Connection[Any]) -> RunJob | None:
+            try:
+                with db.cursor(row_factory=dict_row) as cursor:
+                    row = cursor.execute(sql, args).fetchone()
+                    return _job(row) if row else None
+            except psycopg.errors.UniqueViolation:
+                return None  # another worker started a run of that thread just now
+
+        return await self._query(query)
+
+    async def reap(
+        self, *, max_attempts: int | None = None, graphs: Collection[str] | None = None
+    ) -> list[RunJob]:
+        """End expired runs that were cancelled or used up their attempts."""
+        wanted = None if graphs is None else sorted(graphs)
+        limit = max_attempts if max_attempts is not None else 2**31 - 1
+        return await self._all(
+            "UPDATE headwater_runs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
+            "ELSE 'error' END, error = CASE WHEN cancel_requested THEN NULL ELSE "
+            "'Run ' || run_id || ' was claimed ' || attempts || ' times and its worker "
+            "stopped each time (crashed, was killed or lost its lease); it is not retried "
+            "again (headwater worker --max-attempts).' END, lease_until = NULL, "
+            "updated_at = now() WHERE status = 'running' AND lease_until < now() AND "
+            "(cancel_requested OR attempts >= %s) "
             "AND (%s::text[] IS NULL OR graph = ANY(%s::text[])) "
-            "ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) "
             f"RETURNING {_JOB_COLUMNS}",
-            (worker, lease, wanted, wanted),
+            (limit, wanted, wanted),
         )
 
     async def renew(self, run_id: str, worker: str, lease: float) -> RunJob | None:
@@ -591,18 +692,19 @@ class PostgresRunQueue(RunQueue):
         """Record the end of a run."""
         await self._one(
             "UPDATE headwater_runs SET status = %s, error = %s, lease_until = NULL, "
-            "updated_at = now() WHERE run_id = %s AND worker = %s "
+            "updated_at = now() WHERE run_id = %s AND worker = %s AND status = 'running' "
             f"RETURNING {_JOB_COLUMNS}",
             (status, error, run_id, worker),
         )
 
-    async def cancel(self, run_id: str) -> None:
+    async def cancel(self, run_id: str, reason: str = "cancel") -> RunJob | None:
         """Request cancellation."""
-        await self._one(
-            "UPDATE headwater_runs SET cancel_requested = TRUE, status = CASE WHEN "
-            "status = 'queued' THEN 'cancelled' ELSE status END, updated_at = now() "
+        return await self._one(
+            "UPDATE headwater_runs SET cancel_requested = TRUE, cancel_reason = "
+            "COALESCE(cancel_reason, %s), status = CASE WHEN status = 'queued' THEN "
+            "'cancelled' ELSE status END, updated_at = now() "
             f"WHERE run_id = %s RETURNING {_JOB_COLUMNS}",
-            (run_id,),
+            (reason, run_id),
         )
 
     async def get(self, run_id: str) -> RunJob | None:
@@ -610,15 +712,6 @@ class PostgresRunQueue(RunQueue):
         return await self._one(
             f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE run_id = %s", (run_id,)
         )
-
-    async def thread_owner(self, thread_id: str) -> tuple[bool, str | None]:
-        """Whether a run used the thread, and its owner."""
-        job = await self._one(
-            f"SELECT {_JOB_COLUMNS} FROM headwater_runs WHERE thread_id = %s "
-            "ORDER BY created_at LIMIT 1",
-            (thread_id,),
-        )
-        return (job is not None, job.owner if job is not None else None)
 
     async def aclose(self) -> None:
         """Close the pool."""

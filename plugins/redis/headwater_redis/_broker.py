@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,7 +14,7 @@ from headwater.broker import Broker, BrokerEntry, BrokerError, ExpiredPositionEr
 
 __all__ = ["RedisBroker"]
 
-_ID = re.compile(r"^\d+-\d+$")
+_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _redact(url: str) -> str:
@@ -25,7 +25,9 @@ class RedisBroker(Broker):
     """A :class:`~headwater.broker.Broker` on Redis Streams.
 
     ``maxlen`` bounds each run's log (approximately, Redis's ``~`` trimming); ``ttl``
-    (seconds) expires a log after its last write. ``socket_timeout`` (seconds) bounds
+    (seconds) expires a log after its last write. Records and claims (shared by every
+    server instance: runs' owners and statuses, which run a thread is busy with) are
+    keys under ``namespace`` with their own expiry. ``socket_timeout`` (seconds) bounds
     every command, so a dead connection fails instead of hanging; a blocking read waits
     at most half of it (and then returns no entries, as when ``block`` runs out).
 
@@ -41,6 +43,7 @@ class RedisBroker(Broker):
         maxlen: int = 10_000,
         ttl: int = 24 * 3600,
         prefix: str = "headwater:run:",
+        namespace: str = "headwater:",
         socket_timeout: float = 30.0,
     ) -> None:
         if not socket_timeout > 0:
@@ -50,6 +53,7 @@ class RedisBroker(Broker):
         self.maxlen = maxlen
         self.ttl = ttl
         self.prefix = prefix
+        self.namespace = namespace
         self._client: aioredis.Redis | None = None
 
     @classmethod
@@ -86,8 +90,11 @@ class RedisBroker(Broker):
             raise self._fail(exc) from exc
 
     def valid_id(self, entry_id: str) -> bool:
-        """Redis stream ids look like ``1700000000000-0``."""
-        return bool(_ID.match(entry_id))
+        """Redis stream ids look like ``1700000000000-0`` (two 64-bit numbers)."""
+        if not _ID.fullmatch(entry_id):
+            return False
+        ms, seq = entry_id.split("-")
+        return int(ms) < 2**64 and int(seq) < 2**64
 
     async def publish(self, run_id: str, event: str, data: str) -> str:
         """``XADD`` the entry (trimming the log to about ``maxlen``)."""
@@ -129,10 +136,7 @@ class RedisBroker(Broker):
             if after:
                 first: Any = await client.xrange(key, count=1)
                 if first and _older(after, str(first[0][0])):
-                    raise ExpiredPositionError(
-                        f"Entry {after} of run {run_id!r} is no longer kept (oldest: "
-                        f"{first[0][0]}); restart from the thread's state."
-                    )
+                    await self._check_kept(client, key, run_id, after)
             # A read blocking longer than the socket timeout would fail as a timeout.
             block = min(block, self.socket_timeout / 2)
             found: Any = await client.xread(
@@ -143,6 +147,67 @@ class RedisBroker(Broker):
         return [
             BrokerEntry(str(i), f["event"], f["data"]) for _, entries in found for i, f in entries
         ]
+
+    async def _check_kept(self, client: aioredis.Redis, key: str, run_id: str, after: str) -> None:
+        """``after`` precedes the oldest entry: expired only if the log was trimmed (``0-0``
+        on an untrimmed log is its start, not an expired position)."""
+        info: Any = await client.xinfo_stream(key)
+        if int(info.get("entries-added") or 0) > int(info.get("length") or 0):
+            raise ExpiredPositionError(
+                f"Entry {after} of run {run_id!r} is no longer kept (oldest: "
+                f"{(info.get('first-entry') or ['?'])[0]}); restart from the thread's state."
+            )
+
+    async def last(self, run_id: str) -> BrokerEntry | None:
+        """``XREVRANGE … COUNT 1``: the newest entry."""
+        try:
+            found: Any = await self._redis().xrevrange(self._key(run_id), count=1)
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        if not found:
+            return None
+        entry_id, fields = found[0]
+        return BrokerEntry(str(entry_id), fields["event"], fields["data"])
+
+    # -- records and claims --------------------------------------------------------------
+
+    async def put_record(self, key: str, fields: Mapping[str, str], ttl: float) -> None:
+        """``HSET`` the fields (after deleting the old ones) with an expiry, atomically."""
+        name = f"{self.namespace}rec:{key}"
+        try:
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.delete(name)
+                if fields:
+                    pipe.hset(name, mapping=dict(fields))
+                pipe.pexpire(name, max(1, int(ttl * 1000)))
+                await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    async def get_record(self, key: str) -> dict[str, str] | None:
+        """``HGETALL``."""
+        try:
+            found: Any = await self._redis().hgetall(f"{self.namespace}rec:{key}")
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        return dict(found) if found else None
+
+    async def claim(self, key: str, value: str, ttl: float) -> str | None:
+        """Set the claim key if free or ours (renewing its expiry), in one script."""
+        try:
+            held: Any = await self._redis().eval(
+                _CLAIM, 1, f"{self.namespace}claim:{key}", value, max(1, int(ttl * 1000))
+            )
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
+        return None if held is None else str(held)
+
+    async def release(self, key: str, value: str) -> None:
+        """Delete the claim key if ``value`` holds it."""
+        try:
+            await self._redis().eval(_RELEASE, 1, f"{self.namespace}claim:{key}", value)
+        except redis.exceptions.RedisError as exc:
+            raise self._fail(exc) from exc
 
     async def delete(self, run_id: str) -> None:
         """Delete the run's stream."""
@@ -156,6 +221,19 @@ class RedisBroker(Broker):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return nil
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return nil
+"""
 
 
 def _older(a: str, b: str) -> bool:

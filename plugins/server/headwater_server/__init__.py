@@ -7,10 +7,15 @@
   terminal: tokens inline as they arrive, a progress line per node, readable errors.
 
 Wire format: SSE ``event:`` is the event type (``on_chat_model_stream`` …) or the stream
-mode; ``id:`` numbers events so ``Last-Event-ID`` resumes; ``data:`` is JSON through
-headwater's serde — an event's ``data`` fields at the top level (so the spec's browser
-code ``JSON.parse(e.data).chunk.content`` works) plus ``_event`` with the event's type,
-name, run id, tags and metadata.
+mode; ``id:`` numbers events so ``Last-Event-ID`` resumes; ``data:`` is plain JSON
+(messages in LangChain's shape, tuples as arrays, no serde type tags) — an event's
+``data`` fields at the top level (so the spec's browser code
+``JSON.parse(e.data).chunk.content`` works) plus ``_event`` with the event's type, name,
+run id, tags and metadata.
+
+Inside, the run engine (``_engine``: starting, queueing, cancelling and following runs,
+thread and run ownership) is apart from the HTTP edge (``_app``), so another protocol
+can be served on the same engine.
 
 Example::
 

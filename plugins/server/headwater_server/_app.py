@@ -1,323 +1,181 @@
-"""The ASGI app: runs, threads, SSE and WebSocket streaming, the browser page."""
+"""The HTTP edge: runs, threads, SSE and WebSocket streaming, the browser page.
+
+It authenticates, checks what clients send (:mod:`._requests`) and streams run logs; the
+run engine (:mod:`._engine`) does the rest, so another protocol can sit on the same
+engine.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from importlib import resources
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from headwater import CompiledGraph, serde
+from headwater import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_from_url
-from headwater.errors import HeadwaterError
-from headwater.queue import RunJob, RunQueue, queue_from_url
-from headwater.runtime import new_id
+from headwater.queue import RunQueue, queue_from_url
 
-from ._runs import (
-    TERMINAL,
-    RunRecord,
-    encode_event,
-    encode_json,
-    execute,
-    follow,
-    wire_entries,
+from ._engine import Engine, RunRecord
+from ._requests import (
+    RUN_FIELDS,
+    ApiError,
+    Limits,
+    check_thread_id,
+    parse_json,
+    run_request,
 )
+from ._runs import TERMINAL, encode_json
+from ._threads import principal
+from ._wire import plain
 
 __all__ = ["ApiError", "create_app", "mount"]
 
-_CONFIG_KEYS = frozenset({"recursion_limit", "tags", "metadata", "configurable"})
-_FILTER_KEYS = (
-    "include_names",
-    "include_types",
-    "include_tags",
-    "exclude_names",
-    "exclude_types",
-    "exclude_tags",
-)
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class ApiError(Exception):
-    """A client error: HTTP ``status`` with a JSON body ``{"error", "detail"}``."""
+class _Edge:
+    """Per-app settings of the HTTP edge and the helpers every endpoint uses."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
-
-
-class _Server:
     def __init__(
         self,
-        graphs: Mapping[str, CompiledGraph],
+        engine: Engine,
         api_keys: frozenset[str] | None,
         on_disconnect: str,
-        max_body_bytes: int,
-        heartbeat: float,
-        max_runs: int,
-        broker: Broker,
-        queue: RunQueue | None = None,
-        first_message_timeout: float = 30.0,
+        allowed_origins: frozenset[str],
+        first_message_timeout: float,
     ) -> None:
-        self.first_message_timeout = first_message_timeout
-        self.broker = broker
-        self.queue = queue
-        self.graphs = dict(graphs)
-        self.max_runs = max_runs
-        self.api_keys = api_keys
+        self.engine = engine
+        self.limits = engine.limits
+        self.api_keys = (
+            None
+            if api_keys is None
+            else [k.encode("utf-8", "surrogatepass") for k in sorted(api_keys)]
+        )
         self.on_disconnect = on_disconnect
-        self.max_body_bytes = max_body_bytes
-        self.heartbeat = heartbeat
-        self.runs: dict[str, RunRecord] = {}
-        self.thread_owner: dict[str, str | None] = {}
-        self.tg: anyio.abc.TaskGroup | None = None
+        self.allowed_origins = allowed_origins
+        self.first_message_timeout = first_message_timeout
 
-    # -- request helpers ---------------------------------------------------------------
-
-    def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    def authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+        """The request's principal (a hash of its key); 401 without a valid key."""
         if self.api_keys is None:
-            return None
+            return principal(None)
         header = headers.get("authorization", "")
         key = (
             header[7:].strip() if header.lower().startswith("bearer ") else query.get("api_key", "")
         )
-        if not key or not any(hmac.compare_digest(key, k) for k in self.api_keys):
+        # Headers arrive as latin-1 text, query strings as UTF-8: compare bytes, so no key
+        # (non-ASCII, a lone surrogate) can make the comparison itself fail.
+        given = key.encode("utf-8", "surrogatepass")
+        if not key or not any(hmac.compare_digest(given, k) for k in self.api_keys):
             raise ApiError(
                 401, "unauthorized", "Send a valid API key: 'Authorization: Bearer <key>'."
             )
-        return key
+        return principal(key)
 
-    async def body(self, request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+    def check_origin(self, headers: Mapping[str, str]) -> None:
+        """Refuse a browser request from another site (CSRF, cross-site WebSocket).
+
+        ``Origin`` is sent by browsers on every cross-site POST and WebSocket; it must be
+        this server's own origin or one of ``allowed_origins``. A request without
+        ``Origin`` (curl, SDKs, servers) is not a browser's and passes.
+        """
+        origin = headers.get("origin")
+        if origin is None or "*" in self.allowed_origins or origin in self.allowed_origins:
+            return
+        host = headers.get("host", "")
+        parts = urlsplit(origin)
+        netloc = parts.netloc.lower()
+        default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(parts.scheme)
+        if default and netloc.endswith(default):
+            netloc = netloc[: -len(default)]
+        ours = host.lower()
+        if default and ours.endswith(default):
+            ours = ours[: -len(default)]
+        if not netloc or netloc != ours:
             raise ApiError(
-                413, "body_too_large", f"Request body exceeds {self.max_body_bytes} bytes."
+                403,
+                "forbidden_origin",
+                f"Requests from origin {origin!r:.80} are not allowed; start the server with "
+                "allowed_origins=[...] (--allow-origin) to let that site use it.",
             )
+
+    async def body(self, request: Request) -> Any:
+        """The request's JSON body (``None`` if empty), within the limits."""
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isascii() and declared.isdigit():
+            if int(declared) > limit:
+                raise ApiError(413, "body_too_large", f"Request body exceeds {limit} bytes.")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise ApiError(
-                    413, "body_too_large", f"Request body exceeds {self.max_body_bytes} bytes."
-                )
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"Request body exceeds {limit} bytes.")
             chunks.append(chunk)
         raw = b"".join(chunks)
-        if not raw:
+        kind = request.headers.get("content-type")
+        if (kind is not None or raw) and not _is_json(kind):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Send JSON with 'Content-Type: application/json'; got {kind!r:.60}.",
+            )
+        if not raw.strip():
+            return None
+        return parse_json(raw, self.limits)
+
+    async def object_body(self, request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
+        """A JSON object body holding only ``fields`` (``{}`` if empty)."""
+        body = await self.body(request)
+        if body is None:
             return {}
-        try:
-            parsed = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(
-                400, "malformed_json", f"Request body is not valid JSON: {exc}."
-            ) from None
-        if not isinstance(parsed, dict):
+        if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "Request body must be a JSON object.")
-        return parsed
+        unknown = [k for k in body if k not in fields]
+        if unknown:
+            raise ApiError(
+                400,
+                "unknown_field",
+                f"Unknown field {unknown[0]!r:.60}; accepted fields: {', '.join(fields)}.",
+            )
+        return body
 
-    def graph(self, name: Any) -> tuple[str, CompiledGraph]:
-        if name is None and len(self.graphs) == 1:
-            return next(iter(self.graphs.items()))
+    def graph(self, name: str | None) -> tuple[str, CompiledGraph]:
+        graphs = self.engine.graphs
+        if name is None and len(graphs) == 1:
+            return next(iter(graphs.items()))
         if name is None:
-            raise ApiError(400, "graph_required", f"Name the graph: one of {sorted(self.graphs)}.")
-        if not isinstance(name, str) or name not in self.graphs:
+            raise ApiError(400, "graph_required", f"Name the graph: one of {sorted(graphs)}.")
+        if name not in graphs:
             raise ApiError(
-                404, "unknown_graph", f"Unknown graph {name!r}; graphs: {sorted(self.graphs)}."
+                404, "unknown_graph", f"Unknown graph {name!r:.60}; graphs: {sorted(graphs)}."
             )
-        return name, self.graphs[name]
+        return name, graphs[name]
 
-    async def claim_thread(self, thread_id: Any, owner: str | None) -> str:
-        if thread_id is None:
-            thread_id = new_id()
-        if not isinstance(thread_id, str) or not thread_id or len(thread_id) > 200:
-            raise ApiError(
-                400, "bad_thread_id", "thread_id must be a non-empty string (≤ 200 chars)."
-            )
-        known, known_owner = await self.owner_of_thread(thread_id)
-        if known and known_owner != owner:
-            raise ApiError(404, "unknown_thread", f"Thread {thread_id!r} not found.")
-        self.thread_owner[thread_id] = owner
-        return thread_id
-
-    async def owner_of_thread(self, thread_id: str) -> tuple[bool, str | None]:
-        if thread_id in self.thread_owner:
-            return True, self.thread_owner[thread_id]
-        if self.queue is not None:  # another server instance may have created it
-            return await self.queue.thread_owner(thread_id)
-        return False, None
-
-    async def thread_of(self, thread_id: str, owner: str | None) -> str:
-        known, known_owner = await self.owner_of_thread(thread_id)
-        if not known or known_owner != owner:
-            raise ApiError(404, "unknown_thread", f"Thread {thread_id!r} not found.")
-        return thread_id
-
-    async def run_of(self, run_id: str, owner: str | None) -> RunRecord:
-        record = self.runs.get(run_id)
-        if record is None and self.queue is not None:
-            job = await self.queue.get(run_id)
-            if job is not None:
-                record = RunRecord(
-                    graph=job.graph,
-                    thread_id=job.thread_id,
-                    owner=job.owner,
-                    run_id=job.run_id,
-                    status=job.status,
-                    error=job.error,
-                )
-        if record is None or record.owner != owner:
-            raise ApiError(404, "unknown_run", f"Run {run_id!r} not found.")
-        return record
-
-    def ended_probe(self, run_id: str) -> Callable[[], Awaitable[str | None]] | None:
-        """In queue mode: ask the queue whether a quiet run has in fact ended."""
-        queue = self.queue
-        if queue is None:
-            return None
-
-        async def ended() -> str | None:
-            job = await queue.get(run_id)
-            if job is not None and job.status in ("done", "error", "cancelled"):
-                return job.status
-            return None
-
-        return ended
-
-    async def cancel(self, record: RunRecord) -> str:
-        """Cancel a run here or, in queue mode, ask its worker to; return the status."""
-        if self.queue is not None and record.run_id not in self.runs:
-            await self.queue.cancel(record.run_id)
-            for _ in range(50):
-                job = await self.queue.get(record.run_id)
-                if job is None or job.status in ("cancelled", "done", "error"):
-                    break
-                await anyio.sleep(0.1)
-            return job.status if job is not None else "unknown"
-        record.cancel()
-        with anyio.move_on_after(5):
-            await record.done.wait()
-        return record.status
-
-    # -- starting runs -----------------------------------------------------------------
-
-    async def open_stream(
-        self, body: Mapping[str, Any], owner: str | None
-    ) -> tuple[RunRecord, AsyncIterator[tuple[str, Any]], dict[str, Any]]:
-        """Validate a run request and return its record and the (not yet started) stream."""
-        name, graph = self.graph(body.get("graph"))
-        input = body.get("input", body.get("state"))
-        config = body.get("config") or {}
-        if not isinstance(config, dict) or set(config) - _CONFIG_KEYS:
-            raise ApiError(400, "bad_config", f"config may only hold {sorted(_CONFIG_KEYS)}.")
-        thread_id = None
-        if "thread_id" in body or graph.checkpointer is not None:
-            thread_id = await self.claim_thread(body.get("thread_id"), owner)
-            configurable = dict(config.get("configurable") or {})
-            configurable["thread_id"] = thread_id
-            config = {**config, "configurable": configurable}
-        spec: dict[str, Any] = {}
-        try:
-            if input is not None:
-                graph.schema.coerce_input(input, name)
-            mode = body.get("stream_mode")
-            if mode is not None:
-                source = graph.astream(input, config, stream_mode=mode)
-                stream = wire_entries(source, mode)
-                spec["stream_mode"] = mode
-            else:
-                filters = {k: body[k] for k in _FILTER_KEYS if body.get(k) is not None}
-                named = body.get("filters")
-                if named is not None and not (
-                    isinstance(named, list) and all(isinstance(f, str) for f in named)
-                ):
-                    raise ApiError(
-                        400, "bad_filter", "filters must be a list of installed filter names."
-                    )
-                stream = wire_entries(graph.astream_events(input, config, filters=named, **filters))
-                spec.update(filters, filters=named)
-        except HeadwaterError as exc:
-            raise ApiError(400, type(exc).__name__, str(exc)) from None
-        record = RunRecord(graph=name, thread_id=thread_id, owner=owner)
-        spec["input"], spec["config"] = input, config
-        return record, stream, spec
-
-    def evict(self) -> None:
-        """Forget the oldest finished runs beyond ``max_runs`` (memory stays bounded)."""
-        excess = len(self.runs) - self.max_runs
-        if excess <= 0:
-            return
-        for run_id in [r for r, record in self.runs.items() if record.finished][:excess]:
-            del self.runs[run_id]
-            if self.tg is not None:
-                self.tg.start_soon(self.broker.delete, run_id)  # its log goes too
-
-    async def start(self, body: Mapping[str, Any], owner: str | None) -> RunRecord:
-        record, stream, spec = await self.open_stream(body, owner)
-        if self.queue is not None:  # a worker executes it; this server only streams
-            input, config = spec.pop("input"), spec.pop("config")
-            config = {k: v for k, v in config.items() if k != "configurable"} | {
-                "configurable": {
-                    k: v for k, v in (config.get("configurable") or {}).items() if k != "thread_id"
-                }
-            }
-            thread_id = record.thread_id or new_id()
-            record.thread_id = thread_id
-            await self.queue.enqueue(
-                RunJob(
-                    run_id=record.run_id,
-                    graph=record.graph,
-                    thread_id=thread_id,
-                    input=input,
-                    config=config,
-                    stream=spec,
-                    owner=record.owner,
-                )
-            )
-            record.status = "queued"
-            return record
-        self.runs[record.run_id] = record
-        assert self.tg is not None, "the app's lifespan has not started"
-        await self.tg.start(self._execute, record, stream)
-        return record
-
-    async def _execute(
-        self,
-        record: RunRecord,
-        stream: AsyncIterator[tuple[str, Any]],
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            await execute(record, stream, self.broker, task_status)
-        finally:
-            self.evict()
-
-    # -- SSE -----------------------------------------------------------------------------
-
-    def sse(
-        self, run_id: str, after: str | None, *, cancel: RunRecord | None = None
-    ) -> StreamingResponse:
+    def sse(self, run_id: str, after: str | None, cancel: RunRecord | None) -> StreamingResponse:
         """Stream a run's log after ``after``; cancel ``cancel`` if the client goes away."""
 
         async def frames() -> AsyncIterator[str]:
             ended = False
             yield f"retry: 2000\n: run {run_id}\n\n"
             try:
-                async for batch in follow(
-                    self.broker, run_id, after, self.heartbeat, self.ended_probe(run_id)
-                ):
+                async for batch in self.engine.follow(run_id, after):
                     if not batch:
                         yield ": ping\n\n"
                         continue
@@ -336,12 +194,18 @@ class _Server:
             finally:
                 if cancel is not None and not ended and not cancel.finished:
                     with anyio.CancelScope(shield=True):
-                        await self.cancel(cancel)
+                        await self.engine.cancel(cancel.run_id, cancel.owner)
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def create_app(
@@ -355,6 +219,12 @@ def create_app(
     broker: Broker | str | None = None,
     queue: RunQueue | str | None = None,
     first_message_timeout: float = 30.0,
+    allowed_origins: Iterable[str] = (),
+    max_recursion_limit: int = DEFAULT_RECURSION_LIMIT,
+    max_run_timeout: float | None = None,
+    max_depth: int = 100,
+    lease: float = 30.0,
+    max_active_runs: int = 1000,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
@@ -367,7 +237,16 @@ def create_app(
     URL such as ``postgresql://…``) this server executes nothing itself: it enqueues runs
     for ``headwater worker`` processes and streams them from the broker. A WebSocket
     client must send its first message within ``first_message_timeout`` seconds.
-    Mount it into an existing Starlette or FastAPI app with ``app.mount("/hw", create_app(...))``.
+
+    ``allowed_origins`` lists the web origins (``https://app.example.com``, or ``*``)
+    whose pages may call this server from a browser (CORS); other sites' POSTs and
+    WebSockets get 403. ``max_recursion_limit`` caps a run's ``recursion_limit``,
+    ``max_run_timeout`` its ``timeout`` (seconds; ``None``: no cap), ``max_depth`` the
+    nesting of request JSON. ``lease`` (seconds) is how long a server instance holds a
+    thread for a run between renewals (a crashed instance's threads free up after it).
+    ``max_active_runs`` bounds the runs this process executes or holds queued at once
+    (more get 503).
+    Mount it into an existing Starlette or FastAPI app with :func:`mount`.
 
     Example::
 
@@ -380,7 +259,13 @@ def create_app(
         graphs = {graphs.name: graphs}
     if on_disconnect not in ("cancel", "continue"):
         raise ValueError(f"on_disconnect must be 'cancel' or 'continue'; got {on_disconnect!r}.")
+    if type(max_recursion_limit) is not int or max_recursion_limit < 1:
+        raise ValueError(f"max_recursion_limit must be an int >= 1; got {max_recursion_limit!r}.")
+    if max_run_timeout is not None and not max_run_timeout > 0:
+        raise ValueError(f"max_run_timeout must be > 0 seconds; got {max_run_timeout!r}.")
     keys = frozenset(api_keys) if api_keys is not None else None
+    if keys is not None and not all(isinstance(k, str) and k for k in keys):
+        raise ValueError("api_keys must be non-empty strings.")
     if broker is None:
         broker = MemoryBroker()
     elif isinstance(broker, str):
@@ -392,22 +277,31 @@ def create_app(
             "A run queue needs a shared broker (e.g. broker='redis://…'): workers publish "
             "events in other processes."
         )
-    server = _Server(
-        graphs,
-        keys,
-        on_disconnect,
-        max_body_bytes,
-        heartbeat,
-        max_runs,
-        broker,
-        queue,
-        first_message_timeout,
+    origins = frozenset(allowed_origins)
+    limits = Limits(
+        max_body_bytes=max_body_bytes,
+        max_depth=max_depth,
+        max_recursion_limit=max_recursion_limit,
+        max_run_timeout=max_run_timeout,
     )
+    engine = Engine(
+        graphs,
+        broker=broker,
+        queue=queue,
+        limits=limits,
+        heartbeat=heartbeat,
+        max_runs=max_runs,
+        lease=lease,
+        max_active_runs=max_active_runs,
+    )
+    edge = _Edge(engine, keys, on_disconnect, origins, first_message_timeout)
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
             try:
-                owner = server.authenticate(request.headers, request.query_params)
+                if request.method in _STATE_CHANGING:
+                    edge.check_origin(request.headers)
+                owner = edge.authenticate(request.headers, request.query_params)
                 response: Response = await handler(request, owner)
                 return response
             except ApiError as exc:
@@ -415,100 +309,124 @@ def create_app(
 
         return endpoint
 
-    async def index(request: Request, owner: str | None) -> Response:
+    async def index(request: Request, owner: str) -> Response:
         page = resources.files("headwater_server").joinpath("static/index.html").read_text()
         return HTMLResponse(page)
 
-    async def list_graphs(request: Request, owner: str | None) -> Response:
+    async def list_graphs(request: Request, owner: str) -> Response:
         return JSONResponse(
             [
                 {"name": n, "nodes": sorted(g.nodes), "checkpointer": g.checkpointer is not None}
-                for n, g in sorted(server.graphs.items())
+                for n, g in sorted(engine.graphs.items())
             ]
         )
 
-    async def create_thread(request: Request, owner: str | None) -> Response:
-        body = await server.body(request)
+    async def create_thread(request: Request, owner: str) -> Response:
+        body = await edge.object_body(request, ("thread_id",))
+        thread_id = body.get("thread_id")
+        if thread_id is not None:
+            thread_id = check_thread_id(thread_id, limits)
         return JSONResponse(
-            {"thread_id": await server.claim_thread(body.get("thread_id"), owner)}, status_code=201
+            {"thread_id": await engine.claim_thread(thread_id, owner)}, status_code=201
         )
 
-    async def thread_state(request: Request, owner: str | None) -> Response:
-        thread_id = await server.thread_of(request.path_params["thread_id"], owner)
-        name, graph = server.graph(request.query_params.get("graph"))
+    def thread_graph(request: Request) -> tuple[str, str, CompiledGraph]:
+        thread_id = check_thread_id(request.path_params["thread_id"], limits)
+        name, graph = edge.graph(request.query_params.get("graph"))
         if graph.checkpointer is None:
             raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no thread state.")
+        return thread_id, name, graph
+
+    async def thread_state(request: Request, owner: str) -> Response:
+        thread_id, _, graph = thread_graph(request)
+        await engine.check_thread(thread_id, owner)
         snap = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        return JSONResponse(serde.encode(_snapshot(snap)))
+        return JSONResponse(plain(_snapshot(snap)))
 
-    async def thread_history(request: Request, owner: str | None) -> Response:
-        thread_id = await server.thread_of(request.path_params["thread_id"], owner)
-        name, graph = server.graph(request.query_params.get("graph"))
-        if graph.checkpointer is None:
-            raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no thread state.")
-        limit = request.query_params.get("limit")
+    async def thread_history(request: Request, owner: str) -> Response:
+        thread_id, _, graph = thread_graph(request)
+        await engine.check_thread(thread_id, owner)
+        raw = request.query_params.get("limit")
+        limit = limits.default_history_limit
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= limits.max_history_limit):
+                raise ApiError(
+                    400,
+                    "bad_limit",
+                    f"limit must be an int from 1 to {limits.max_history_limit}; got {raw!r:.40}.",
+                )
+            limit = int(raw)
         history = await graph.aget_state_history(
-            {"configurable": {"thread_id": thread_id}},
-            limit=int(limit) if limit and limit.isdigit() else None,
+            {"configurable": {"thread_id": thread_id}}, limit=limit
         )
-        return JSONResponse(serde.encode([_snapshot(s) for s in history]))
+        return JSONResponse(plain([_snapshot(s) for s in history]))
 
-    async def stream_workflow(request: Request, owner: str | None) -> Response:
-        body = await server.body(request)
-        record = await server.start(body, owner)
-        cancel = record if server.on_disconnect == "cancel" else None
-        return server.sse(record.run_id, None, cancel=cancel)
+    async def run_body(request: Request) -> Any:
+        body = await edge.body(request)
+        return run_request({} if body is None else body, engine.graphs, limits)
 
-    async def create_run(request: Request, owner: str | None) -> Response:
-        body = await server.body(request)
-        record = await server.start(body, owner)
+    async def stream_workflow(request: Request, owner: str) -> Response:
+        record = await engine.start(await run_body(request), owner)
+        return edge.sse(record.run_id, None, record if edge.on_disconnect == "cancel" else None)
+
+    async def create_run(request: Request, owner: str) -> Response:
+        record = await engine.start(await run_body(request), owner)
         return JSONResponse(
             {"run_id": record.run_id, "thread_id": record.thread_id, "status": record.status},
             status_code=202,
         )
 
-    async def run_status(request: Request, owner: str | None) -> Response:
-        record = await server.run_of(request.path_params["run_id"], owner)
+    async def run_status(request: Request, owner: str) -> Response:
+        info = await engine.info(request.path_params["run_id"], owner)
         return JSONResponse(
             {
-                "run_id": record.run_id,
-                "graph": record.graph,
-                "thread_id": record.thread_id,
-                "status": record.status,
-                "error": record.error,
+                "run_id": info.run_id,
+                "graph": info.graph,
+                "thread_id": info.thread_id,
+                "status": info.status,
+                "error": info.error,
+                "reason": info.reason,
             }
         )
 
-    async def run_stream(request: Request, owner: str | None) -> Response:
-        record = await server.run_of(request.path_params["run_id"], owner)
-        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        if last is not None and not server.broker.valid_id(last):
+    async def run_stream(request: Request, owner: str) -> Response:
+        info = await engine.info(request.path_params["run_id"], owner)
+        last = request.headers.get("last-event-id")
+        if last is None:
+            last = request.query_params.get("last_event_id")
+        if last is not None and not engine.broker.valid_id(last):
             raise ApiError(
                 400,
                 "bad_last_event_id",
-                f"Last-Event-ID {last!r} is not an event id of this server.",
+                f"Last-Event-ID {last!r:.60} is not an event id of this server.",
             )
-        return server.sse(record.run_id, last)
+        return edge.sse(info.run_id, last, None)
 
-    async def cancel_run(request: Request, owner: str | None) -> Response:
-        record = await server.run_of(request.path_params["run_id"], owner)
-        status = await server.cancel(record)
-        return JSONResponse({"run_id": record.run_id, "status": status})
+    async def cancel_run(request: Request, owner: str) -> Response:
+        await edge.object_body(request, ())
+        run_id = request.path_params["run_id"]
+        status = await engine.cancel(run_id, owner)
+        return JSONResponse({"run_id": run_id, "status": status})
 
-    async def openapi(request: Request, owner: str | None) -> Response:
+    async def openapi(request: Request, owner: str) -> Response:
         return JSONResponse(_OPENAPI)
 
     async def websocket_workflow(websocket: WebSocket) -> None:
+        try:
+            edge.check_origin(websocket.headers)
+        except ApiError:
+            await websocket.close(code=1008)  # before accepting: the handshake gets 403
+            return
         await websocket.accept()
         try:
-            owner = server.authenticate(websocket.headers, websocket.query_params)
-            with anyio.move_on_after(server.first_message_timeout) as waited:
+            owner = edge.authenticate(websocket.headers, websocket.query_params)
+            with anyio.move_on_after(edge.first_message_timeout) as waited:
                 message = await websocket.receive()
             if waited.cancelled_caught:
                 raise ApiError(
                     408,
                     "timeout",
-                    f"No first message within {server.first_message_timeout:g} s; send "
+                    f"No first message within {edge.first_message_timeout:g} s; send "
                     '{"thread_id": ..., "state": {...}} right after connecting.',
                 )
             if message["type"] == "websocket.disconnect":
@@ -518,65 +436,45 @@ def create_app(
                 raise ApiError(
                     400, "binary_frame", "Send the first message as a JSON text frame, not binary."
                 )
-            try:
-                body = json.loads(first)
-            except ValueError:
+            if len(first) > limits.max_body_bytes:
                 raise ApiError(
-                    400, "malformed_json", "The first message must be a JSON object."
-                ) from None
-            if not isinstance(body, dict):
-                raise ApiError(400, "bad_request", "The first message must be a JSON object.")
-            record = await server.start(body, owner)
+                    413, "body_too_large", f"Message exceeds {limits.max_body_bytes} bytes."
+                )
+            try:
+                body = parse_json(first, limits, "The first message")
+            except ApiError as exc:
+                if exc.error == "malformed_json":
+                    raise ApiError(
+                        400, "malformed_json", "The first message must be a JSON object."
+                    ) from None
+                raise
+            record = await engine.start(run_request(body, engine.graphs, limits), owner)
         except ApiError as exc:
-            await websocket.send_json({"type": "error", "error": exc.error, "detail": exc.detail})
-            await websocket.close(code=1008)
+            with contextlib.suppress(Exception):
+                await websocket.send_json(
+                    {"type": "error", "error": exc.error, "detail": exc.detail}
+                )
+                await websocket.close(code=1008)
             return
         except WebSocketDisconnect:
             return
-
-        async def listen() -> None:
-            with contextlib.suppress(WebSocketDisconnect):
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    with contextlib.suppress(ValueError, AttributeError, TypeError):
-                        if json.loads(message.get("text") or "null").get("type") == "cancel":
-                            await server.cancel(record)
-            if server.on_disconnect == "cancel" and not record.finished:
-                with anyio.CancelScope(shield=True):
-                    await server.cancel(record)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listen)
-            try:
-                async for batch in follow(
-                    server.broker,
-                    record.run_id,
-                    None,
-                    server.heartbeat,
-                    server.ended_probe(record.run_id),
-                ):
-                    for entry in batch:
-                        await websocket.send_json(encode_event(entry, record.run_id))
-                await websocket.close()
-            except WebSocketDisconnect:
-                pass
-            finally:
-                tg.cancel_scope.cancel()
+        await _stream_socket(websocket, edge, record, owner)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
-            server.tg = tg
+            engine.tg = tg
+            tg.start_soon(engine.watch)
             try:
                 yield
             finally:
+                with anyio.CancelScope(shield=True):
+                    await engine.shutdown()
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
-                    await server.broker.aclose()
-                    if server.queue is not None:
-                        await server.queue.aclose()
+                    await engine.broker.aclose()
+                    if engine.queue is not None:
+                        await engine.queue.aclose()
 
     routes = [
         Route("/", guarded(index)),
@@ -592,9 +490,104 @@ def create_app(
         Route("/openapi.json", guarded(openapi)),
         WebSocketRoute("/ws/workflow", websocket_workflow),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.headwater = server
+    middleware = []
+    if origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.state.headwater = engine
     return app
+
+
+async def _stream_socket(websocket: WebSocket, edge: _Edge, record: RunRecord, owner: str) -> None:
+    """Send a run's events over the socket while listening for ``{"type": "cancel"}``.
+
+    Anything else the client sends is ignored — a frame that is not JSON, too deep or too
+    big included; a client that goes away cancels the run (``on_disconnect="cancel"``).
+    """
+    engine = edge.engine
+    limits = edge.limits
+
+    async def cancel() -> None:
+        with anyio.CancelScope(shield=True):
+            await engine.cancel(record.run_id, owner)
+
+    async def listen() -> None:
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if not text or len(text) > limits.max_body_bytes:
+                    continue
+                try:
+                    frame = parse_json(text, limits, "A message")
+                except ApiError:
+                    continue
+                if isinstance(frame, dict) and frame.get("type") == "cancel":
+                    await cancel()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        if edge.on_disconnect == "cancel":
+            await cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listen)
+        try:
+            async for batch in engine.follow(record.run_id, None):
+                for entry in batch:
+                    await websocket.send_json(_socket_message(entry, record.run_id))
+            await websocket.close()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def _socket_message(entry: Any, run_id: str) -> dict[str, Any]:
+    """A log entry as the spec's WebSocket message ``{"type", "name", "data", ...}``."""
+    import json
+
+    data = json.loads(entry.data)
+    meta = data.pop("_event", None) if isinstance(data, dict) else None
+    if meta is None:
+        return {"type": entry.event, "data": data, "run_id": run_id, "id": entry.id}
+    return {
+        "type": entry.event,
+        "name": meta["name"],
+        "data": data,
+        "run_id": meta["run_id"],
+        "parent_ids": meta["parent_ids"],
+        "tags": meta["tags"],
+        "metadata": meta["metadata"],
+        "id": entry.id,
+    }
+
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such path, wrong method) as JSON, like every other."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_ERRORS.get(exc.status_code, "http_error")
+    detail = f"{request.method} {request.url.path} — {exc.detail}"
+    headers = dict(exc.headers or {})
+    return JSONResponse(
+        {"error": code, "detail": detail}, status_code=exc.status_code, headers=headers
+    )
 
 
 def _snapshot(snap: Any) -> dict[str, Any]:
@@ -629,6 +622,7 @@ def _op(summary: str, body: bool = False, sse: bool = False) -> dict[str, Any]:
     return op
 
 
+_STRINGS = {"type": "array", "items": {"type": "string"}}
 _OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "headwater", "version": "0.1.0"},
@@ -649,20 +643,34 @@ _OPENAPI: dict[str, Any] = {
         "schemas": {
             "RunRequest": {
                 "type": "object",
+                "additionalProperties": False,
                 "properties": {
                     "graph": {"type": "string"},
                     "thread_id": {"type": "string"},
                     "input": {},
                     "state": {"description": "alias of input"},
-                    "config": {"type": "object"},
-                    "stream_mode": {
-                        "oneOf": [
-                            {"type": "string"},
-                            {"type": "array", "items": {"type": "string"}},
-                        ]
+                    "config": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "recursion_limit": {"type": "integer", "minimum": 1},
+                            "tags": _STRINGS,
+                            "metadata": {"type": "object"},
+                            "configurable": {"type": "object"},
+                            "timeout": {"type": "number", "exclusiveMinimum": 0},
+                        },
                     },
-                    **{k: {"type": "array", "items": {"type": "string"}} for k in _FILTER_KEYS},
-                    "filters": {"type": "array", "items": {"type": "string"}},
+                    "stream_mode": {"oneOf": [{"type": "string"}, _STRINGS]},
+                    **{
+                        k: _STRINGS
+                        for k in RUN_FIELDS
+                        if k.startswith(("include_", "exclude_")) or k == "filters"
+                    },
+                    "multitask_strategy": {
+                        "enum": ["reject", "enqueue", "interrupt", "rollback"],
+                        "default": "reject",
+                    },
+                    "timeout": {"type": "number", "exclusiveMinimum": 0},
                 },
             }
         }

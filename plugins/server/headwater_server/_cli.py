@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
+import socket
 import sys
 import time
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import anyio
 import click
 
-from headwater import CompiledGraph
+from headwater import DEFAULT_RECURSION_LIMIT, CompiledGraph
 from headwater.errors import HeadwaterError
 from headwater.hookspecs import hookimpl
 from headwater.runtime import new_id
@@ -32,6 +34,8 @@ def load_graph(spec: str, checkpointer: str | None = None) -> CompiledGraph:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"expected module:graph, e.g. app.graphs:chat; got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, "")  # modules in the current directory, as uvicorn finds them
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -138,7 +142,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
     @cli.command()
     @click.argument("graphs", nargs=-1, required=True)
     @click.option("--host", default="127.0.0.1", show_default=True)
-    @click.option("--port", default=8000, show_default=True, type=int)
+    @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
     @click.option(
         "--api-key", "api_keys", multiple=True, help="Require this bearer token (repeatable)."
     )
@@ -159,6 +163,25 @@ def headwater_cli_commands(cli: click.Group) -> None:
     @click.option(
         "--queue", default=None, help="Run queue URL (postgresql://…): workers execute the runs."
     )
+    @click.option(
+        "--allow-origin",
+        "allowed_origins",
+        multiple=True,
+        help="A web origin whose pages may call this server (CORS; repeatable, or '*').",
+    )
+    @click.option(
+        "--max-recursion-limit",
+        default=DEFAULT_RECURSION_LIMIT,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Largest recursion_limit a run may ask for.",
+    )
+    @click.option(
+        "--max-run-timeout",
+        default=None,
+        type=click.FloatRange(min=0, min_open=True),
+        help="Largest timeout (seconds) a run may ask for (default: no cap).",
+    )
     def serve(
         graphs: tuple[str, ...],
         host: str,
@@ -168,6 +191,9 @@ def headwater_cli_commands(cli: click.Group) -> None:
         on_disconnect: str,
         broker: str | None,
         queue: str | None,
+        allowed_origins: tuple[str, ...],
+        max_recursion_limit: int,
+        max_run_timeout: float | None,
     ) -> None:
         """Serve graphs (module:graph …) over HTTP: SSE, WebSocket, runs API, browser page."""
         import uvicorn
@@ -182,11 +208,25 @@ def headwater_cli_commands(cli: click.Group) -> None:
                 on_disconnect=on_disconnect,  # type: ignore[arg-type]
                 broker=broker,
                 queue=queue,
+                allowed_origins=allowed_origins,
+                max_recursion_limit=max_recursion_limit,
+                max_run_timeout=max_run_timeout,
             )
         except (HeadwaterError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"headwater: serving {', '.join(sorted(loaded))} on http://{host}:{port}/")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        listening = _bind(host, port)  # a port in use fails here, before "serving on"
+        port = listening.getsockname()[1]
+        access = (
+            f"API key required ({len(api_keys)} key{'s' if len(api_keys) > 1 else ''})"
+            if api_keys
+            else "OPEN: no API key, anyone who can reach this address can run the graphs"
+        )
+        click.echo(
+            f"headwater: serving {', '.join(sorted(loaded))} on http://{_show(host)}:{port}/ "
+            f"({access})"
+        )
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+        _graceful_server(config, app.state.headwater).run(sockets=[listening])
 
     @cli.command()
     @click.argument("graphs", nargs=-1, required=True)
@@ -205,6 +245,13 @@ def headwater_cli_commands(cli: click.Group) -> None:
         type=click.IntRange(min=1),
         help="Runs executed at once by this process.",
     )
+    @click.option(
+        "--max-attempts",
+        default=3,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Claims of one run before it fails (a run that kills its worker).",
+    )
     def worker(
         graphs: tuple[str, ...],
         queue: str,
@@ -214,6 +261,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
         poll: float,
         name: str | None,
         concurrency: int,
+        max_attempts: int,
     ) -> None:
         """Claim queued runs and execute them, publishing their events to the broker."""
         from headwater.broker import broker_from_url
@@ -238,6 +286,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
                 poll=poll,
                 worker=name,
                 concurrency=concurrency,
+                max_attempts=max_attempts,
             )
         )
 
@@ -258,7 +307,8 @@ def headwater_cli_commands(cli: click.Group) -> None:
         multiple=True,
         default=("custom",),
         show_default=True,
-        help="Extra output: custom.",
+        type=click.Choice(["custom", "none"]),
+        help="Extra output besides tokens and node lines: custom events, or none.",
     )
     @click.option(
         "--include-types",
@@ -310,10 +360,48 @@ def headwater_cli_commands(cli: click.Group) -> None:
             click.echo(json.dumps(_plain(final), indent=2, default=str))
 
 
+def _graceful_server(config: Any, engine: Any) -> Any:
+    """uvicorn's server, whose Ctrl-C first ends the runs and streams (each run gets its
+    terminal event), so the connections close and the process exits at once."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            engine.request_shutdown()
+
+    return Server(config)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Listen on ``host:port`` now, so that a port in use is a clear error at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {_show(host)}:{port}: {exc.strerror or exc}"
+            + (" (another process uses that port; pick another with --port)" if port else "")
+        ) from None
+    # Connections accepted on it inherit TCP_NODELAY: without it, the last small write of
+    # each SSE stream waited for a delayed ACK (+40 ms a run, measured by serve.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _show(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _plain(value: Any) -> Any:
-    from headwater import serde
+    from ._wire import plain
 
     try:
-        return serde.encode(value)
-    except HeadwaterError:
+        return plain(value)
+    except ValueError:
         return repr(value)

@@ -10,6 +10,7 @@ unless ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (then ``init_chat_model`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -142,11 +143,27 @@ def build_demo(checkpointer: str | None = None) -> CompiledGraph:
     graph.add_edge("summarise", END)
     if checkpointer is None:
         checkpointer = (
-            f"sqlite:///{os.path.join(tempfile.gettempdir(), 'headwater-demo.db')}"
+            f"sqlite:///{demo_db_path()}"
             if "sqlite" in get_plugin_manager().registrations("headwater_checkpointers")
             else "memory:"
         )
     return graph.compile(checkpointer=checkpointer, name="demo")
+
+
+def demo_db_path() -> str:
+    """The demo's SQLite file: one per checkout and user, in the temp directory.
+
+    One shared ``headwater-demo.db`` let two checkouts (or users) write the same file:
+    another version's schema, or another user's file that cannot be opened.
+
+    Example::
+
+        demo_db_path()  # "/tmp/headwater-demo-3f2a9c1b7d4e.db"
+    """
+    checkout = os.path.dirname(os.path.abspath(__file__))
+    owner = str(os.getuid()) if hasattr(os, "getuid") else os.environ.get("USERNAME", "")
+    digest = hashlib.sha256(f"{checkout}\0{owner}".encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"headwater-demo-{digest}.db")
 
 
 async def _stream_demo(question: str) -> None:

@@ -1,18 +1,19 @@
-"""Runs the server streams: each run's events go to a broker log that clients follow.
+"""Executing a run into its broker log: the pieces the server and the workers share.
 
-Every streamed request (SSE, WebSocket, ``POST /runs``) becomes a run whose events are
-published to a :class:`~headwater.broker.Broker` (in-process ``memory:`` by default,
-Redis across instances). Clients read the log from any position (``Last-Event-ID``), so
-a client can join late, reconnect to any server, or leave while the run continues.
-A log ends with one terminal entry: ``end``, ``error`` or ``cancelled``.
+Every run's events are published to a :class:`~headwater.broker.Broker` log (in-process
+``memory:`` by default, Redis across instances). Clients read the log from any position
+(``Last-Event-ID``), so a client can join late, reconnect to any server, or leave while
+the run continues. A log ends with one terminal entry: ``end``, ``error`` or
+``cancelled``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import datetime
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -20,66 +21,54 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from headwater import serde
-from headwater.broker import Broker, BrokerEntry, BrokerError
-from headwater.runtime import new_id
+from headwater import CompiledGraph
+from headwater.broker import Broker, BrokerError
+from headwater.checkpoint import new_checkpoint_id
+
+from ._wire import EventEncoder, dumps
 
 __all__ = [
+    "PUBLISH_BUDGET",
     "TERMINAL",
-    "RunRecord",
-    "EventEncoder",
-    "encode_event",
+    "Outcome",
+    "drive",
     "encode_json",
+    "is_cancellation",
+    "open_run_stream",
+    "publish",
     "publish_batch",
     "publish_stream",
+    "rollback_thread",
+    "terminal_entry",
     "wire_entries",
-    "execute",
-    "follow",
-    "publish",
 ]
 
 TERMINAL = frozenset({"end", "error", "cancelled"})
 """Entry events that end a run's log."""
 
+encode_json = dumps
+"""JSON text of a value as clients receive it (plain JSON, see :mod:`._wire`)."""
 
-def encode_json(value: Any) -> str:
-    """JSON text of any value headwater's serde can encode (messages, chunks, errors …)."""
-    return json.dumps(serde.encode(value), separators=(",", ":"), allow_nan=False)
+_FILTER_KEYS = (
+    "include_names",
+    "include_types",
+    "include_tags",
+    "exclude_names",
+    "exclude_types",
+    "exclude_tags",
+)
 
 
-_META_KEYS = ("event", "name", "run_id", "parent_ids", "tags", "metadata")
-
-
-class EventEncoder:
-    """The wire JSON of ``astream_events`` dicts: the event's ``data`` fields at the top
-    level (``JSON.parse(e.data).chunk.content`` works as the spec's browser code expects)
-    plus ``_event`` with its type, name, run id, parent ids, tags and metadata.
-
-    Those describe where an event came from and repeat for every token of one model call,
-    so their JSON is made once per ``(type, run_id)`` and reused. ``extra`` goes into
-    every ``_event`` (a worker's ``attempt``).
-    """
-
-    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
-        self._extra = dict(extra or {})
-        self._meta: dict[tuple[str, str], str] = {}
-
-    def __call__(self, event: Mapping[str, Any]) -> str:
-        key = (event["event"], event["run_id"])
-        meta = self._meta.get(key)
-        if meta is None:
-            if len(self._meta) >= 4096:  # a long run of many calls: keep the cache small
-                self._meta.clear()
-            meta = encode_json({**{k: event[k] for k in _META_KEYS}, **self._extra})
-            self._meta[key] = meta
-        data = event["data"]
-        if isinstance(data, Mapping):
-            fields = dict(data)
-            fields.pop("_event", None)
-        else:
-            fields = {"value": data}
-        body = encode_json(fields)
-        return f'{body[:-1]}{"," if fields else ""}"_event":{meta}}}'
+def open_run_stream(
+    graph: CompiledGraph, input: Any, config: Mapping[str, Any], spec: Mapping[str, Any]
+) -> Any:
+    """Open (without starting) the stream a run asked for: stream modes, or
+    ``astream_events`` with filters. Raises the core's errors for a bad mode or filter."""
+    mode = spec.get("stream_mode")
+    if mode is not None:
+        return graph.astream(input, config, stream_mode=mode)
+    filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
+    return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
 
 
 async def wire_entries(
@@ -97,27 +86,9 @@ async def wire_entries(
             if stream_mode is None:
                 yield item["event"], encode(item)
             elif isinstance(stream_mode, str):
-                yield stream_mode, encode_json(item)
+                yield stream_mode, dumps(item)
             else:
-                yield item[0], encode_json(item[1])
-
-
-def encode_event(entry: BrokerEntry, run_id: str) -> dict[str, Any]:
-    """A log entry as the spec's WebSocket message ``{"type", "name", "data", ...}``."""
-    data = json.loads(entry.data)
-    meta = data.pop("_event", None) if isinstance(data, dict) else None
-    if meta is None:
-        return {"type": entry.event, "data": data, "run_id": run_id, "id": entry.id}
-    return {
-        "type": entry.event,
-        "name": meta["name"],
-        "data": data,
-        "run_id": meta["run_id"],
-        "parent_ids": meta["parent_ids"],
-        "tags": meta["tags"],
-        "metadata": meta["metadata"],
-        "id": entry.id,
-    }
+                yield item[0], dumps(item[1])
 
 
 _TURN = 0.002
@@ -165,6 +136,16 @@ _BATCH = 512
 """Most entries one publish round trip carries."""
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is this task being cancelled — not a node that raised the
+    backend's cancellation exception (or ``SystemExit``, ``KeyboardInterrupt`` …) itself,
+    which fails its run like any other error."""
+    return (
+        isinstance(exc, anyio.get_cancelled_exc_class())
+        and anyio.current_effective_deadline() == -math.inf
+    )
+
+
 async def publish_stream(
     broker: Broker, run_id: str, stream: AsyncIterator[tuple[str, str]]
 ) -> None:
@@ -174,10 +155,12 @@ async def publish_stream(
     batch takes all that arrived meanwhile, so a networked broker costs one round trip
     per batch, not per token, and an idle run still publishes each event at once. A
     bounded buffer between the two slows the run down if the broker falls behind.
-    Raises whatever ``stream`` raised.
+    Raises whatever ``stream`` raised, as itself (a node's ``SystemExit`` too: raised
+    here, in the caller's task, it can be handled; escaping a task it would stop the
+    event loop).
     """
     send, receive = anyio.create_memory_object_stream[tuple[str, str]](_BATCH)
-    failed: list[Exception] = []
+    failed: list[BaseException] = []
 
     async def produce() -> None:
         async with send:
@@ -194,8 +177,10 @@ async def publish_stream(
                         # ends: its clients would see its first event only then.
                         await anyio.lowlevel.checkpoint()
                         turn = time.monotonic() + _TURN
-            except Exception as exc:  # raised below, as itself (not in an ExceptionGroup)
-                failed.append(exc)
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    raise
+                failed.append(exc)  # raised below, in the caller's task, as itself
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
@@ -210,95 +195,87 @@ async def publish_stream(
         raise failed[0]
 
 
-@attrs.define(eq=False)
-class RunRecord:
-    """A run executed by this server process: its status and cancel scope."""
+@attrs.frozen
+class Outcome:
+    """How a run's execution ended: ``done``, ``error`` (with the ``error`` event's body)
+    or ``cancelled``.
 
-    graph: str
-    thread_id: str | None
-    owner: str | None
-    run_id: str = attrs.field(factory=new_id)
-    status: str = "pending"  # pending | running | done | error | cancelled
-    error: str | None = None
-    scope: anyio.CancelScope | None = None
-    done: anyio.Event = attrs.field(factory=anyio.Event)
+    Example::
+
+        Outcome("error", {"type": "ValueError", "message": "boom"})
+    """
+
+    status: str
+    body: Mapping[str, Any] | None = None
 
     @property
-    def finished(self) -> bool:
-        """Whether the run has ended (successfully or not)."""
-        return self.status in TERMINAL or self.status == "done"
-
-    def cancel(self) -> None:
-        """Cancel the run (no-op once finished)."""
-        if self.scope is not None and not self.finished:
-            self.scope.cancel()
+    def error(self) -> str | None:
+        """The error as one line, ``Type: message`` (``None`` unless ``error``)."""
+        if self.body is None:
+            return None
+        return f"{self.body.get('type')}: {self.body.get('message')}"
 
 
-async def execute(
-    record: RunRecord,
-    stream: AsyncIterator[tuple[str, str]],
-    broker: Broker,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Drive ``stream`` of ``(event, JSON text)`` into the run's broker log until it ends."""
-    run_id = record.run_id
-    with anyio.CancelScope() as scope:
-        record.scope = scope
-        record.status = "running"
-        task_status.started()
-        try:
-            await publish_stream(broker, run_id, stream)
-        except Exception as exc:
-            with anyio.CancelScope(shield=True):
-                body = {"type": type(exc).__name__, "message": str(exc)}
-                await publish(broker, run_id, "error", encode_json(body), must=True)
-            record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
-            record.done.set()
-            return
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-    with anyio.CancelScope(shield=True):
-        if scope.cancelled_caught:
-            record.status = "cancelled"
-            await publish(broker, run_id, "cancelled", encode_json({"run_id": run_id}), must=True)
-        else:
-            record.status = "done"
-            done = encode_json({"run_id": run_id, "status": "done"})
-            await publish(broker, run_id, "end", done, must=True)
-    record.done.set()
+async def drive(broker: Broker, run_id: str, entries: AsyncIterator[tuple[str, str]]) -> Outcome:
+    """Publish a run's entries until it ends.
 
-
-async def follow(
-    broker: Broker,
-    run_id: str,
-    after: str | None,
-    heartbeat: float,
-    ended: Callable[[], Awaitable[str | None]] | None = None,
-) -> AsyncIterator[list[BrokerEntry]]:
-    """Yield the run's entries after ``after`` in batches as they come (``[]``: heartbeat).
-
-    The log ends with a terminal entry. ``ended()`` (queue mode) returns the run's final
-    status once it has one: if the log stays quiet and the run ended, its terminal entry
-    was lost (a broker restart) and is synthesised so the follower does not wait forever.
+    Anything the run raises makes an ``error`` outcome (a ``config["timeout"]`` that ran
+    out is the core's ``RunTimeoutError``); only a real cancellation of the calling task
+    propagates.
     """
-    position = after
+    try:
+        await publish_stream(broker, run_id, entries)
+    except BaseException as exc:
+        if is_cancellation(exc):
+            raise
+        message = str(exc) or repr(exc)
+        return Outcome("error", {"type": type(exc).__name__, "message": message})
+    return Outcome("done")
+
+
+def terminal_entry(run_id: str, outcome: Outcome, reason: str | None = None) -> tuple[str, str]:
+    """The ``(event, data)`` that ends a run's log for ``outcome``."""
+    if outcome.status == "error":
+        return "error", dumps(dict(outcome.body or {}))
+    if outcome.status == "cancelled":
+        return "cancelled", dumps({"run_id": run_id, "reason": reason or "cancel"})
+    return "end", dumps({"run_id": run_id, "status": "done"})
+
+
+async def rollback_thread(graph: CompiledGraph, thread_id: str, run_id: str) -> None:
+    """Undo what run ``run_id`` wrote to its thread (multitask strategy ``rollback``).
+
+    The checkpoint the thread had before the run is saved again as its newest (with its
+    pending writes, so a thread paused by ``interrupt()`` stays paused); a thread the run
+    created is deleted. The run's own checkpoints stay in the history, marked by the
+    ``rollback`` checkpoint after them.
+    """
+    saver = graph.checkpointer
+    if saver is None:
+        return
+    newest = await saver.alist(thread_id, limit=1)
+    if not newest or newest[0].metadata.get("run_id") != run_id:
+        return  # the run wrote nothing (or something else wrote since)
+    before: str | None = None
     while True:
-        entries = await broker.read(run_id, position, block=heartbeat)
-        if not entries:
-            status = await ended() if ended is not None else None
-            if status is not None:
-                event = "end" if status == "done" else status
-                body = encode_json({"run_id": run_id, "status": status, "synthesised": True})
-                yield [BrokerEntry(id="", event=event, data=body)]
-                return
-            yield []
-            continue
-        for i, entry in enumerate(entries):
-            if entry.event in TERMINAL:
-                yield entries[: i + 1]
-                return
-        position = entries[-1].id
-        yield entries
+        page = await saver.alist(thread_id, limit=20, before=before)
+        if not page:
+            await saver.adelete_thread(thread_id)  # the thread began with this run
+            return
+        previous = next((c for c in page if c.metadata.get("run_id") != run_id), None)
+        if previous is not None:
+            break
+        before = page[-1].id
+    found = await saver.aget(thread_id, "", previous.id)
+    checkpoint_id = new_checkpoint_id()
+    await saver.aput(
+        attrs.evolve(
+            previous,
+            id=checkpoint_id,
+            parent_id=newest[0].id,
+            metadata={**previous.metadata, "source": "rollback", "rolled_back_run": run_id},
+            created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+        )
+    )
+    if found is not None and found.writes:
+        await saver.aput_writes(thread_id, "", checkpoint_id, found.writes)

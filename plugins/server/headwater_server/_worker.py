@@ -2,48 +2,42 @@
 
 A worker claims a run under a lease and renews it by heartbeat. If the lease is lost
 (another worker took the run over after this one stalled) or the run's cancellation
-was requested, the worker stops the run. A worker that claims a run another worker
-had started (``attempts > 1``) resumes it from its last checkpoint: it first publishes
-a ``resumed`` entry ``{"attempt": n}``, and every event of the new attempt carries
-``_event.attempt = n`` — so a UI can drop the partial output of the step that was cut.
+was requested, the worker stops the run; a run that does not stop within a third of a
+lease (a node stuck in a blocking call) is ended anyway, so a cancel takes effect within
+a lease. A worker that claims a run another worker had started (``attempts > 1``)
+resumes it from its last checkpoint: it first publishes a ``resumed`` entry
+``{"attempt": n}``, and every event of the new attempt carries ``_event.attempt = n`` —
+so a UI can drop the partial output of the step that was cut. A run whose workers
+stopped ``max_attempts`` times (it kills the process that runs it) is not claimed again:
+it ends with an ``error`` event of type ``RunAttemptsExhausted``.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Mapping
-from typing import Any
 
 import anyio
 
 from headwater import CompiledGraph
 from headwater.broker import Broker
+from headwater.errors import QueueError
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
-from ._runs import encode_json, publish, publish_stream, wire_entries
-
-__all__ = ["job_stream", "run_job", "work"]
-
-_FILTER_KEYS = (
-    "include_names",
-    "include_types",
-    "include_tags",
-    "exclude_names",
-    "exclude_types",
-    "exclude_tags",
+from ._runs import (
+    Outcome,
+    drive,
+    encode_json,
+    open_run_stream,
+    publish,
+    rollback_thread,
+    terminal_entry,
+    wire_entries,
 )
 
-
-def job_stream(
-    graph: CompiledGraph, input: Any, config: Mapping[str, Any], spec: Mapping[str, Any]
-) -> Any:
-    """Open the stream a job asked for: stream modes, or ``astream_events`` with filters."""
-    mode = spec.get("stream_mode")
-    if mode is not None:
-        return graph.astream(input, config, stream_mode=mode)
-    filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
-    return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
+__all__ = ["end_reaped", "run_job", "work"]
 
 
 async def run_job(
@@ -59,52 +53,93 @@ async def run_job(
             snapshot = await graph.aget_state({"configurable": {"thread_id": job.thread_id}})
             if snapshot.metadata.get("run_id") == job.run_id:
                 if not snapshot.next and not snapshot.interrupts:
-                    done = encode_json({"run_id": job.run_id, "status": "done"})
-                    await publish(broker, job.run_id, "end", done, must=True)
                     await queue.finish(job.run_id, worker, "done")
+                    await publish(broker, job.run_id, *terminal_entry(job.run_id, Outcome("done")))
                     return "done"
                 input = None  # the run had checkpointed: continue from there
-    status, error = "done", None
-    stopped_by: list[str] = []
-    with anyio.CancelScope() as scope:
+    stopped: list[str] = []  # why the worker stopped it: "lease lost" or a cancel reason
+    finished = anyio.Event()
+    ended: list[str] = []  # the status it was ended with, once
 
-        async def heartbeat() -> None:
-            while True:
-                await anyio.sleep(lease / 3)
-                renewed = await queue.renew(job.run_id, worker, lease)
-                if renewed is None:
-                    stopped_by.append("lease lost")
-                    scope.cancel()
-                elif renewed.cancel_requested:
-                    stopped_by.append("cancelled")
-                    scope.cancel()
+    async def end(outcome: Outcome) -> None:
+        if ended:
+            return
+        with anyio.CancelScope(shield=True):
+            if stopped == ["lease lost"]:
+                ended.append("lost")  # another worker owns the run now; it publishes the rest
+                return
+            reason = stopped[0] if stopped else None
+            if stopped:
+                outcome = Outcome("cancelled")
+                if reason == "rollback":
+                    await rollback_thread(graph, job.thread_id, job.run_id)
+            ended.append(outcome.status)
+            # The queue first: a client that saw the terminal event finds the run ended.
+            await queue.finish(job.run_id, worker, outcome.status, outcome.error)
+            entry = terminal_entry(job.run_id, outcome, reason)
+            await publish(broker, job.run_id, *entry, must=True)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(heartbeat)
+    async with anyio.create_task_group() as tg:
+
+        async def execute() -> None:
             try:
-                stream = job_stream(graph, input, config, job.stream)
+                stream = open_run_stream(graph, input, config, job.stream)
                 entries = wire_entries(
                     stream, job.stream.get("stream_mode"), {"attempt": job.attempts}
                 )
-                await publish_stream(broker, job.run_id, entries)
-            except Exception as exc:
-                status, error = "error", f"{type(exc).__name__}: {exc}"
-                with anyio.CancelScope(shield=True):
-                    body = {"type": type(exc).__name__, "message": str(exc)}
-                    await publish(broker, job.run_id, "error", encode_json(body), must=True)
-            tg.cancel_scope.cancel()
-    with anyio.CancelScope(shield=True):
-        if stopped_by == ["lease lost"]:
-            return "lost"  # another worker owns the run now; it publishes the rest
-        if stopped_by:
-            status = "cancelled"
-            cancelled = encode_json({"run_id": job.run_id})
-            await publish(broker, job.run_id, "cancelled", cancelled, must=True)
-        elif status == "done":
-            done = encode_json({"run_id": job.run_id, "status": "done"})
-            await publish(broker, job.run_id, "end", done, must=True)
-        await queue.finish(job.run_id, worker, status, error)
-    return status
+                outcome = await drive(broker, job.run_id, entries)
+            except Exception as exc:  # the stream could not open (the graph changed)
+                outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})
+            finally:
+                finished.set()
+            await end(outcome)
+
+        async def control() -> None:
+            while True:
+                with anyio.move_on_after(lease / 3):
+                    await finished.wait()
+                if finished.is_set():
+                    return
+                try:
+                    renewed = await queue.renew(job.run_id, worker, lease)
+                except QueueError:
+                    continue  # the database is away: try again (the lease may run out)
+                if renewed is not None and not renewed.cancel_requested:
+                    continue
+                stopped.append(
+                    "lease lost" if renewed is None else (renewed.cancel_reason or "cancel")
+                )
+                runner.cancel()
+                with anyio.move_on_after(lease / 3):
+                    await finished.wait()
+                # A node stuck in a blocking call cannot be cancelled: the run ends now all
+                # the same; the stuck task finishes in the background.
+                await end(Outcome("cancelled"))
+                return
+
+        with anyio.CancelScope() as runner:
+            tg.start_soon(control)
+            await execute()
+        if not ended:  # cancelled before it published anything
+            await end(Outcome("cancelled"))
+        tg.cancel_scope.cancel()
+    return ended[0] if ended else "cancelled"
+
+
+async def end_reaped(job: RunJob, graphs: Mapping[str, CompiledGraph], broker: Broker) -> None:
+    """Publish the terminal event of a run the queue ended: a poison run's ``error``, or
+    ``cancelled`` for a run whose worker died after its cancellation was requested (undoing
+    its writes if a ``rollback`` superseded it)."""
+    graph = graphs.get(job.graph)
+    if job.status == "cancelled":
+        if job.cancel_reason == "rollback" and graph is not None:
+            await rollback_thread(graph, job.thread_id, job.run_id)
+        outcome = Outcome("cancelled")
+    else:
+        outcome = Outcome("error", {"type": "RunAttemptsExhausted", "message": job.error})
+    await publish(
+        broker, job.run_id, *terminal_entry(job.run_id, outcome, job.cancel_reason), must=True
+    )
 
 
 async def work(
@@ -117,11 +152,13 @@ async def work(
     worker: str | None = None,
     max_runs: int | None = None,
     concurrency: int = 1,
+    max_attempts: int = 3,
 ) -> None:
     """Claim and execute runs until cancelled (or ``max_runs`` runs were done).
 
     ``concurrency`` runs execute at once (each under its own lease): most runs spend
-    their time waiting on a model provider, so one process can carry many.
+    their time waiting on a model provider, so one process can carry many. A run is
+    claimed at most ``max_attempts`` times (a run that kills its worker fails after that).
 
     Example::
 
@@ -129,13 +166,25 @@ async def work(
     """
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1; got {concurrency!r}.")
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        raise ValueError(f"max_attempts must be an int >= 1; got {max_attempts!r}.")
     worker = worker or f"{socket.gethostname()}-{new_id()[:8]}"
     claimed = 0
+    next_reap = 0.0
+
+    async def reap() -> None:
+        nonlocal next_reap
+        if time.monotonic() < next_reap:
+            return
+        next_reap = time.monotonic() + min(lease / 3, 5.0)
+        for job in await queue.reap(max_attempts=max_attempts, graphs=graphs):
+            await end_reaped(job, graphs, broker)
 
     async def slot() -> None:
         nonlocal claimed
         while max_runs is None or claimed < max_runs:
-            job = await queue.claim(worker, lease, graphs)  # never another worker's graph
+            await reap()
+            job = await queue.claim(worker, lease, graphs, max_attempts=max_attempts)
             if job is None:
                 await anyio.sleep(poll)
                 continue

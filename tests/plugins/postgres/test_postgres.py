@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import uuid
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import anyio
 import anyio.lowlevel
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from headwater import START, StateGraph
 from headwater.checkpoint import Checkpoint, Checkpointer, checkpointer_from_url, new_checkpoint_id
-from headwater.errors import CheckpointError
+from headwater.errors import CheckpointError, QueueError
 from headwater.testing.conformance import CheckpointerConformance
 from headwater.testing.crash import MAX_KILL_STEP, check_crash_resume
 from headwater.testing.services import service_url
@@ -151,9 +151,9 @@ async def test_queue_claim_lease_takeover_and_cancel(pg_url: str) -> None:
 
     queue = await anyio.to_thread.run_sync(lambda: queue_from_url(pg_url))
     assert isinstance(queue, PostgresRunQueue)
-    run, graph = uuid.uuid4().hex, f"g-{uuid.uuid4().hex[:8]}"
+    run, graph, thread = uuid.uuid4().hex, f"g-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     await queue.enqueue(
-        RunJob(run_id=run, graph=graph, thread_id="t", input={"n": 1}, config={"a": 1})
+        RunJob(run_id=run, graph=graph, thread_id=thread, input={"n": 1}, config={"a": 1})
     )
     job = await queue.get(run)
     assert job is not None and job.status == "queued" and job.input == {"n": 1}
@@ -180,10 +180,85 @@ async def test_queue_claim_lease_takeover_and_cancel(pg_url: str) -> None:
     assert final is not None and final.status == "cancelled"
 
     queued = uuid.uuid4().hex
-    await queue.enqueue(RunJob(run_id=queued, graph="g", thread_id="t"))
+    await queue.enqueue(RunJob(run_id=queued, graph="g", thread_id=thread))
     await queue.cancel(queued)
     cancelled = await queue.get(queued)
     assert cancelled is not None and cancelled.status == "cancelled"
+    await queue.aclose()
+
+
+async def _queue(pg_url: str) -> Any:
+    from headwater.queue import queue_from_url
+
+    return await anyio.to_thread.run_sync(lambda: queue_from_url(pg_url))
+
+
+@pytest.mark.anyio
+async def test_queue_multitask_strategies_keep_one_run_per_thread(pg_url: str) -> None:
+    from headwater.queue import RunJob, ThreadBusyError
+
+    queue = await _queue(pg_url)
+    graph, thread = f"g-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+
+    def job() -> RunJob:
+        return RunJob(run_id=uuid.uuid4().hex, graph=graph, thread_id=thread)
+
+    first, second, third = job(), job(), job()
+    assert await queue.enqueue(first) == []
+    with pytest.raises(ThreadBusyError, match="busy with run") as busy:
+        await queue.enqueue(second)  # reject is the default
+    assert busy.value.run_ids == [first.run_id]
+    assert await queue.get(second.run_id) is None  # nothing was added
+    assert await queue.enqueue(second, multitask="enqueue") == []
+    running = await queue.claim("w1", lease=30, graphs=[graph])
+    assert running is not None and running.run_id == first.run_id
+    assert await queue.claim("w2", lease=30, graphs=[graph]) is None  # second waits its turn
+
+    superseded = await queue.enqueue(third, multitask="interrupt")
+    assert {(j.run_id, j.status, j.cancel_reason) for j in superseded} == {
+        (first.run_id, "running", "interrupt"),
+        (second.run_id, "cancelled", "interrupt"),  # queued: cancelled at once
+    }
+    assert await queue.claim("w2", lease=30, graphs=[graph]) is None  # first still running
+    renewed = await queue.renew(first.run_id, "w1", lease=30)
+    assert renewed is not None and renewed.cancel_requested
+    await queue.finish(first.run_id, "w1", "cancelled")
+    started = await queue.claim("w2", lease=30, graphs=[graph])
+    assert started is not None and started.run_id == third.run_id
+
+    with pytest.raises(QueueError, match="Unknown multitask strategy"):
+        await queue.enqueue(job(), multitask="later")
+    await queue.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_poison_run_is_reaped_after_its_attempts(pg_url: str) -> None:
+    from headwater.queue import RunJob
+
+    queue = await _queue(pg_url)
+    graph = f"g-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex
+    await queue.enqueue(RunJob(run_id=run, graph=graph, thread_id=uuid.uuid4().hex))
+    for attempt in (1, 2):
+        claimed = await queue.claim(f"w{attempt}", lease=0.2, graphs=[graph], max_attempts=2)
+        assert claimed is not None and claimed.attempts == attempt
+        assert await queue.reap(max_attempts=2, graphs=[graph]) == []  # lease still held
+        await anyio.sleep(0.4)  # the worker "dies"
+    assert await queue.claim("w3", lease=0.2, graphs=[graph], max_attempts=2) is None
+    reaped = await queue.reap(max_attempts=2, graphs=[graph])
+    assert [(j.run_id, j.status) for j in reaped] == [(run, "error")]
+    assert "claimed 2 times" in (reaped[0].error or "")
+    assert await queue.reap(max_attempts=2, graphs=[graph]) == []
+
+    cancelled = uuid.uuid4().hex  # a cancel of a run whose worker died takes effect
+    await queue.enqueue(RunJob(run_id=cancelled, graph=graph, thread_id=uuid.uuid4().hex))
+    assert await queue.claim("w4", lease=0.2, graphs=[graph]) is not None
+    await queue.cancel(cancelled)
+    await anyio.sleep(0.4)
+    assert await queue.claim("w5", lease=30, graphs=[graph]) is None  # never claimed again
+    assert [(j.run_id, j.status) for j in await queue.reap(graphs=[graph])] == [
+        (cancelled, "cancelled")
+    ]
     await queue.aclose()
 
 

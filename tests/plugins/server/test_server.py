@@ -184,13 +184,19 @@ def test_expired_last_event_id_tells_the_client_to_restart() -> None:
     assert "restart from the thread's state" in json.loads(late[0]["data"])["message"]
 
 
-def test_cancel_a_run(app_url: str) -> None:
+def test_cancel_a_run() -> None:
     CANCELLED.clear()
-    with httpx.Client(base_url=app_url, timeout=10) as client:
-        run_id = client.post("/runs", json={"graph": "slow", "input": {"steps": []}}).json()[
-            "run_id"
-        ]
-        time.sleep(0.1)
+    # Long ticks, and the cancel sent once a tick has begun: it lands inside the node (a
+    # cancel between two ticks would leave nothing for the node to see).
+    with (
+        serving(create_app({"slow": slow_graph(pause=5.0)})) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        run_id = client.post("/runs", json={"input": {"steps": []}}).json()["run_id"]
+        with client.stream("GET", f"/runs/{run_id}/stream") as response:
+            for line in response.iter_lines():
+                if line.startswith("event: on_custom_event"):
+                    break
         assert client.post(f"/runs/{run_id}/cancel").json()["status"] == "cancelled"
         final = sse(client, "GET", f"/runs/{run_id}/stream")
     assert final[-1]["event"] == "cancelled"
