@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -144,6 +146,10 @@ class _LoopConnection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.pid = os.getpid()
+        # A checkpointer dropped without aclose() closes this connection quietly, as its
+        # pool's are (psycopg warns about an open connection it collects; a finalizer runs
+        # before the collector finalizes the connection, even within a cycle).
+        self._finalizer = weakref.finalize(self, _close_quietly, conn, self.pid)
         pg = conn.pgconn
         for name, sql in ((b"hw_put_checkpoint", _PUT_CHECKPOINT), (b"hw_put_write", _PUT_WRITE)):
             numbered = sql
@@ -210,8 +216,13 @@ class _LoopConnection:
                 first = result
 
     def close(self) -> None:
-        if self.pid == os.getpid():
-            self.conn.close()
+        self._finalizer()
+
+
+def _close_quietly(conn: psycopg.Connection[Any], pid: int) -> None:
+    if pid == os.getpid():  # a forked child leaves its parent's socket alone
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _message(data: bytes | None) -> str:

@@ -312,3 +312,32 @@ async def test_a_write_on_the_loop_cancelled_midway_is_still_committed(pg_url: s
     await saver.aput(_cp(thread, 2))  # the connection is usable: no result left pending
     assert saver._here is not None
     await saver.aclose()
+
+
+def test_a_checkpointer_dropped_without_aclose_closes_its_loop_connection_quietly(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import sys
+    import time
+
+    from headwater import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_IDLE_SECONDS", 0.05)
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(info.exc_value))
+
+    async def write() -> Any:
+        saver = PostgresCheckpointer(pg_url, max_size=2)
+        await saver.aput(_cp(uuid.uuid4().hex, 0))
+        assert saver._here is not None
+        return saver._here.conn
+
+    conn = anyio.run(write)
+    for _ in range(100):  # the writer thread ends when idle; then the checkpointer is garbage
+        gc.collect()
+        if conn.closed:
+            break
+        time.sleep(0.05)
+    assert conn.closed
+    assert unraisable == []
