@@ -122,7 +122,8 @@ def test_incremental_bytes_equal_full_encoding(
         data = encoder.encode(checkpoint, written)
         assert data == encode_record(checkpoint)
         restored = decode_record(data, checkpoint.thread_id, checkpoint.id, Checkpoint)
-        assert restored.values == serde.loads(serde.dumps(dict(checkpoint.values)))
+        # the state restored is the state saved (compared encoded: NaN is not NaN)
+        assert serde.dumps(restored.values) == serde.dumps(dict(checkpoint.values))
 
 
 def test_a_key_not_written_keeps_its_last_written_form() -> None:
