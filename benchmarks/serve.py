@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio
 from _load import (
-    HERE,
     MARKER,
     free_port,
     headwater_cli,
@@ -78,22 +77,12 @@ class Mode:
     levels: list[int]
 
 
-FROZEN = Route(
-    "headwater gc.freeze", "headwater-frozen", "/workflow/stream", {"input": {"messages": ["go"]}}
-)
-"""``--gc-freeze``: the same route on a ``headwater serve`` that froze its start-up objects."""
-
-
 def servers(
     logs: Path | None, tokens: int, token_delay: float, names: set[str]
 ) -> tuple[dict[str, str], Any]:
     ports = {name: free_port() for name in names}
-    frozen = [sys.executable, str(HERE / "_frozen_serve.py")]
     commands = {
         "headwater": headwater_cli("serve", "bench_app:tokens", "--port", str(ports["headwater"])),
-        "headwater-frozen": [
-            *frozen, "serve", "bench_app:tokens", "--port", str(ports.get("headwater-frozen", 0)),
-        ],
         "fastapi": [
             sys.executable, "-m", "uvicorn", "bench_app:fastapi_app",
             "--host", "127.0.0.1", "--port", str(ports.get("fastapi", 0)), "--log-level", "warning",
@@ -144,15 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=["instant", "realistic"], default=["instant", "realistic"]
     )
-    parser.add_argument(
-        "--gc-freeze",
-        action="store_true",
-        help="also measure headwater serve with gc.freeze() after start-up (_frozen_serve.py)",
-    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--logs", metavar="DIR", type=Path, help="keep the servers' output here")
     args = parser.parse_args(argv)
-    routes = [*ROUTES, FROZEN] if args.gc_freeze else ROUTES
+    routes = ROUTES
     tokens = args.tokens or (50 if args.quick else 500)
     levels = args.clients or ([1, 5] if args.quick else [1, 50, 200])
     modes = {
