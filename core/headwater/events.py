@@ -105,42 +105,25 @@ ON_INTERRUPT: Final = "on_interrupt"
 ``data = {"value", "id", "node"}``; continue with ``Command(resume=...)`` or input None.
 """
 
-CORE_KINDS: Final = frozenset(
-    {
-        ON_CHAIN_START,
-        ON_CHAIN_STREAM,
-        ON_CHAIN_END,
-        ON_CHAIN_ERROR,
-        ON_CUSTOM_EVENT,
-        ON_INTERRUPT,
-        STEP_END,
-        TASK_START,
-        TASK_END,
-        CHECKPOINT,
-    }
+_CHAIN_KINDS = frozenset(
+    {ON_CHAIN_START, ON_CHAIN_STREAM, ON_CHAIN_END, ON_CHAIN_ERROR, ON_CUSTOM_EVENT, ON_INTERRUPT}
 )
+
+CORE_KINDS: Final = _CHAIN_KINDS | {STEP_END, TASK_START, TASK_END, CHECKPOINT}
 """The kinds the core scheduler emits itself (models, tools and retrievers add more)."""
 
-PUBLIC_KINDS: Final = frozenset(
-    {
-        ON_CHAIN_START,
-        ON_CHAIN_STREAM,
-        ON_CHAIN_END,
-        ON_CHAIN_ERROR,
-        ON_CUSTOM_EVENT,
-        ON_INTERRUPT,
-        "on_chat_model_start",
-        "on_chat_model_stream",
-        "on_chat_model_end",
-        "on_chat_model_error",
-        "on_tool_start",
-        "on_tool_end",
-        "on_tool_error",
-        "on_retriever_start",
-        "on_retriever_end",
-        "on_retriever_error",
-    }
-)
+PUBLIC_KINDS: Final = _CHAIN_KINDS | {
+    "on_chat_model_start",
+    "on_chat_model_stream",
+    "on_chat_model_end",
+    "on_chat_model_error",
+    "on_tool_start",
+    "on_tool_end",
+    "on_tool_error",
+    "on_retriever_start",
+    "on_retriever_end",
+    "on_retriever_error",
+}
 """Every kind ``astream_events`` yields (the seed's event table, plus ``*_error``)."""
 
 Accept = Callable[[str, str, tuple[str, ...], Mapping[str, Any]], bool]
