@@ -36,8 +36,11 @@ from typing import Any, NoReturn
 import attrs
 import httpx
 import pytest
+import redis
 
-from headwater.testing.services import REQUIRE_ENV, require_services
+from headwater.testing.services import REQUIRE_ENV, require_services, service_url
+
+from .test_scaleout import PG, REDIS, _pg_ping
 
 HERE = Path(__file__).resolve().parent / "usestream"
 ANSWER = "Rivers start in the hills and flow downhill, gathering water on their way to the sea."
@@ -164,27 +167,32 @@ class Server:
     kind: str
 
 
-def _start(command: list[str], ready: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # langgraph dev starts children: stop the whole group
-    )
+def _start(
+    command: list[str], ready: str | None, cwd: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[str]:
+    """Start ``command`` (output to ``log``); wait until ``ready`` answers (if given)."""
+    with log.open("w", encoding="utf-8") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # langgraph dev starts children: stop the whole group
+        )
     deadline = time.monotonic() + 60
-    while True:
+    while ready is not None:
         try:
             httpx.get(ready, timeout=1).raise_for_status()
             return process
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
                 _stop(process)
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"{' '.join(command)} did not come up:\n{output[-4000:]}")
+                output = log.read_text(encoding="utf-8")[-4000:]
+                pytest.fail(f"{' '.join(command)} did not come up:\n{output}")
             time.sleep(0.1)
+    return process
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -195,8 +203,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 NO_PROTOCOL_YET = pytest.mark.xfail(
@@ -209,31 +215,22 @@ NO_PROTOCOL_YET = pytest.mark.xfail(
 
 @pytest.fixture(
     scope="module",
-    params=[pytest.param("headwater", marks=NO_PROTOCOL_YET), "langgraph-dev"],
+    params=[
+        pytest.param("headwater", marks=NO_PROTOCOL_YET),
+        pytest.param("headwater-scaled", marks=NO_PROTOCOL_YET),
+        "langgraph-dev",
+    ],
 )
 def server(
     request: pytest.FixtureRequest, site: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """``headwater serve`` (the subject) or ``langgraph dev`` (the reference, when configured)."""
+    """``headwater serve`` alone (SQLite), or scaled out (PostgreSQL queue, Redis broker, a
+    ``headwater worker``), or ``langgraph dev`` (the reference, when configured)."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    if request.param == "headwater":
-        data = tmp_path_factory.mktemp("headwater")
-        command = [
-            sys.executable,
-            "-m",
-            "headwater",
-            "serve",
-            "graph_headwater:chat",
-            "--port",
-            str(port),
-            "--checkpointer",
-            f"sqlite:///{data / 'threads.db'}",
-            "--allow-origin",
-            site,
-        ]
-        process = _start(command, f"http://127.0.0.1:{port}/graphs", HERE, env)
-    else:
+    logs = tmp_path_factory.mktemp("logs")
+    processes: list[subprocess.Popen[str]] = []
+    if request.param == "langgraph-dev":
         if not LANGGRAPH_SERVER:
             pytest.skip(
                 "the reference run needs HEADWATER_LANGGRAPH_SERVER=/path/to/langgraph "
@@ -248,11 +245,32 @@ def server(
         )
         env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
         command = [LANGGRAPH_SERVER, "dev", "--no-browser", "--no-reload", "--port", str(port)]
-        process = _start(command, f"http://127.0.0.1:{port}/ok", project, env)
+        processes.append(
+            _start(command, f"http://127.0.0.1:{port}/ok", project, env, logs / "langgraph.log")
+        )
+    else:
+        headwater = [sys.executable, "-m", "headwater"]
+        if request.param == "headwater":
+            data = tmp_path_factory.mktemp("headwater")
+            storage = ["--checkpointer", f"sqlite:///{data / 'threads.db'}"]
+        else:  # scaled out: the runs go through PostgreSQL to a worker, events through Redis
+            pg = service_url("HEADWATER_TEST_POSTGRES_URL", PG, _pg_ping)
+            rd = service_url(
+                "HEADWATER_TEST_REDIS_URL", REDIS, lambda u: redis.Redis.from_url(u).ping()
+            )
+            storage = ["--checkpointer", pg, "--queue", pg, "--broker", rd]
+            worker = [*headwater, "worker", "graph_headwater:chat", *storage, "--poll", "0.1"]
+            processes.append(_start(worker, None, HERE, env, logs / "worker.log"))
+        serve = [*headwater, "serve", "graph_headwater:chat", "--port", str(port), *storage]
+        serve += ["--allow-origin", site]
+        processes.append(
+            _start(serve, f"http://127.0.0.1:{port}/graphs", HERE, env, logs / "serve.log")
+        )
     try:
         yield Server(url=f"http://127.0.0.1:{port}", kind=str(request.param))
     finally:
-        _stop(process)
+        for process in processes:
+            _stop(process)
 
 
 def _messages(page: Any) -> list[dict[str, Any]]:
