@@ -22,6 +22,7 @@ import http.server
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -165,12 +167,28 @@ class Server:
 
     url: str
     kind: str
+    key: str | None = None  # the API key the server requires, if any
+
+    def page_url(self, site: str, key: str | None = None) -> str:
+        """The page at ``site``, talking to this server with ``key`` (default: the right one)."""
+        query = {"api": self.url, "assistant": "chat", "key": key or self.key or ""}
+        return f"{site}/index.html?{urllib.parse.urlencode(query)}"
+
+    def api(self) -> httpx.Client:
+        """A plain HTTP client for the server, to check what it holds."""
+        headers = {"x-api-key": self.key} if self.key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
 def _start(
-    command: list[str], ready: str | None, cwd: Path, env: dict[str, str], log: Path
-) -> subprocess.Popen[str]:
-    """Start ``command`` (output to ``log``); wait until ``ready`` answers (if given)."""
+    started: list[subprocess.Popen[str]],
+    command: list[str],
+    ready: str | None,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+) -> None:
+    """Start ``command`` (into ``started``, output to ``log``); wait until ``ready`` answers."""
     with log.open("w", encoding="utf-8") as output:
         process = subprocess.Popen(
             command,
@@ -181,18 +199,17 @@ def _start(
             text=True,
             start_new_session=True,  # langgraph dev starts children: stop the whole group
         )
+    started.append(process)
     deadline = time.monotonic() + 60
     while ready is not None:
         try:
-            httpx.get(ready, timeout=1).raise_for_status()
-            return process
-        except httpx.HTTPError:
+            httpx.get(ready, timeout=1)  # any answer (401 without a key too): it is up
+            return
+        except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
                 output = log.read_text(encoding="utf-8")[-4000:]
                 pytest.fail(f"{' '.join(command)} did not come up:\n{output}")
             time.sleep(0.1)
-    return process
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -209,7 +226,8 @@ NO_PROTOCOL_YET = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
     reason="headwater serve does not speak the LangGraph server protocol yet (issue 15, branch "
-    "'protocol'): POST /threads refuses useStream's body with 400 unknown_field 'metadata'",
+    "'protocol'): its CORS preflight refuses the x-api-key header the SDK sends, so the page "
+    "reports 'Failed to fetch' (and POST /threads would refuse useStream's 'metadata')",
 )
 
 
@@ -227,47 +245,46 @@ def server(
     """``headwater serve`` alone (SQLite), or scaled out (PostgreSQL queue, Redis broker, a
     ``headwater worker``), or ``langgraph dev`` (the reference, when configured)."""
     port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     logs = tmp_path_factory.mktemp("logs")
     processes: list[subprocess.Popen[str]] = []
-    if request.param == "langgraph-dev":
-        if not LANGGRAPH_SERVER:
-            pytest.skip(
-                "the reference run needs HEADWATER_LANGGRAPH_SERVER=/path/to/langgraph "
-                "(pip install 'langgraph-cli[inmem]' in a separate venv)"
-            )
-        project = tmp_path_factory.mktemp("langgraph")
-        for name in ("graph_langgraph.py", "lg_support.py"):
-            shutil.copy(HERE / name, project / name)
-        (project / "langgraph.json").write_text(
-            json.dumps({"dependencies": ["."], "graphs": {"chat": "./graph_langgraph.py:chat"}}),
-            encoding="utf-8",
-        )
-        env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
-        command = [LANGGRAPH_SERVER, "dev", "--no-browser", "--no-reload", "--port", str(port)]
-        processes.append(
-            _start(command, f"http://127.0.0.1:{port}/ok", project, env, logs / "langgraph.log")
-        )
-    else:
-        headwater = [sys.executable, "-m", "headwater"]
-        if request.param == "headwater":
-            data = tmp_path_factory.mktemp("headwater")
-            storage = ["--checkpointer", f"sqlite:///{data / 'threads.db'}"]
-        else:  # scaled out: the runs go through PostgreSQL to a worker, events through Redis
-            pg = service_url("HEADWATER_TEST_POSTGRES_URL", PG, _pg_ping)
-            rd = service_url(
-                "HEADWATER_TEST_REDIS_URL", REDIS, lambda u: redis.Redis.from_url(u).ping()
-            )
-            storage = ["--checkpointer", pg, "--queue", pg, "--broker", rd]
-            worker = [*headwater, "worker", "graph_headwater:chat", *storage, "--poll", "0.1"]
-            processes.append(_start(worker, None, HERE, env, logs / "worker.log"))
-        serve = [*headwater, "serve", "graph_headwater:chat", "--port", str(port), *storage]
-        serve += ["--allow-origin", site]
-        processes.append(
-            _start(serve, f"http://127.0.0.1:{port}/graphs", HERE, env, logs / "serve.log")
-        )
+    key = None
     try:
-        yield Server(url=f"http://127.0.0.1:{port}", kind=str(request.param))
+        if request.param == "langgraph-dev":
+            if not LANGGRAPH_SERVER:
+                pytest.skip(
+                    "the reference run needs HEADWATER_LANGGRAPH_SERVER=/path/to/langgraph "
+                    "(pip install 'langgraph-cli[inmem]' in a separate venv)"
+                )
+            project = tmp_path_factory.mktemp("langgraph")
+            for name in ("graph_langgraph.py", "lg_support.py"):
+                shutil.copy(HERE / name, project / name)
+            graphs = {"chat": "./graph_langgraph.py:chat"}
+            (project / "langgraph.json").write_text(
+                json.dumps({"dependencies": ["."], "graphs": graphs}), encoding="utf-8"
+            )
+            env |= {"LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+            command = [LANGGRAPH_SERVER, "dev", "--no-browser", "--no-reload", "--port", str(port)]
+            _start(processes, command, f"{url}/ok", project, env, logs / "langgraph.log")
+        else:
+            headwater = [sys.executable, "-m", "headwater"]
+            if request.param == "headwater":
+                data = tmp_path_factory.mktemp("headwater")
+                storage = ["--checkpointer", f"sqlite:///{data / 'threads.db'}"]
+            else:  # scaled out: runs go through PostgreSQL to a worker, events through Redis
+                pg = service_url("HEADWATER_TEST_POSTGRES_URL", PG, _pg_ping)
+                rd = service_url(
+                    "HEADWATER_TEST_REDIS_URL", REDIS, lambda u: redis.Redis.from_url(u).ping()
+                )
+                storage = ["--checkpointer", pg, "--queue", pg, "--broker", rd]
+                worker = [*headwater, "worker", "graph_headwater:chat", *storage, "--poll", "0.1"]
+                _start(processes, worker, None, HERE, env, logs / "worker.log")
+            key = secrets.token_urlsafe(16)  # a deployed front end sends its key (x-api-key)
+            serve = [*headwater, "serve", "graph_headwater:chat", "--port", str(port), *storage]
+            serve += ["--allow-origin", site, "--api-key", key]
+            _start(processes, serve, f"{url}/graphs", HERE, env, logs / "serve.log")
+        yield Server(url=url, kind=str(request.param), key=key)
     finally:
         for process in processes:
             _stop(process)
@@ -306,7 +323,7 @@ def test_usestream_page_streams_a_chat_and_resumes_an_interrupt(
             problems.append(f"console: {message.text}") if message.type == "error" else None
         ),
     )
-    page.goto(f"{site}/index.html?api={server.url}&assistant=chat")
+    page.goto(server.page_url(site))
     page.wait_for_selector("#send")
     # Record every text the answer shows while it streams (the page renders the answer as
     # the second AI message), to prove tokens reach the DOM one after another, in order.
@@ -344,7 +361,7 @@ def test_usestream_page_streams_a_chat_and_resumes_an_interrupt(
     thread_id = page.text_content("#thread")
     assert thread_id
 
-    with httpx.Client(base_url=server.url, timeout=10) as api:
+    with server.api() as api:
         assert api.get(f"/threads/{thread_id}").json()["status"] == "interrupted"
         state = api.get(f"/threads/{thread_id}/state").json()
         assert state["next"] == ["review"]
@@ -381,4 +398,19 @@ def test_usestream_page_streams_a_chat_and_resumes_an_interrupt(
         runs = api.get(f"/threads/{thread_id}/runs").json()
         assert sorted(run["run_id"] for run in runs) == sorted(page.text_content("#runs").split())
         assert [run["status"] for run in runs] == ["success", "success"]
+    page.close()
+
+
+def test_usestream_page_shows_a_refused_api_key(server: Server, site: str, browser: Any) -> None:
+    """A front end with a wrong key gets the server's 401 (CORS lets the browser read it)."""
+    if server.key is None:
+        pytest.skip(f"{server.kind} runs without authentication")
+    page = browser.new_page()
+    page.goto(server.page_url(site, key="not-the-key"))
+    page.fill("#prompt", QUESTION)
+    page.click("#send")
+    page.wait_for_selector("#error", timeout=30000)
+    error = page.text_content("#error")
+    assert "401" in error and "x-api-key" in error, error
+    assert page.eval_on_selector_all("#messages li.message.ai", "els => els.length") == 0
     page.close()

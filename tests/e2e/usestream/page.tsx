@@ -7,6 +7,7 @@ import { useStream } from "@langchain/langgraph-sdk/react";
 const params = new URLSearchParams(window.location.search);
 const apiUrl = params.get("api") ?? "http://127.0.0.1:2024";
 const assistantId = params.get("assistant") ?? "chat";
+const apiKey = params.get("key") ?? undefined; // sent as x-api-key
 
 type Shown = { type: string; id?: string; content: unknown; tool_calls?: unknown[]; name?: string };
 
@@ -44,6 +45,7 @@ function App() {
   const [prompt, setPrompt] = useState("");
   const thread = useStream<{ messages: Shown[] }>({
     apiUrl,
+    apiKey,
     assistantId,
     messagesKey: "messages",
     threadId,
