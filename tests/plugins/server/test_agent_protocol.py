@@ -412,3 +412,130 @@ def test_a_failing_run_streams_an_error_event(url: str) -> None:
         assert parts[-1].data["error"] and parts[-1].data["message"]
 
     run(main())
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+KEY = {"x-api-key": ALICE}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "words"),
+    [
+        ("POST", "/threads", {"metadata": "x"}, ["metadata", "object"]),
+        ("POST", "/threads", {"if_exists": "sometimes"}, ["if_exists", "raise"]),
+        ("POST", "/threads", {"thread_id": 7}, ["thread_id"]),
+        ("POST", "/threads", {"colour": 1}, ["colour", "accepted"]),
+        ("POST", "/threads/search", {"limit": "ten"}, ["limit"]),
+        ("POST", "/threads/search", {"status": "asleep"}, ["status", "idle"]),
+        ("POST", "/threads/search", {"ids": "t1"}, ["ids", "list"]),
+        ("POST", "/threads/search", {"sort_by": "colour"}, ["sort_by"]),
+        ("POST", "/assistants/search", {"limit": -1}, ["limit"]),
+        ("POST", "/assistants/search", {"colour": 1}, ["colour"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "stream_mode": "loud"}, ["stream_mode"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "colour": 1}, ["colour", "accepted"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "config": []}, ["config"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "metadata": 3}, ["metadata"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "command": {"jump": 1}}, ["jump"]),
+        ("POST", "/runs/wait", {"assistant_id": "chat", "on_disconnect": "x"}, ["on_disconnect"]),
+        (
+            "POST",
+            "/runs/stream",
+            {"assistant_id": "chat", "multitask_strategy": "x"},
+            ["multitask_strategy"],
+        ),
+        (
+            "POST",
+            "/runs/stream",
+            {"assistant_id": "chat", "stream_subgraphs": "yes"},
+            ["stream_subgraphs"],
+        ),
+        ("POST", "/runs/stream", {"assistant_id": "chat", "if_not_exists": "x"}, ["if_not_exists"]),
+        ("POST", "/runs/stream", {"assistant_id": 5}, ["assistant_id"]),
+        ("POST", "/runs/stream", [1, 2], ["object"]),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_field(
+    url: str, method: str, path: str, body: Any, words: list[str]
+) -> None:
+    reply = httpx.request(method, url + path, json=body, headers=KEY, timeout=10)
+    assert 400 <= reply.status_code < 500, reply.text
+    detail = reply.json()["detail"]
+    assert all(w in detail for w in words), detail
+
+
+def test_no_key_or_a_wrong_key_is_401(url: str) -> None:
+    assert httpx.post(f"{url}/threads/search", json={}).status_code == 401
+    wrong = httpx.post(f"{url}/threads/search", json={}, headers={"x-api-key": "nope"})
+    assert wrong.status_code == 401 and "x-api-key" in wrong.json()["detail"]
+
+
+def test_a_huge_body_is_413(url: str) -> None:
+    big = {"assistant_id": "chat", "input": {"messages": ["x" * 2_000_000]}}
+    reply = httpx.post(f"{url}/runs/wait", json=big, headers=KEY, timeout=30)
+    assert reply.status_code == 413
+
+
+def test_another_keys_runs_are_not_found(url: str) -> None:
+    thread = httpx.post(f"{url}/threads", json={}, headers=KEY).json()["thread_id"]
+    run = httpx.post(
+        f"{url}/threads/{thread}/runs", json={"assistant_id": "slow"}, headers=KEY
+    ).json()
+    bob = {"x-api-key": BOB}
+    base = f"{url}/threads/{thread}/runs/{run['run_id']}"
+    for method, path in [
+        ("GET", base),
+        ("GET", base + "/join"),
+        ("GET", base + "/stream"),
+        ("POST", base + "/cancel"),
+        ("DELETE", base),
+        ("POST", f"{url}/threads/{thread}/history"),
+        ("POST", f"{url}/threads/{thread}/copy"),
+        ("POST", f"{url}/threads/{thread}/state"),
+    ]:
+        reply = httpx.request(method, path, headers=bob, timeout=10)
+        assert reply.status_code == 404, (method, path, reply.text)
+    # A run id under another of Alice's threads is not found either.
+    other = httpx.post(f"{url}/threads", json={}, headers=KEY).json()["thread_id"]
+    wrong = httpx.get(f"{url}/threads/{other}/runs/{run['run_id']}", headers=KEY)
+    assert wrong.status_code == 404
+    assert httpx.get(base + "/join", headers=KEY, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/assistants"),
+        ("PATCH", "/assistants/chat"),
+        ("DELETE", "/assistants/chat"),
+        ("POST", "/threads/prune"),
+        ("POST", "/runs/batch"),
+        ("POST", "/runs/crons"),
+        ("POST", "/store/items/search"),
+    ],
+)
+def test_unsupported_routes_are_501_naming_themselves(url: str, method: str, path: str) -> None:
+    reply = httpx.request(method, url + path, json={}, headers=KEY)
+    assert reply.status_code == 501
+    assert reply.json()["error"] == "not_implemented"
+    assert path.split("/")[1] in reply.json()["detail"]
+
+
+def test_unsupported_run_fields_are_501_naming_them(url: str) -> None:
+    for field, value in [("webhook", "http://x"), ("after_seconds", 5), ("checkpoint_id", "c")]:
+        reply = httpx.post(
+            f"{url}/runs/wait", json={"assistant_id": "chat", field: value}, headers=KEY
+        )
+        assert reply.status_code == 501 and field in reply.json()["detail"]
+
+
+def test_a_bad_last_event_id_is_400(url: str) -> None:
+    thread = httpx.post(f"{url}/threads", json={}, headers=KEY).json()["thread_id"]
+    run = httpx.post(
+        f"{url}/threads/{thread}/runs", json={"assistant_id": "slow"}, headers=KEY
+    ).json()
+    reply = httpx.get(
+        f"{url}/threads/{thread}/runs/{run['run_id']}/stream",
+        headers={**KEY, "Last-Event-ID": "not-an-id"},
+    )
+    assert reply.status_code == 400 and "Last-Event-ID" in reply.json()["detail"]
