@@ -39,8 +39,8 @@ from ._runs import (
     open_run_stream,
     publish,
     rollback_thread,
+    run_entries,
     terminal_entry,
-    wire_entries,
 )
 from ._threads import ThreadOwners
 
@@ -202,7 +202,7 @@ class Engine:
         self.runs[record.run_id] = record
         await self._put_record(record)
         assert self.tg is not None, "the app's lifespan has not started"
-        await self.tg.start(self._execute, record, stream, request.stream_mode)
+        await self.tg.start(self._execute, record, stream, request.stream_spec())
         return record
 
     async def _enqueue(self, request: RunRequest, record: RunRecord) -> None:
@@ -291,7 +291,7 @@ class Engine:
         self,
         record: RunRecord,
         stream: Any,
-        stream_mode: Any,
+        spec: Mapping[str, Any],
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         outcome: Outcome | None = None
@@ -310,7 +310,7 @@ class Engine:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_alive, record)
                     try:
-                        entries = wire_entries(stream, stream_mode)
+                        entries = run_entries(stream, spec, record.run_id)
                         outcome = await drive(self.broker, record.run_id, entries)
                     except Exception as exc:  # the broker or the engine, not the run
                         outcome = Outcome(
