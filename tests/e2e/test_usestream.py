@@ -222,22 +222,9 @@ def _stop(process: subprocess.Popen[str]) -> None:
             process.wait(5)
 
 
-NO_PROTOCOL_YET = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="headwater serve does not speak the LangGraph server protocol yet (issue 15, branch "
-    "'protocol'): its CORS preflight refuses the x-api-key header the SDK sends, so the page "
-    "reports 'Failed to fetch' (and POST /threads would refuse useStream's 'metadata')",
-)
-
-
 @pytest.fixture(
     scope="module",
-    params=[
-        pytest.param("headwater", marks=NO_PROTOCOL_YET),
-        pytest.param("headwater-scaled", marks=NO_PROTOCOL_YET),
-        "langgraph-dev",
-    ],
+    params=["headwater", "headwater-scaled", "langgraph-dev"],
 )
 def server(
     request: pytest.FixtureRequest, site: str, tmp_path_factory: pytest.TempPathFactory
