@@ -619,14 +619,20 @@ class Protocol:
         for field in _UNSUPPORTED_RUN_FIELDS:
             if body.get(field) is not None:
                 raise ApiError(501, "not_implemented", f"The run field {field!r} is not supported.")
+        pauses: dict[str, Any] = {}
         for field in ("interrupt_before", "interrupt_after"):
-            if body.get(field) is not None:
+            names = body.get(field)
+            if names is None:
+                continue
+            nodes = self.engine.graphs[name].nodes
+            if names != "*" and (not isinstance(names, list) or not all(n in nodes for n in names)):
                 raise ApiError(
-                    501,
-                    "not_implemented",
-                    f"{field} per run is not supported; compile the graph with "
-                    f"{field}=[...] instead.",
+                    400,
+                    "bad_request",
+                    f"{field} must be '*' or a list of the graph's nodes {sorted(nodes)}; "
+                    f"got {names!r:.80}.",
                 )
+            pauses[field] = names
         modes = body.get("stream_mode", "values")
         if isinstance(modes, str):
             modes = [modes]
@@ -717,6 +723,7 @@ class Protocol:
             "modes": modes,
             "subgraphs": bool(body.get("stream_subgraphs")),
             "command": command,
+            **pauses,
         }
         checked = attrs.evolve(checked, protocol=spec)
         if graph.checkpointer is None and command is not None:

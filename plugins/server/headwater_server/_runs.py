@@ -69,6 +69,9 @@ def open_run_stream(
     mode = spec.get("stream_mode")
     protocol = spec.get("protocol")
     if protocol is not None:  # the LangGraph server protocol: modes as a list, commands
+        before, after = protocol.get("interrupt_before"), protocol.get("interrupt_after")
+        if before or after:
+            graph = graph.with_interrupts(before=before or (), after=after or ())
         command = protocol.get("command")
         if command is not None:
             input = Command(

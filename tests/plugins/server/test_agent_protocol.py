@@ -103,12 +103,32 @@ def slow_graph(count: int = 8, pause: float = 0.1) -> Any:
     return graph.compile(name="slow", checkpointer="memory:")
 
 
+def nested_graph() -> Any:
+    """A graph whose one node is a subgraph."""
+
+    def inner(state: Count) -> dict[str, Any]:
+        return {"steps": [len(state["steps"])]}
+
+    sub = StateGraph(Count)
+    sub.add_node("inner", inner)
+    sub.add_edge(START, "inner")
+    sub.add_edge("inner", END)
+    outer = StateGraph(Count)
+    outer.add_node("sub", sub.compile(name="sub"))
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    return outer.compile(name="nested", checkpointer="memory:")
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    app = create_app(
-        {"chat": chat_graph(), "review": review_graph(), "slow": slow_graph()},
-        api_keys=[ALICE, BOB],
-    )
+    graphs = {
+        "chat": chat_graph(),
+        "review": review_graph(),
+        "slow": slow_graph(),
+        "nested": nested_graph(),
+    }
+    app = create_app(graphs, api_keys=[ALICE, BOB])
     with serving(app) as base:
         yield base
 
@@ -146,7 +166,7 @@ def test_each_graph_is_an_assistant_by_name_or_id(url: str) -> None:
     async def main() -> None:
         c = client(url)
         found = await c.assistants.search(limit=10)
-        assert sorted(a["graph_id"] for a in found) == ["chat", "review", "slow"]
+        assert sorted(a["graph_id"] for a in found) == ["chat", "nested", "review", "slow"]
         by_name = await c.assistants.get("chat")
         by_id = await c.assistants.get(by_name["assistant_id"])
         assert by_id == by_name and by_name["graph_id"] == "chat"
@@ -410,6 +430,87 @@ def test_a_failing_run_streams_an_error_event(url: str) -> None:
         ]
         assert parts[-1].event == "error"
         assert parts[-1].data["error"] and parts[-1].data["message"]
+
+    run(main())
+
+
+def test_interrupt_before_and_after_per_run(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        values = await c.runs.wait(
+            thread["thread_id"], "chat", input=HI, interrupt_before=["tools"]
+        )
+        assert values["messages"][-1]["tool_calls"][0]["name"] == "depth"
+        state = await c.threads.get_state(thread["thread_id"])
+        assert state["next"] == ["tools"]
+        assert (await c.threads.get(thread["thread_id"]))["status"] == "interrupted"
+        after = await c.runs.wait(thread["thread_id"], "chat", input=None, interrupt_after="*")
+        assert after["messages"][-1]["type"] == "tool"
+        done = await c.runs.wait(thread["thread_id"], "chat", input=None)
+        assert done["messages"][-1]["content"] == "The Nile is deep"
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await c.runs.wait(thread["thread_id"], "chat", input=HI, interrupt_before=["nope"])
+        assert exc.value.response.status_code == 400
+
+    run(main())
+
+
+def test_events_mode_streams_astream_events(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        parts = [p async for p in c.runs.stream(None, "chat", input=HI, stream_mode="events")]
+        kinds = [p.data["event"] for p in parts if p.event == "events"]
+        assert kinds[0] == "on_chain_start" and "on_chat_model_stream" in kinds
+        tokens = [
+            p.data["data"]["chunk"]["content"]
+            for p in parts
+            if p.event == "events" and p.data["event"] == "on_chat_model_stream"
+        ]
+        assert "".join(tokens).endswith("The Nile is deep")
+
+    run(main())
+
+
+def test_stream_subgraphs_names_the_namespace(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        plain_parts = [
+            p.event
+            async for p in c.runs.stream(None, "nested", input={"steps": []}, stream_mode="updates")
+        ]
+        assert plain_parts == ["metadata", "updates"]
+        parts = [
+            p
+            async for p in c.runs.stream(
+                None, "nested", input={"steps": []}, stream_mode="updates", stream_subgraphs=True
+            )
+        ]
+        inner = [p for p in parts if p.event.startswith("updates|sub:")]
+        assert [p.data for p in inner] == [{"inner": {"steps": [0]}}]
+        assert parts[-1].event == "updates" and parts[-1].data == {"sub": {"steps": [0]}}
+
+    run(main())
+
+
+def test_on_disconnect_cancel_stops_the_run(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        stream = c.runs.stream(
+            thread["thread_id"], "slow", input={"steps": []}, on_disconnect="cancel"
+        )
+        first = await anext(stream)
+        await stream.aclose()  # the client goes away after the metadata event
+        run_id = first.data["run_id"]
+        for _ in range(100):
+            got = await c.runs.get(thread["thread_id"], run_id)
+            if got["status"] != "running" and got["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert got["status"] == "interrupted"
+        state = await c.threads.get_state(thread["thread_id"])
+        assert len(state["values"].get("steps", [])) < 8
 
     run(main())
 
