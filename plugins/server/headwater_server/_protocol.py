@@ -81,7 +81,7 @@ _RUN_FIELDS = (
     "strict_resume",
     "langsmith_tracer",
 )
-_UNSUPPORTED_RUN_FIELDS = ("webhook", "checkpoint", "checkpoint_id", "after_seconds")
+_UNSUPPORTED_RUN_FIELDS = ("webhook", "after_seconds")
 _LIVE = ("pending", "queued", "running")
 _RUN_STATUS = {
     "pending": "pending",
@@ -680,6 +680,7 @@ class Protocol:
                 raise ApiError(400, "bad_request", f"{flag} must be true or false.")
         graph = self.engine.graphs[name]
         stateless = thread_id is None
+        await self._check_fork(body, thread_id, graph)
         if thread_id is None:
             thread_id = await self.engine.claim_thread(None, owner)
             await self.records.put(thread_id, owner, {}, name, new=False)
@@ -746,6 +747,29 @@ class Protocol:
             assert self.engine.tg is not None
             self.engine.tg.start_soon(self._delete_when_done, record.run_id, thread_id)
         return record, run
+
+    async def _check_fork(
+        self, body: Mapping[str, Any], thread_id: str | None, graph: CompiledGraph
+    ) -> None:
+        """A run starts from its thread's latest checkpoint: ``checkpoint`` or
+        ``checkpoint_id`` may name that one (``useStream`` sends it), no other."""
+        wanted = body.get("checkpoint_id")
+        checkpoint = body.get("checkpoint")
+        if checkpoint is not None:
+            wanted = wanted or _object(checkpoint, "checkpoint").get("checkpoint_id")
+        if wanted is None:
+            return
+        latest = None
+        if thread_id is not None and graph.checkpointer is not None:
+            found = await graph.checkpointer.alist(check_thread_id(thread_id, self.limits), limit=1)
+            latest = found[0].id if found else None
+        if wanted != latest:
+            raise ApiError(
+                501,
+                "not_implemented",
+                "A run from an earlier checkpoint (checkpoint, checkpoint_id) is not supported; "
+                "runs continue from the thread's latest checkpoint.",
+            )
 
     async def _delete_when_done(self, run_id: str, thread_id: str) -> None:
         try:

@@ -456,6 +456,23 @@ def test_interrupt_before_and_after_per_run(url: str) -> None:
     run(main())
 
 
+def test_a_run_may_name_the_latest_checkpoint_only(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        await c.runs.wait(thread["thread_id"], "chat", input=HI)
+        history = await c.threads.get_history(thread["thread_id"], limit=2)
+        latest, older = (h["checkpoint"] for h in history)
+        values = await c.runs.wait(thread["thread_id"], "chat", input=HI, checkpoint=latest)
+        assert len(values["messages"]) == 8
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await c.runs.wait(thread["thread_id"], "chat", input=HI, checkpoint=older)
+        assert exc.value.response.status_code == 501
+        assert "checkpoint" in exc.value.response.json()["detail"]
+
+    run(main())
+
+
 def test_events_mode_streams_astream_events(url: str) -> None:
     async def main() -> None:
         c = client(url)
