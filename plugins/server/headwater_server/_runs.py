@@ -124,6 +124,8 @@ async def protocol_entries(
     tuples = "messages-tuple" in modes
     legacy = "messages" in modes
     partial: dict[str, Any] = {}  # message id -> the message so far (legacy mode)
+    # One model call's tokens share one metadata dict: its JSON is made once per call.
+    meta: tuple[Any, str] = (None, "null")
     async with stream:
         async for item in stream:
             if len(item) == 3:
@@ -136,7 +138,10 @@ async def protocol_entries(
                 yield mode + suffix, dumps(chunk)
                 continue
             if tuples:
-                yield "messages" + suffix, dumps(chunk)
+                message, metadata = chunk
+                if metadata is not meta[0]:
+                    meta = (metadata, dumps(metadata))
+                yield "messages" + suffix, f"[{dumps(message)},{meta[1]}]"
             if legacy:
                 for entry in _legacy_messages(chunk, partial):
                     yield entry[0] + suffix, entry[1]
