@@ -499,7 +499,9 @@ class Protocol:
         await self.edge.body(request)
         record = await self.record(thread_id)
         copy = await self.engine.claim_thread(None, owner)
-        for saver in self.engine.owners.checkpointers:
+        # The thread's graph's checkpointer only (two instances may share one database).
+        own = self.thread_graph(record)[1].checkpointer
+        for saver in [own] if own is not None else []:
             before: str | None = None
             while True:
                 page = await saver.alist(thread_id, limit=100, before=before)

@@ -657,3 +657,45 @@ def test_a_bad_last_event_id_is_400(url: str) -> None:
         headers={**KEY, "Last-Event-ID": "not-an-id"},
     )
     assert reply.status_code == 400 and "Last-Event-ID" in reply.json()["detail"]
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+def test_threads_and_runs_survive_a_restart_on_sqlite(tmp_path: Any) -> None:
+    db = f"sqlite:///{tmp_path / 'threads.db'}"
+
+    def app() -> Any:
+        graph = StateGraph(Review)
+        graph.add_node("ask", lambda s: {"verdict": interrupt("ok?")})
+        graph.add_edge(START, "ask")
+        graph.add_edge("ask", END)
+        return create_app({"review": graph.compile(name="review", checkpointer=db)},
+                          api_keys=[ALICE, BOB])  # fmt: skip
+
+    async def before(url: str) -> tuple[str, str]:
+        c = client(url)
+        thread = await c.threads.create(metadata={"user": "ada"})
+        run_ = await c.runs.create(thread["thread_id"], "review", input={"draft": "d"})
+        await c.runs.join(thread["thread_id"], run_["run_id"])
+        return thread["thread_id"], run_["run_id"]
+
+    with serving(app()) as first:
+        thread_id, run_id = run(before(first))
+
+    async def after(url: str) -> None:
+        c = client(url)
+        got = await c.threads.get(thread_id)
+        assert got["metadata"] == {"user": "ada"} and got["status"] == "interrupted"
+        assert [t["thread_id"] for t in await c.threads.search(metadata={"user": "ada"})] == [
+            thread_id
+        ]
+        assert [r["run_id"] for r in await c.runs.list(thread_id)] == [run_id]
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await client(url, BOB).threads.get(thread_id)
+        assert exc.value.response.status_code == 404
+        done = await c.runs.wait(thread_id, "review", command={"resume": "yes"})
+        assert done["verdict"] == "yes"
+
+    with serving(app()) as second:
+        run(after(second))
