@@ -341,10 +341,10 @@ class Protocol:
             if last in _LIVE and await self.engine.ended(str(runs[0]["run_id"])) is None:
                 status = "busy"
         interrupts: dict[str, list[Any]] = {}
-        if status == "idle" and snap is not None and (snap.interrupts or snap.next):
-            status = "interrupted"
-        elif status == "idle" and last == "error":
+        if status == "idle" and last == "error":
             status = "error"
+        elif status == "idle" and snap is not None and (snap.interrupts or snap.next):
+            status = "interrupted"
         if snap is not None:
             for task in thread_state(snap)["tasks"]:
                 if task["interrupts"]:
@@ -866,9 +866,8 @@ class Protocol:
             request.query_params.get("action"), "action", ("interrupt", "rollback"), "interrupt"
         )
         wait = request.query_params.get("wait", "0").lower() in ("1", "true")
-        if action == "rollback":
-            await self.engine._request_cancel(run_id, "rollback")
-        status = await self.engine.cancel(run_id, owner)
+        reason = "rollback" if action == "rollback" else "cancel"
+        status = await self.engine.cancel(run_id, owner, reason)
         if wait:
             await self.engine.ended(run_id)
         return JSONResponse({"run_id": run_id, "status": _RUN_STATUS.get(status, status)})

@@ -388,6 +388,24 @@ def test_cancel_a_background_run(url: str) -> None:
     run(main())
 
 
+def test_cancel_with_rollback_undoes_the_runs_writes(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create(graph_id="slow")
+        await c.threads.update_state(thread["thread_id"], {"steps": [-1]})
+        before = await c.threads.get_state(thread["thread_id"])
+        created = await c.runs.create(thread["thread_id"], "slow", input={"steps": []})
+        stream = c.runs.join_stream(thread["thread_id"], created["run_id"])
+        seen = [(await anext(stream)).event for _ in range(3)]  # it has written something
+        assert seen == ["metadata", "values", "values"]
+        await c.runs.cancel(thread["thread_id"], created["run_id"], wait=True, action="rollback")
+        await stream.aclose()
+        after = await c.threads.get_state(thread["thread_id"])
+        assert after["values"] == before["values"]
+
+    run(main())
+
+
 def test_multitask_enqueue_runs_one_after_the_other(url: str) -> None:
     async def main() -> None:
         c = client(url)
