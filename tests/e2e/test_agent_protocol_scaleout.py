@@ -51,6 +51,14 @@ GRAPHS = textwrap.dedent(
     slow.add_edge(START, "step")
     slow.add_conditional_edges("step", again, ["step", END])
 
+    def forever(state):
+        return "step" if len(state["steps"]) < 400 else END
+
+    long = StateGraph(Count)  # runs for 100 s: a run to cancel
+    long.add_node("step", step)
+    long.add_edge(START, "step")
+    long.add_conditional_edges("step", forever, ["step", END])
+
     class Review(TypedDict):
         draft: str
         verdict: str
@@ -84,7 +92,7 @@ def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     root = tmp_path_factory.mktemp("protocol-cluster")
     (root / "protocol_graphs.py").write_text(GRAPHS)
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    targets = ["protocol_graphs:slow", "protocol_graphs:review"]
+    targets = ["protocol_graphs:slow", "protocol_graphs:review", "protocol_graphs:long"]
     common = ["--checkpointer", pg, "--broker", rd]
     procs: dict[str, subprocess.Popen[str]] = {}
     logs = {n: open(root / f"{n}.log", "w") for n in ("A", "B", "w")}
@@ -157,6 +165,17 @@ def test_stream_on_one_instance_join_and_resume_on_the_other(urls: dict[str, str
             )
         ]
         assert [(p.event, p.data) for p in rest] == [(p.event, p.data) for p in parts[4:]]
+        # Thread records live in PostgreSQL: the other instance searches and copies them.
+        tag = uuid.uuid4().hex
+        await a.threads.update(thread["thread_id"], metadata={"tag": tag})
+        found = await b.threads.search(metadata={"tag": tag})
+        assert [t["thread_id"] for t in found] == [thread["thread_id"]]
+        copy = await b.threads.copy(thread["thread_id"])
+        state = await a.threads.get_state(copy["thread_id"])
+        assert state["values"]["steps"] == list(range(STEPS))
+        await b.threads.delete(thread["thread_id"])
+        left = await a.threads.search(metadata={"tag": tag})
+        assert [t["thread_id"] for t in left] == [copy["thread_id"]]  # the copy's metadata
 
     run(urls, test)
 
@@ -194,9 +213,14 @@ def test_interrupt_on_one_instance_resume_on_the_other(urls: dict[str, str]) -> 
 def test_cancel_from_the_other_instance(urls: dict[str, str]) -> None:
     async def test(a: Any, b: Any) -> None:
         thread = await a.threads.create()
-        created = await a.runs.create(thread["thread_id"], "slow", input={"steps": []})
+        created = await a.runs.create(thread["thread_id"], "long", input={"steps": []})
+        stream = b.runs.join_stream(thread["thread_id"], created["run_id"])
+        assert (await anext(stream)).event == "metadata"  # it runs on the worker
         await b.runs.cancel(thread["thread_id"], created["run_id"], wait=True)
+        rest = [p.event async for p in stream]  # the stream ends with the run
+        assert "values" in rest
         got = await a.runs.get(thread["thread_id"], created["run_id"])
         assert got["status"] == "interrupted"
+        assert len((await a.threads.get_state(thread["thread_id"]))["values"]["steps"]) < 400
 
     run(urls, test)

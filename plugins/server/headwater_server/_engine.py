@@ -444,25 +444,25 @@ class Engine:
             )
         return None
 
-    async def cancel(self, run_id: str, owner: str) -> str:
+    async def cancel(self, run_id: str, owner: str, reason: str = "cancel") -> str:
         """Cancel a run (here, on another instance, or on a worker); its status after at
-        most a few seconds."""
+        most a few seconds. ``reason`` ``"rollback"`` also undoes what it wrote."""
         info = await self.info(run_id, owner)
         record = self.runs.get(run_id)
         if record is not None:
-            record.cancel("cancel")
+            record.cancel(reason)
             with anyio.move_on_after(5):
                 await record.done.wait()
             return record.status
         if info.status in ("done", "error", "cancelled"):
             return info.status
         if self.queue is not None:
-            job = await self.queue.cancel(run_id)
+            job = await self.queue.cancel(run_id, reason)
             if job is not None and job.status == "cancelled" and job.worker is None:
                 entry = terminal_entry(run_id, Outcome("cancelled"), job.cancel_reason)
                 await publish(self.broker, run_id, *entry, must=True)
         elif self.shared:
-            await self.broker.put_record(f"cancel:{run_id}", {"reason": "cancel"}, self.lease * 4)
+            await self.broker.put_record(f"cancel:{run_id}", {"reason": reason}, self.lease * 4)
         for _ in range(50):
             status = await self.ended(run_id)
             if status is not None:

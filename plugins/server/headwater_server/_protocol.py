@@ -81,7 +81,7 @@ _RUN_FIELDS = (
     "strict_resume",
     "langsmith_tracer",
 )
-_UNSUPPORTED_RUN_FIELDS = ("webhook", "checkpoint", "checkpoint_id", "after_seconds")
+_UNSUPPORTED_RUN_FIELDS = ("webhook", "after_seconds")
 _LIVE = ("pending", "queued", "running")
 _RUN_STATUS = {
     "pending": "pending",
@@ -341,10 +341,10 @@ class Protocol:
             if last in _LIVE and await self.engine.ended(str(runs[0]["run_id"])) is None:
                 status = "busy"
         interrupts: dict[str, list[Any]] = {}
-        if status == "idle" and snap is not None and (snap.interrupts or snap.next):
-            status = "interrupted"
-        elif status == "idle" and last == "error":
+        if status == "idle" and last == "error":
             status = "error"
+        elif status == "idle" and snap is not None and (snap.interrupts or snap.next):
+            status = "interrupted"
         if snap is not None:
             for task in thread_state(snap)["tasks"]:
                 if task["interrupts"]:
@@ -499,7 +499,9 @@ class Protocol:
         await self.edge.body(request)
         record = await self.record(thread_id)
         copy = await self.engine.claim_thread(None, owner)
-        for saver in self.engine.owners.checkpointers:
+        # The thread's graph's checkpointer only (two instances may share one database).
+        own = self.thread_graph(record)[1].checkpointer
+        for saver in [own] if own is not None else []:
             before: str | None = None
             while True:
                 page = await saver.alist(thread_id, limit=100, before=before)
@@ -619,14 +621,20 @@ class Protocol:
         for field in _UNSUPPORTED_RUN_FIELDS:
             if body.get(field) is not None:
                 raise ApiError(501, "not_implemented", f"The run field {field!r} is not supported.")
+        pauses: dict[str, Any] = {}
         for field in ("interrupt_before", "interrupt_after"):
-            if body.get(field) is not None:
+            names = body.get(field)
+            if names is None:
+                continue
+            nodes = self.engine.graphs[name].nodes
+            if names != "*" and (not isinstance(names, list) or not all(n in nodes for n in names)):
                 raise ApiError(
-                    501,
-                    "not_implemented",
-                    f"{field} per run is not supported; compile the graph with "
-                    f"{field}=[...] instead.",
+                    400,
+                    "bad_request",
+                    f"{field} must be '*' or a list of the graph's nodes {sorted(nodes)}; "
+                    f"got {names!r:.80}.",
                 )
+            pauses[field] = names
         modes = body.get("stream_mode", "values")
         if isinstance(modes, str):
             modes = [modes]
@@ -674,6 +682,7 @@ class Protocol:
                 raise ApiError(400, "bad_request", f"{flag} must be true or false.")
         graph = self.engine.graphs[name]
         stateless = thread_id is None
+        await self._check_fork(body, thread_id, graph)
         if thread_id is None:
             thread_id = await self.engine.claim_thread(None, owner)
             await self.records.put(thread_id, owner, {}, name, new=False)
@@ -717,6 +726,7 @@ class Protocol:
             "modes": modes,
             "subgraphs": bool(body.get("stream_subgraphs")),
             "command": command,
+            **pauses,
         }
         checked = attrs.evolve(checked, protocol=spec)
         if graph.checkpointer is None and command is not None:
@@ -739,6 +749,29 @@ class Protocol:
             assert self.engine.tg is not None
             self.engine.tg.start_soon(self._delete_when_done, record.run_id, thread_id)
         return record, run
+
+    async def _check_fork(
+        self, body: Mapping[str, Any], thread_id: str | None, graph: CompiledGraph
+    ) -> None:
+        """A run starts from its thread's latest checkpoint: ``checkpoint`` or
+        ``checkpoint_id`` may name that one (``useStream`` sends it), no other."""
+        wanted = body.get("checkpoint_id")
+        checkpoint = body.get("checkpoint")
+        if checkpoint is not None:
+            wanted = wanted or _object(checkpoint, "checkpoint").get("checkpoint_id")
+        if wanted is None:
+            return
+        latest = None
+        if thread_id is not None and graph.checkpointer is not None:
+            found = await graph.checkpointer.alist(check_thread_id(thread_id, self.limits), limit=1)
+            latest = found[0].id if found else None
+        if wanted != latest:
+            raise ApiError(
+                501,
+                "not_implemented",
+                "A run from an earlier checkpoint (checkpoint, checkpoint_id) is not supported; "
+                "runs continue from the thread's latest checkpoint.",
+            )
 
     async def _delete_when_done(self, run_id: str, thread_id: str) -> None:
         try:
@@ -833,9 +866,8 @@ class Protocol:
             request.query_params.get("action"), "action", ("interrupt", "rollback"), "interrupt"
         )
         wait = request.query_params.get("wait", "0").lower() in ("1", "true")
-        if action == "rollback":
-            await self.engine._request_cancel(run_id, "rollback")
-        status = await self.engine.cancel(run_id, owner)
+        reason = "rollback" if action == "rollback" else "cancel"
+        status = await self.engine.cancel(run_id, owner, reason)
         if wait:
             await self.engine.ended(run_id)
         return JSONResponse({"run_id": run_id, "status": _RUN_STATUS.get(status, status)})

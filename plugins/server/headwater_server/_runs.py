@@ -69,6 +69,9 @@ def open_run_stream(
     mode = spec.get("stream_mode")
     protocol = spec.get("protocol")
     if protocol is not None:  # the LangGraph server protocol: modes as a list, commands
+        before, after = protocol.get("interrupt_before"), protocol.get("interrupt_after")
+        if before or after:
+            graph = graph.with_interrupts(before=before or (), after=after or ())
         command = protocol.get("command")
         if command is not None:
             input = Command(
@@ -121,6 +124,8 @@ async def protocol_entries(
     tuples = "messages-tuple" in modes
     legacy = "messages" in modes
     partial: dict[str, Any] = {}  # message id -> the message so far (legacy mode)
+    # One model call's tokens share one metadata dict: its JSON is made once per call.
+    meta: tuple[Any, str] = (None, "null")
     async with stream:
         async for item in stream:
             if len(item) == 3:
@@ -133,7 +138,10 @@ async def protocol_entries(
                 yield mode + suffix, dumps(chunk)
                 continue
             if tuples:
-                yield "messages" + suffix, dumps(chunk)
+                message, metadata = chunk
+                if metadata is not meta[0]:
+                    meta = (metadata, dumps(metadata))
+                yield "messages" + suffix, f"[{dumps(message)},{meta[1]}]"
             if legacy:
                 for entry in _legacy_messages(chunk, partial):
                     yield entry[0] + suffix, entry[1]

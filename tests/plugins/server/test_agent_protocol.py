@@ -103,12 +103,32 @@ def slow_graph(count: int = 8, pause: float = 0.1) -> Any:
     return graph.compile(name="slow", checkpointer="memory:")
 
 
+def nested_graph() -> Any:
+    """A graph whose one node is a subgraph."""
+
+    def inner(state: Count) -> dict[str, Any]:
+        return {"steps": [len(state["steps"])]}
+
+    sub = StateGraph(Count)
+    sub.add_node("inner", inner)
+    sub.add_edge(START, "inner")
+    sub.add_edge("inner", END)
+    outer = StateGraph(Count)
+    outer.add_node("sub", sub.compile(name="sub"))
+    outer.add_edge(START, "sub")
+    outer.add_edge("sub", END)
+    return outer.compile(name="nested", checkpointer="memory:")
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    app = create_app(
-        {"chat": chat_graph(), "review": review_graph(), "slow": slow_graph()},
-        api_keys=[ALICE, BOB],
-    )
+    graphs = {
+        "chat": chat_graph(),
+        "review": review_graph(),
+        "slow": slow_graph(),
+        "nested": nested_graph(),
+    }
+    app = create_app(graphs, api_keys=[ALICE, BOB])
     with serving(app) as base:
         yield base
 
@@ -146,7 +166,7 @@ def test_each_graph_is_an_assistant_by_name_or_id(url: str) -> None:
     async def main() -> None:
         c = client(url)
         found = await c.assistants.search(limit=10)
-        assert sorted(a["graph_id"] for a in found) == ["chat", "review", "slow"]
+        assert sorted(a["graph_id"] for a in found) == ["chat", "nested", "review", "slow"]
         by_name = await c.assistants.get("chat")
         by_id = await c.assistants.get(by_name["assistant_id"])
         assert by_id == by_name and by_name["graph_id"] == "chat"
@@ -368,6 +388,24 @@ def test_cancel_a_background_run(url: str) -> None:
     run(main())
 
 
+def test_cancel_with_rollback_undoes_the_runs_writes(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create(graph_id="slow")
+        await c.threads.update_state(thread["thread_id"], {"steps": [-1]})
+        before = await c.threads.get_state(thread["thread_id"])
+        created = await c.runs.create(thread["thread_id"], "slow", input={"steps": []})
+        stream = c.runs.join_stream(thread["thread_id"], created["run_id"])
+        seen = [(await anext(stream)).event for _ in range(3)]  # it has written something
+        assert seen == ["metadata", "values", "values"]
+        await c.runs.cancel(thread["thread_id"], created["run_id"], wait=True, action="rollback")
+        await stream.aclose()
+        after = await c.threads.get_state(thread["thread_id"])
+        assert after["values"] == before["values"]
+
+    run(main())
+
+
 def test_multitask_enqueue_runs_one_after_the_other(url: str) -> None:
     async def main() -> None:
         c = client(url)
@@ -410,6 +448,104 @@ def test_a_failing_run_streams_an_error_event(url: str) -> None:
         ]
         assert parts[-1].event == "error"
         assert parts[-1].data["error"] and parts[-1].data["message"]
+
+    run(main())
+
+
+def test_interrupt_before_and_after_per_run(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        values = await c.runs.wait(
+            thread["thread_id"], "chat", input=HI, interrupt_before=["tools"]
+        )
+        assert values["messages"][-1]["tool_calls"][0]["name"] == "depth"
+        state = await c.threads.get_state(thread["thread_id"])
+        assert state["next"] == ["tools"]
+        assert (await c.threads.get(thread["thread_id"]))["status"] == "interrupted"
+        after = await c.runs.wait(thread["thread_id"], "chat", input=None, interrupt_after="*")
+        assert after["messages"][-1]["type"] == "tool"
+        done = await c.runs.wait(thread["thread_id"], "chat", input=None)
+        assert done["messages"][-1]["content"] == "The Nile is deep"
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await c.runs.wait(thread["thread_id"], "chat", input=HI, interrupt_before=["nope"])
+        assert exc.value.response.status_code == 400
+
+    run(main())
+
+
+def test_a_run_may_name_the_latest_checkpoint_only(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        await c.runs.wait(thread["thread_id"], "chat", input=HI)
+        history = await c.threads.get_history(thread["thread_id"], limit=2)
+        latest, older = (h["checkpoint"] for h in history)
+        values = await c.runs.wait(thread["thread_id"], "chat", input=HI, checkpoint=latest)
+        assert len(values["messages"]) == 8
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await c.runs.wait(thread["thread_id"], "chat", input=HI, checkpoint=older)
+        assert exc.value.response.status_code == 501
+        assert "checkpoint" in exc.value.response.json()["detail"]
+
+    run(main())
+
+
+def test_events_mode_streams_astream_events(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        parts = [p async for p in c.runs.stream(None, "chat", input=HI, stream_mode="events")]
+        kinds = [p.data["event"] for p in parts if p.event == "events"]
+        assert kinds[0] == "on_chain_start" and "on_chat_model_stream" in kinds
+        tokens = [
+            p.data["data"]["chunk"]["content"]
+            for p in parts
+            if p.event == "events" and p.data["event"] == "on_chat_model_stream"
+        ]
+        assert "".join(tokens).endswith("The Nile is deep")
+
+    run(main())
+
+
+def test_stream_subgraphs_names_the_namespace(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        plain_parts = [
+            p.event
+            async for p in c.runs.stream(None, "nested", input={"steps": []}, stream_mode="updates")
+        ]
+        assert plain_parts == ["metadata", "updates"]
+        parts = [
+            p
+            async for p in c.runs.stream(
+                None, "nested", input={"steps": []}, stream_mode="updates", stream_subgraphs=True
+            )
+        ]
+        inner = [p for p in parts if p.event.startswith("updates|sub:")]
+        assert [p.data for p in inner] == [{"inner": {"steps": [0]}}]
+        assert parts[-1].event == "updates" and parts[-1].data == {"sub": {"steps": [0]}}
+
+    run(main())
+
+
+def test_on_disconnect_cancel_stops_the_run(url: str) -> None:
+    async def main() -> None:
+        c = client(url)
+        thread = await c.threads.create()
+        stream = c.runs.stream(
+            thread["thread_id"], "slow", input={"steps": []}, on_disconnect="cancel"
+        )
+        first = await anext(stream)
+        await stream.aclose()  # the client goes away after the metadata event
+        run_id = first.data["run_id"]
+        for _ in range(100):
+            got = await c.runs.get(thread["thread_id"], run_id)
+            if got["status"] != "running" and got["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+        assert got["status"] == "interrupted"
+        state = await c.threads.get_state(thread["thread_id"])
+        assert len(state["values"].get("steps", [])) < 8
 
     run(main())
 
@@ -539,3 +675,45 @@ def test_a_bad_last_event_id_is_400(url: str) -> None:
         headers={**KEY, "Last-Event-ID": "not-an-id"},
     )
     assert reply.status_code == 400 and "Last-Event-ID" in reply.json()["detail"]
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+def test_threads_and_runs_survive_a_restart_on_sqlite(tmp_path: Any) -> None:
+    db = f"sqlite:///{tmp_path / 'threads.db'}"
+
+    def app() -> Any:
+        graph = StateGraph(Review)
+        graph.add_node("ask", lambda s: {"verdict": interrupt("ok?")})
+        graph.add_edge(START, "ask")
+        graph.add_edge("ask", END)
+        return create_app({"review": graph.compile(name="review", checkpointer=db)},
+                          api_keys=[ALICE, BOB])  # fmt: skip
+
+    async def before(url: str) -> tuple[str, str]:
+        c = client(url)
+        thread = await c.threads.create(metadata={"user": "ada"})
+        run_ = await c.runs.create(thread["thread_id"], "review", input={"draft": "d"})
+        await c.runs.join(thread["thread_id"], run_["run_id"])
+        return thread["thread_id"], run_["run_id"]
+
+    with serving(app()) as first:
+        thread_id, run_id = run(before(first))
+
+    async def after(url: str) -> None:
+        c = client(url)
+        got = await c.threads.get(thread_id)
+        assert got["metadata"] == {"user": "ada"} and got["status"] == "interrupted"
+        assert [t["thread_id"] for t in await c.threads.search(metadata={"user": "ada"})] == [
+            thread_id
+        ]
+        assert [r["run_id"] for r in await c.runs.list(thread_id)] == [run_id]
+        with pytest.raises(httpx.HTTPStatusError) as exc:
+            await client(url, BOB).threads.get(thread_id)
+        assert exc.value.response.status_code == 404
+        done = await c.runs.wait(thread_id, "review", command={"resume": "yes"})
+        assert done["verdict"] == "yes"
+
+    with serving(app()) as second:
+        run(after(second))
