@@ -233,10 +233,11 @@ async def load(
     async def client(index: int, http: httpx.AsyncClient) -> None:
         url = urls[index % len(urls)]
         for _ in range(runs_per_client):
+            thread = uuid.uuid4().hex  # a route with {thread_id} in its path takes it there
+            target = url.replace("{thread_id}", thread)
+            payload = body if target != url else {**body, "thread_id": thread}
             try:
-                first, seen = await one_run(
-                    http, url, {**body, "thread_id": uuid.uuid4().hex}, expected, marker
-                )
+                first, seen = await one_run(http, target, payload, expected, marker)
             except httpx.HTTPError as exc:
                 totals["failures"] += 1
                 errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -19,8 +19,10 @@ and ``realistic`` (20 ms between tokens, 500 tokens a run: the time to first tok
 200 concurrent runs).
 
 A **route** is a way to stream a run (an URL, a request body, and the bytes that mark one
-token in its stream): add one to ``ROUTES`` (the LangGraph-protocol route, when the server
-has it) and every level measures it too.
+token in its stream): add one to ``ROUTES`` and every level measures it too.
+``headwater-protocol`` is the same server's LangGraph-protocol route
+(``POST /threads/{thread_id}/runs/stream`` with ``stream_mode="messages-tuple"``, as
+``useStream`` asks for tokens).
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ class Route:
 
 ROUTES = [
     Route("headwater", "headwater", "/workflow/stream", {"input": {"messages": ["go"]}}),
+    Route(
+        "headwater-protocol",
+        "headwater",
+        "/threads/{thread_id}/runs/stream",
+        {
+            "assistant_id": "tokens",
+            "input": {"messages": ["go"]},
+            "stream_mode": "messages-tuple",
+            "if_not_exists": "create",
+        },
+        b"event: messages\n",
+    ),
     Route("fastapi-spec", "fastapi", "/workflow/stream", {"state": {"messages": ["go"]}}),
     Route("fastapi-bare", "fastapi", "/bare/stream"),
 ]

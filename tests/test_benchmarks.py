@@ -119,13 +119,14 @@ def test_run_only_selects_by_glob_and_prefix() -> None:
 def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None:
     output, report = finish(quick_runs, "serve")
     setups = {(r["mode"], r["setup"], r["clients"]) for r in report["results"]}
-    names = ("headwater", "fastapi-spec", "fastapi-bare")
+    names = ("headwater", "headwater-protocol", "fastapi-spec", "fastapi-bare")
     assert setups == {("instant", setup, clients) for setup in names for clients in (1, 5)} | {
         ("realistic", setup, 5) for setup in names
     }
     assert all(r["failures"] == 0 and r["tokens"] > 0 for r in report["results"])
     assert all(r["server_cpu_s"] >= 0 and "cpu_us_per_token" in r for r in report["results"])
     assert rows(output).count("headwater") == 3
+    assert rows(output).count("headwater-protocol") == 3
     assert "server CPU µs/token" in output
 
 

@@ -130,6 +130,42 @@ class CompiledGraph:
         bound._config = merge_configs(self._config, config, kwargs)
         return bound
 
+    def with_interrupts(
+        self, *, before: Sequence[str] | str = (), after: Sequence[str] | str = ()
+    ) -> CompiledGraph:
+        """A copy of this graph that also pauses before (after) the nodes named in
+        ``before`` (``after``); ``"*"`` names every node. What the graph was compiled with
+        still applies. Pausing needs a checkpointer, as with ``compile(interrupt_before=…)``.
+
+        Example::
+
+            paused = app.with_interrupts(before=["tools"])
+            await paused.ainvoke(state, config)  # stops before "tools" runs
+        """
+        chosen: list[frozenset[str]] = []
+        for field, names in (("before", before), ("after", after)):
+            if names == "*":
+                chosen.append(frozenset(self.nodes))
+                continue
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise InvalidInputError(
+                    f"with_interrupts({field}=...) takes a list of node names or '*'; "
+                    f"got {names!r:.60}."
+                )
+            unknown = [n for n in names if n not in self.nodes]
+            if unknown:
+                raise InvalidInputError(
+                    f"with_interrupts({field}=...): graph {self.name!r} has no node "
+                    f"{unknown[0]!r:.60}; nodes: {sorted(self.nodes)}."
+                )
+            chosen.append(frozenset(names))
+        bound = copy.copy(self)
+        scheduler = copy.copy(self._scheduler)
+        scheduler._interrupt_before = self._scheduler._interrupt_before | chosen[0]
+        scheduler._interrupt_after = self._scheduler._interrupt_after | chosen[1]
+        bound._scheduler = scheduler
+        return bound
+
     def _merged(self, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         return config if self._config is None else merge_configs(self._config, config)
 

@@ -102,6 +102,26 @@ async def test_interrupt_before_and_after_pause_and_none_resumes() -> None:
 
 
 @pytest.mark.anyio
+async def test_with_interrupts_pauses_one_run_and_leaves_the_graph_as_it_was() -> None:
+    app = chain("a", "b", "c")
+    paused = app.with_interrupts(before=["c"], after=["a"])
+    first = await paused.ainvoke({"n": 0, "log": []}, config("t"))
+    assert [i.node for i in first["__interrupt__"]] == ["a"]
+    second = await paused.ainvoke(None, config("t"))
+    assert [i.node for i in second["__interrupt__"]] == ["c"]
+    assert await app.ainvoke(None, config("t")) == {"n": 3, "log": ["inc0", "inc1", "inc2"]}
+    assert "__interrupt__" not in await app.ainvoke({"n": 0, "log": []}, config("u"))
+    every = app.with_interrupts(before="*")
+    assert [
+        i.node for i in (await every.ainvoke({"n": 0, "log": []}, config("v")))["__interrupt__"]
+    ] == ["a"]
+    with pytest.raises(InvalidInputError, match="no node 'zz'"):
+        app.with_interrupts(before=["zz"])
+    with pytest.raises(InvalidInputError, match="list of node names"):
+        app.with_interrupts(after="a")
+
+
+@pytest.mark.anyio
 async def test_interrupt_value_reaches_the_stream_and_resume_answers_it() -> None:
     ran: list[str] = []
 

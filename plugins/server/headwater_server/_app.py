@@ -30,6 +30,7 @@ from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_
 from headwater.queue import RunQueue, queue_from_url
 
 from ._engine import Engine, RunRecord
+from ._protocol import Protocol
 from ._requests import (
     RUN_FIELDS,
     ApiError,
@@ -46,6 +47,7 @@ __all__ = ["ApiError", "create_app", "mount"]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UNREAD = object()
 
 
 class _Edge:
@@ -78,12 +80,16 @@ class _Edge:
         key = (
             header[7:].strip() if header.lower().startswith("bearer ") else query.get("api_key", "")
         )
+        if not key:  # the LangGraph SDKs send their key as x-api-key
+            key = headers.get("x-api-key", "").strip()
         # Headers arrive as latin-1 text, query strings as UTF-8: compare bytes, so no key
         # (non-ASCII, a lone surrogate) can make the comparison itself fail.
         given = key.encode("utf-8", "surrogatepass")
         if not key or not any(hmac.compare_digest(given, k) for k in self.api_keys):
             raise ApiError(
-                401, "unauthorized", "Send a valid API key: 'Authorization: Bearer <key>'."
+                401,
+                "unauthorized",
+                "Send a valid API key: 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
             )
         return principal(key)
 
@@ -116,6 +122,13 @@ class _Edge:
 
     async def body(self, request: Request) -> Any:
         """The request's JSON body (``None`` if empty), within the limits."""
+        cached = getattr(request.state, "headwater_body", _UNREAD)
+        if cached is not _UNREAD:
+            return cached
+        request.state.headwater_body = body = await self._read_body(request)
+        return body
+
+    async def _read_body(self, request: Request) -> Any:
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isascii() and declared.isdigit():
@@ -295,6 +308,7 @@ def create_app(
         max_active_runs=max_active_runs,
     )
     edge = _Edge(engine, keys, on_disconnect, origins, first_message_timeout)
+    protocol = Protocol(edge)
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -321,27 +335,12 @@ def create_app(
             ]
         )
 
-    async def create_thread(request: Request, owner: str) -> Response:
-        body = await edge.object_body(request, ("thread_id",))
-        thread_id = body.get("thread_id")
-        if thread_id is not None:
-            thread_id = check_thread_id(thread_id, limits)
-        return JSONResponse(
-            {"thread_id": await engine.claim_thread(thread_id, owner)}, status_code=201
-        )
-
     def thread_graph(request: Request) -> tuple[str, str, CompiledGraph]:
         thread_id = check_thread_id(request.path_params["thread_id"], limits)
         name, graph = edge.graph(request.query_params.get("graph"))
         if graph.checkpointer is None:
             raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no thread state.")
         return thread_id, name, graph
-
-    async def thread_state(request: Request, owner: str) -> Response:
-        thread_id, _, graph = thread_graph(request)
-        await engine.check_thread(thread_id, owner)
-        snap = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        return JSONResponse(plain(_snapshot(snap)))
 
     async def thread_history(request: Request, owner: str) -> Response:
         thread_id, _, graph = thread_graph(request)
@@ -370,6 +369,9 @@ def create_app(
         return edge.sse(record.run_id, None, record if edge.on_disconnect == "cancel" else None)
 
     async def create_run(request: Request, owner: str) -> Response:
+        body = await edge.body(request)
+        if isinstance(body, dict) and "assistant_id" in body:  # the LangGraph protocol's
+            return await protocol.create_run(request, owner)
         record = await engine.start(await run_body(request), owner)
         return JSONResponse(
             {"run_id": record.run_id, "thread_id": record.thread_id, "status": record.status},
@@ -479,8 +481,9 @@ def create_app(
     routes = [
         Route("/", guarded(index)),
         Route("/graphs", guarded(list_graphs)),
-        Route("/threads", guarded(create_thread), methods=["POST"]),
-        Route("/threads/{thread_id}/state", guarded(thread_state)),
+        # Both APIs': the protocol's answers are a superset of headwater's own.
+        Route("/threads", guarded(protocol.create_thread), methods=["POST"]),
+        Route("/threads/{thread_id}/state", guarded(protocol.get_state), methods=["GET"]),
         Route("/threads/{thread_id}/history", guarded(thread_history)),
         Route("/workflow/stream", guarded(stream_workflow), methods=["POST"]),
         Route("/runs", guarded(create_run), methods=["POST"]),
@@ -489,6 +492,7 @@ def create_app(
         Route("/runs/{run_id}/cancel", guarded(cancel_run), methods=["POST"]),
         Route("/openapi.json", guarded(openapi)),
         WebSocketRoute("/ws/workflow", websocket_workflow),
+        *protocol.routes(guarded),
     ]
     middleware = []
     if origins:
@@ -496,8 +500,16 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=sorted(origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Last-Event-ID",
+                    "x-api-key",
+                    "Cache-Control",
+                    "Accept",
+                ],
+                expose_headers=["Location", "Content-Location"],
             )
         )
     app = Starlette(

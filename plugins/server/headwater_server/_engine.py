@@ -39,8 +39,8 @@ from ._runs import (
     open_run_stream,
     publish,
     rollback_thread,
+    run_entries,
     terminal_entry,
-    wire_entries,
 )
 from ._threads import ThreadOwners
 
@@ -202,7 +202,7 @@ class Engine:
         self.runs[record.run_id] = record
         await self._put_record(record)
         assert self.tg is not None, "the app's lifespan has not started"
-        await self.tg.start(self._execute, record, stream, request.stream_mode)
+        await self.tg.start(self._execute, record, stream, request.stream_spec())
         return record
 
     async def _enqueue(self, request: RunRequest, record: RunRecord) -> None:
@@ -291,7 +291,7 @@ class Engine:
         self,
         record: RunRecord,
         stream: Any,
-        stream_mode: Any,
+        spec: Mapping[str, Any],
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         outcome: Outcome | None = None
@@ -310,7 +310,7 @@ class Engine:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_alive, record)
                     try:
-                        entries = wire_entries(stream, stream_mode)
+                        entries = run_entries(stream, spec, record.run_id)
                         outcome = await drive(self.broker, record.run_id, entries)
                     except Exception as exc:  # the broker or the engine, not the run
                         outcome = Outcome(
@@ -444,25 +444,25 @@ class Engine:
             )
         return None
 
-    async def cancel(self, run_id: str, owner: str) -> str:
+    async def cancel(self, run_id: str, owner: str, reason: str = "cancel") -> str:
         """Cancel a run (here, on another instance, or on a worker); its status after at
-        most a few seconds."""
+        most a few seconds. ``reason`` ``"rollback"`` also undoes what it wrote."""
         info = await self.info(run_id, owner)
         record = self.runs.get(run_id)
         if record is not None:
-            record.cancel("cancel")
+            record.cancel(reason)
             with anyio.move_on_after(5):
                 await record.done.wait()
             return record.status
         if info.status in ("done", "error", "cancelled"):
             return info.status
         if self.queue is not None:
-            job = await self.queue.cancel(run_id)
+            job = await self.queue.cancel(run_id, reason)
             if job is not None and job.status == "cancelled" and job.worker is None:
                 entry = terminal_entry(run_id, Outcome("cancelled"), job.cancel_reason)
                 await publish(self.broker, run_id, *entry, must=True)
         elif self.shared:
-            await self.broker.put_record(f"cancel:{run_id}", {"reason": "cancel"}, self.lease * 4)
+            await self.broker.put_record(f"cancel:{run_id}", {"reason": reason}, self.lease * 4)
         for _ in range(50):
             status = await self.ended(run_id)
             if status is not None:

@@ -113,9 +113,14 @@ class RunRequest:
     named_filters: list[str] | None = None
     multitask: str = "reject"
     timeout: float | None = None
+    protocol: Mapping[str, Any] | None = None
+    """A LangGraph-protocol run: ``modes`` (as the client named them), ``subgraphs``,
+    ``command`` (``stream_mode`` then holds the core modes they need)."""
 
     def stream_spec(self) -> dict[str, Any]:
         """What a worker needs to open the same stream (plain JSON)."""
+        if self.protocol is not None:
+            return {"stream_mode": self.stream_mode, "protocol": dict(self.protocol)}
         if self.stream_mode is not None:
             return {"stream_mode": self.stream_mode}
         return {**self.filters, "filters": self.named_filters}

@@ -21,9 +21,10 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from headwater import CompiledGraph
+from headwater import Command, CompiledGraph, Send
 from headwater.broker import Broker, BrokerError
 from headwater.checkpoint import new_checkpoint_id
+from headwater.messages import AIMessageChunk
 
 from ._wire import EventEncoder, dumps
 
@@ -39,6 +40,7 @@ __all__ = [
     "publish_batch",
     "publish_stream",
     "rollback_thread",
+    "run_entries",
     "terminal_entry",
     "wire_entries",
 ]
@@ -65,10 +67,103 @@ def open_run_stream(
     """Open (without starting) the stream a run asked for: stream modes, or
     ``astream_events`` with filters. Raises the core's errors for a bad mode or filter."""
     mode = spec.get("stream_mode")
+    protocol = spec.get("protocol")
+    if protocol is not None:  # the LangGraph server protocol: modes as a list, commands
+        before, after = protocol.get("interrupt_before"), protocol.get("interrupt_after")
+        if before or after:
+            graph = graph.with_interrupts(before=before or (), after=after or ())
+        command = protocol.get("command")
+        if command is not None:
+            input = Command(
+                update=command.get("update"),
+                goto=_goto(command.get("goto")),
+                resume=command.get("resume"),
+            )
+        return graph.astream(
+            input, config, stream_mode=list(mode or ()), subgraphs=bool(protocol.get("subgraphs"))
+        )
     if mode is not None:
         return graph.astream(input, config, stream_mode=mode)
     filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
     return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
+
+
+def _goto(goto: Any) -> Any:
+    """A protocol command's ``goto`` (a node, ``{"node", "input"}``, or a list of them)."""
+    if goto is None:
+        return ()
+    if isinstance(goto, dict):
+        return Send(goto["node"], goto.get("input"))
+    if isinstance(goto, list):
+        return tuple(_goto(g) for g in goto)
+    return goto
+
+
+def run_entries(
+    stream: Any, spec: Mapping[str, Any], run_id: str, extra: Mapping[str, Any] | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """The log entries of a run opened by :func:`open_run_stream` with ``spec``: the
+    protocol's (:func:`protocol_entries`) or headwater's own (:func:`wire_entries`)."""
+    protocol = spec.get("protocol")
+    if protocol is not None:
+        attempt = int((extra or {}).get("attempt", 1))
+        return protocol_entries(stream, protocol["modes"], run_id, attempt)
+    return wire_entries(stream, spec.get("stream_mode"), extra)
+
+
+async def protocol_entries(
+    stream: Any, modes: list[str], run_id: str, attempt: int = 1
+) -> AsyncIterator[tuple[str, str]]:
+    """Entries as the LangGraph server protocol names them: ``metadata`` first (the run
+    id), then ``<mode>`` or ``<mode>|<namespace>`` for each chunk of ``stream`` (opened
+    with a list of modes). ``messages-tuple`` is the core's ``messages`` as
+    ``[chunk, metadata]`` (event ``messages``); the protocol's ``messages`` mode sends
+    ``messages/metadata``, ``messages/partial`` (the message so far) and
+    ``messages/complete``."""
+    yield "metadata", dumps({"run_id": run_id, "attempt": attempt})
+    tuples = "messages-tuple" in modes
+    legacy = "messages" in modes
+    partial: dict[str, Any] = {}  # message id -> the message so far (legacy mode)
+    # One model call's tokens share one metadata dict: its JSON is made once per call.
+    meta: tuple[Any, str] = (None, "null")
+    async with stream:
+        async for item in stream:
+            if len(item) == 3:
+                ns, mode, chunk = item
+                suffix = "|" + "|".join(ns) if ns else ""
+            else:
+                mode, chunk = item
+                suffix = ""
+            if mode != "messages":
+                yield mode + suffix, dumps(chunk)
+                continue
+            if tuples:
+                message, metadata = chunk
+                if metadata is not meta[0]:
+                    meta = (metadata, dumps(metadata))
+                yield "messages" + suffix, f"[{dumps(message)},{meta[1]}]"
+            if legacy:
+                for entry in _legacy_messages(chunk, partial):
+                    yield entry[0] + suffix, entry[1]
+
+
+def _legacy_messages(chunk: Any, partial: dict[str, Any]) -> list[tuple[str, str]]:
+    message, metadata = chunk
+    key = getattr(message, "id", None) or ""
+    out: list[tuple[str, str]] = []
+    if key not in partial:
+        if len(partial) >= 1024:  # a long run of many messages: keep this bounded
+            partial.clear()
+        out.append(("messages/metadata", dumps({key: {"metadata": metadata}})))
+    if not isinstance(message, AIMessageChunk):
+        partial.pop(key, None)
+        out.append(("messages/complete", dumps([message])))
+        return out
+    so_far = partial.get(key)
+    so_far = message if so_far is None else so_far + message
+    partial[key] = so_far
+    out.append(("messages/partial", dumps([so_far])))
+    return out
 
 
 async def wire_entries(

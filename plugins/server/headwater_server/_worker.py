@@ -33,8 +33,8 @@ from ._runs import (
     open_run_stream,
     publish,
     rollback_thread,
+    run_entries,
     terminal_entry,
-    wire_entries,
 )
 
 __all__ = ["end_reaped", "run_job", "work"]
@@ -84,9 +84,7 @@ async def run_job(
         async def execute() -> None:
             try:
                 stream = open_run_stream(graph, input, config, job.stream)
-                entries = wire_entries(
-                    stream, job.stream.get("stream_mode"), {"attempt": job.attempts}
-                )
+                entries = run_entries(stream, job.stream, job.run_id, {"attempt": job.attempts})
                 outcome = await drive(broker, job.run_id, entries)
             except Exception as exc:  # the stream could not open (the graph changed)
                 outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})

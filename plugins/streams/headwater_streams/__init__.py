@@ -132,10 +132,12 @@ def _messages(run: Run) -> StreamMode:
     As in LangGraph: a message a node returns (a ``ToolNode``'s ``ToolMessage``, a
     hand-built ``AIMessage``, a ``nostream`` model's reply) is yielded once, whole, with
     the node's metadata; a reply whose tokens were streamed, and messages the node got in
-    its input (a node returning the whole list back), are not repeated. A message
-    without an id is given one, as LangGraph does; when it comes back with the id the
-    reducer gave it (a subgraph node's output, streamed with ``subgraphs=True``), it is
-    recognised and not repeated. Made per run: it remembers what it has yielded.
+    its input (a node returning the whole list back), are not repeated. A streamed chunk
+    carries the id of the reply it builds (the model call's run id), so a client can join
+    the chunks of one message, as LangChain's do. A message without an id is given one,
+    as LangGraph does; when it comes back with the id the reducer gave it (a subgraph
+    node's output, streamed with ``subgraphs=True``), it is recognised and not repeated.
+    Made per run: it remembers what it has yielded.
     """
     seen: set[str] = set()
     unnamed: collections.Counter[tuple[Any, ...]] = collections.Counter()
@@ -143,7 +145,12 @@ def _messages(run: Run) -> StreamMode:
     def project(event: Event) -> Any:
         kind = event.event
         if kind == _MODEL_STREAM:
-            return SKIP if NOSTREAM_TAG in event.tags else (event.data["chunk"], event.metadata)
+            if NOSTREAM_TAG in event.tags:
+                return SKIP
+            chunk = event.data["chunk"]
+            if isinstance(chunk, BaseMessage) and chunk.id is None:  # as LangChain: the call's id
+                chunk = attrs.evolve(chunk, id=event.run_id)  # (its reply gets it too)
+            return (chunk, event.metadata)
         if kind == _MODEL_END:
             reply = event.data["response"]
             if reply.id is not None and NOSTREAM_TAG not in event.tags:

@@ -527,8 +527,8 @@ def test_a_bad_history_limit_is_400(open_url: str, limit: str) -> None:
 
 def test_other_endpoints_refuse_unknown_fields(open_url: str) -> None:
     with httpx.Client(base_url=open_url, timeout=10) as client:
-        reply = client.post("/threads", json={"thread_id": "t", "metadata": {}})
-        assert reply.status_code == 400 and "'metadata'" in reply.json()["detail"]
+        reply = client.post("/threads", json={"thread_id": "t", "metadta": {}})
+        assert reply.status_code == 400 and "'metadta'" in reply.json()["detail"]
         assert client.post("/threads", json=[1]).status_code == 400
         run = client.post("/runs", json={"graph": "chat", "input": {"messages": ["x"]}}).json()
         reply = client.post(f"/runs/{run['run_id']}/cancel", json={"force": True})

@@ -394,3 +394,24 @@ async def test_values_ends_with_the_interrupts_of_a_pause_by_interrupt() -> None
     # LangGraph 1.2, resumed: [{'log': ['a']}, {'log': ['a'], 'x': 5}]
     resumed = await collect(app, Command(resume=5), THREAD, stream_mode="values")
     assert resumed == [{"log": ["a"]}, {"log": ["a"], "x": 5}]
+
+
+async def test_messages_chunks_carry_the_id_of_the_message_they_build() -> None:
+    # LangGraph 1.2 (langchain-core): every chunk of one model call has the call's id
+    # ("lc_run--<run id>"), and the message the node returns has it too. Chat front ends
+    # (useStream) join the chunks by that id; without it they show nothing until the end.
+    chunks = []
+    final: dict[str, Any] = {}
+    async for mode, item in agent_with_handmade_end().astream(
+        {"messages": [("user", "hi")]}, stream_mode=["messages", "values"]
+    ):
+        if mode == "values":
+            final = item
+        elif type(item[0]).__name__ == "AIMessageChunk":
+            chunks.append(item[0])
+    assert chunks and all(m.id is not None for m in chunks)
+    ids = list(dict.fromkeys(m.id for m in chunks))  # one per call, in order
+    replies = [m for m in final["messages"] if type(m).__name__ == "AIMessage"][:2]
+    assert ids == [m.id for m in replies]  # the tool call, then the answer
+    assert [m.text for m in replies] == ["", "it is three"]
+    assert "".join(c.text for c in chunks if c.id == ids[1]) == "it is three"
