@@ -88,6 +88,9 @@ class RunJob:
     error: str | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    enqueued_at: float | None = None
+    """When the run was enqueued (seconds since the epoch, the queue's clock), if the
+    queue keeps it: a worker's claim latency is measured from it."""
 
 
 class RunQueue(abc.ABC):
@@ -162,6 +165,16 @@ class RunQueue(abc.ABC):
     @abc.abstractmethod
     async def get(self, run_id: str) -> RunJob | None:
         """A run's current record."""
+
+    async def depth(self) -> int | None:
+        """How many runs wait to be claimed (status ``queued``); ``None`` if this queue
+        cannot tell (the default). Read by the metrics of servers and workers.
+
+        Example::
+
+            waiting = await queue.depth()
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook with a default
         """Release connections."""

@@ -38,6 +38,9 @@ from headwater_otel._hooks import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from contextlib import AbstractContextManager
+
     from opentelemetry.context import Context
 
     from headwater_otel._sink import OtelSink
@@ -49,7 +52,9 @@ __all__ = [
     "headwater_event_subscribers",
     "headwater_run_end",
     "headwater_sinks",
+    "is_enabled",
     "parent_context",
+    "producer_span",
 ]
 
 
@@ -136,3 +141,37 @@ def parent_context(traceparent: str, tracestate: str | None = None) -> Context |
     from headwater_otel._context import parent_context as parse
 
     return parse(traceparent, tracestate)
+
+
+def is_enabled() -> bool:
+    """Whether every run of this process is traced (:func:`enable`, or an OTLP endpoint in
+    the environment; never under ``OTEL_SDK_DISABLED=true``).
+
+    Example::
+
+        if headwater_otel.is_enabled():
+            print("runs are traced")
+    """
+    return _settings.auto_enabled()
+
+
+def producer_span(
+    name: str, metadata: Mapping[str, Any], attributes: Mapping[str, Any] | None = None
+) -> AbstractContextManager[dict[str, str]]:
+    """A ``PRODUCER`` span for a run handed to another process, yielding its W3C trace
+    context to send along (``{"traceparent": ...}``).
+
+    The span is a child of ``metadata``'s ``traceparent`` if it has one, else of the
+    current span. Put what it yields in the run's ``config["metadata"]``: the spans of the
+    process that executes the run become the span's children, in the same trace.
+    ``headwater serve --queue`` does this for every run it enqueues.
+
+    Example::
+
+        with headwater_otel.producer_span("enqueue chat", {}) as context:
+            job = RunJob(..., config={"metadata": context})
+            await queue.enqueue(job)
+    """
+    from headwater_otel._handoff import producer_span as open_span
+
+    return open_span(name, metadata, attributes)

@@ -512,7 +512,8 @@ class PostgresCheckpointer(Checkpointer):
 
 _JOB_COLUMNS = (
     "run_id, graph, thread_id, owner, input, config, stream, status, attempts, worker, "
-    "error, cancel_requested, cancel_reason"
+    "error, cancel_requested, cancel_reason, "
+    "extract(epoch FROM created_at)::float8 AS enqueued_at"
 )
 
 
@@ -531,6 +532,7 @@ def _job(row: Mapping[str, Any]) -> RunJob:
         error=row["error"],
         cancel_requested=row["cancel_requested"],
         cancel_reason=row["cancel_reason"],
+        enqueued_at=row["enqueued_at"],
     )
 
 
@@ -717,6 +719,16 @@ class PostgresRunQueue(RunQueue):
             f"WHERE run_id = %s RETURNING {_JOB_COLUMNS}",
             (reason, run_id),
         )
+
+    async def depth(self) -> int | None:
+        """How many runs are queued (waiting to be claimed)."""
+
+        def query(db: psycopg.Connection[Any]) -> int:
+            row = db.execute("SELECT count(*) FROM headwater_runs WHERE status = 'queued'")
+            found = row.fetchone()
+            return int(found[0]) if found else 0
+
+        return await self._query(query)
 
     async def get(self, run_id: str) -> RunJob | None:
         """A run's record."""

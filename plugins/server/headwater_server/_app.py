@@ -31,6 +31,7 @@ from headwater.queue import RunQueue, queue_from_url
 
 from ._engine import Engine, RunRecord
 from ._protocol import Protocol
+from ._metrics import Metrics, metrics_for
 from ._requests import (
     RUN_FIELDS,
     ApiError,
@@ -41,6 +42,7 @@ from ._requests import (
 )
 from ._runs import TERMINAL, encode_json
 from ._threads import principal
+from ._tracing import with_trace_context
 from ._wire import plain
 
 __all__ = ["ApiError", "create_app", "mount"]
@@ -187,6 +189,7 @@ class _Edge:
         async def frames() -> AsyncIterator[str]:
             ended = False
             yield f"retry: 2000\n: run {run_id}\n\n"
+            self.engine.metrics.client_connected("sse")
             try:
                 async for batch in self.engine.follow(run_id, after):
                     if not batch:
@@ -205,6 +208,7 @@ class _Edge:
                 data = encode_json({"type": "expired", "message": str(exc)})
                 yield f"event: error\ndata: {data}\n\n"
             finally:
+                self.engine.metrics.client_disconnected("sse")
                 if cancel is not None and not ended and not cancel.finished:
                     with anyio.CancelScope(shield=True):
                         await self.engine.cancel(cancel.run_id, cancel.owner)
@@ -238,6 +242,7 @@ def create_app(
     max_depth: int = 100,
     lease: float = 30.0,
     max_active_runs: int = 1000,
+    metrics: bool | Metrics = False,
 ) -> Starlette:
     """The headwater ASGI app serving ``graphs`` (one graph, or a mapping name → graph).
 
@@ -258,7 +263,8 @@ def create_app(
     nesting of request JSON. ``lease`` (seconds) is how long a server instance holds a
     thread for a run between renewals (a crashed instance's threads free up after it).
     ``max_active_runs`` bounds the runs this process executes or holds queued at once
-    (more get 503).
+    (more get 503). ``metrics=True`` serves Prometheus metrics on ``GET /metrics``
+    (behind the API key when keys are set); off by default.
     Mount it into an existing Starlette or FastAPI app with :func:`mount`.
 
     Example::
@@ -306,6 +312,7 @@ def create_app(
         max_runs=max_runs,
         lease=lease,
         max_active_runs=max_active_runs,
+        metrics=metrics_for(metrics, "server"),
     )
     edge = _Edge(engine, keys, on_disconnect, origins, first_message_timeout)
     protocol = Protocol(edge)
@@ -362,7 +369,8 @@ def create_app(
 
     async def run_body(request: Request) -> Any:
         body = await edge.body(request)
-        return run_request({} if body is None else body, engine.graphs, limits)
+        run = run_request({} if body is None else body, engine.graphs, limits)
+        return with_trace_context(run, request.headers)  # a traceparent: the run's parent
 
     async def stream_workflow(request: Request, owner: str) -> Response:
         record = await engine.start(await run_body(request), owner)
@@ -413,6 +421,20 @@ def create_app(
     async def openapi(request: Request, owner: str) -> Response:
         return JSONResponse(_OPENAPI)
 
+    async def prometheus(request: Request, owner: str) -> Response:
+        if not engine.metrics.enabled:
+            raise ApiError(
+                404,
+                "metrics_off",
+                "Metrics are off on this server; start it with metrics=True "
+                "(headwater serve --metrics).",
+            )
+        if engine.queue is not None:
+            with contextlib.suppress(Exception):  # the queue is away: the last depth stays
+                engine.metrics.queue_depth(await engine.queue.depth())
+        body, content_type = engine.metrics.exposition()
+        return Response(body, media_type=content_type)
+
     async def websocket_workflow(websocket: WebSocket) -> None:
         try:
             edge.check_origin(websocket.headers)
@@ -450,7 +472,8 @@ def create_app(
                         400, "malformed_json", "The first message must be a JSON object."
                     ) from None
                 raise
-            record = await engine.start(run_request(body, engine.graphs, limits), owner)
+            run = with_trace_context(run_request(body, engine.graphs, limits), websocket.headers)
+            record = await engine.start(run, owner)
         except ApiError as exc:
             with contextlib.suppress(Exception):
                 await websocket.send_json(
@@ -491,6 +514,7 @@ def create_app(
         Route("/runs/{run_id}/stream", guarded(run_stream)),
         Route("/runs/{run_id}/cancel", guarded(cancel_run), methods=["POST"]),
         Route("/openapi.json", guarded(openapi)),
+        Route("/metrics", guarded(prometheus)),
         WebSocketRoute("/ws/workflow", websocket_workflow),
         *protocol.routes(guarded),
     ]
@@ -508,6 +532,8 @@ def create_app(
                     "x-api-key",
                     "Cache-Control",
                     "Accept",
+                    "traceparent",
+                    "tracestate",
                 ],
                 expose_headers=["Location", "Content-Location"],
             )
@@ -557,6 +583,7 @@ async def _stream_socket(websocket: WebSocket, edge: _Edge, record: RunRecord, o
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(listen)
+        engine.metrics.client_connected("websocket")
         try:
             async for batch in engine.follow(record.run_id, None):
                 for entry in batch:
@@ -565,6 +592,7 @@ async def _stream_socket(websocket: WebSocket, edge: _Edge, record: RunRecord, o
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
+            engine.metrics.client_disconnected("websocket")
             tg.cancel_scope.cancel()
 
 
@@ -650,6 +678,7 @@ _OPENAPI: dict[str, Any] = {
             "get": _op("Stream a run (SSE, Last-Event-ID resumes)", sse=True)
         },
         "/runs/{run_id}/cancel": {"post": _op("Cancel a run")},
+        "/metrics": {"get": _op("Prometheus metrics (text format), when switched on")},
     },
     "components": {
         "schemas": {

@@ -202,6 +202,17 @@ def headwater_cli_commands(cli: click.Group) -> None:
         type=click.FloatRange(min=0, min_open=True),
         help="Largest timeout (seconds) a run may ask for (default: no cap).",
     )
+    @click.option(
+        "--otel",
+        is_flag=True,
+        help="Trace every run with OpenTelemetry (needs headwater-otel; OTEL_* variables "
+        "say where the spans go).",
+    )
+    @click.option(
+        "--metrics",
+        is_flag=True,
+        help="Serve Prometheus metrics on GET /metrics (behind the API key, if any).",
+    )
     def serve(
         graphs: tuple[str, ...],
         host: str,
@@ -214,12 +225,16 @@ def headwater_cli_commands(cli: click.Group) -> None:
         allowed_origins: tuple[str, ...],
         max_recursion_limit: int,
         max_run_timeout: float | None,
+        otel: bool,
+        metrics: bool,
     ) -> None:
         """Serve graphs (module:graph …) over HTTP: SSE, WebSocket, runs API, browser page."""
         import uvicorn
 
         from ._app import create_app
 
+        if otel:
+            _enable_otel()
         loaded = _load_all(graphs, checkpointer)
         try:
             app = create_app(
@@ -231,6 +246,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
                 allowed_origins=allowed_origins,
                 max_recursion_limit=max_recursion_limit,
                 max_run_timeout=max_run_timeout,
+                metrics=metrics,
             )
         except (HeadwaterError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
@@ -273,6 +289,24 @@ def headwater_cli_commands(cli: click.Group) -> None:
         type=click.IntRange(min=1),
         help="Claims of one run before it fails (a run that kills its worker).",
     )
+    @click.option(
+        "--otel",
+        is_flag=True,
+        help="Trace every run with OpenTelemetry (needs headwater-otel; OTEL_* variables "
+        "say where the spans go).",
+    )
+    @click.option(
+        "--metrics-port",
+        default=None,
+        type=click.IntRange(0, 65535),
+        help="Serve Prometheus metrics on this port (/metrics; 0: any free port).",
+    )
+    @click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Address of the metrics port (0.0.0.0 for a scraper on another host).",
+    )
     def worker(
         graphs: tuple[str, ...],
         queue: str,
@@ -283,13 +317,19 @@ def headwater_cli_commands(cli: click.Group) -> None:
         name: str | None,
         concurrency: int,
         max_attempts: int,
+        otel: bool,
+        metrics_port: int | None,
+        metrics_host: str,
     ) -> None:
         """Claim queued runs and execute them, publishing their events to the broker."""
         from headwater.broker import broker_from_url
         from headwater.queue import queue_from_url
 
+        from ._metrics import OFF, Metrics
         from ._worker import work
 
+        if otel:
+            _enable_otel()
         loaded = _load_all(graphs, checkpointer)
         try:
             the_queue = queue_from_url(queue)
@@ -297,6 +337,9 @@ def headwater_cli_commands(cli: click.Group) -> None:
         except HeadwaterError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"headwater: worker for {', '.join(sorted(loaded))} on {queue.split('@')[-1]}")
+        kept: Metrics = OFF
+        if metrics_port is not None:
+            kept = _metrics_port(metrics_host, metrics_port)
         freeze_startup_objects()
         anyio.run(
             functools.partial(
@@ -309,6 +352,7 @@ def headwater_cli_commands(cli: click.Group) -> None:
                 worker=name,
                 concurrency=concurrency,
                 max_attempts=max_attempts,
+                metrics=kept,
             )
         )
 
@@ -380,6 +424,35 @@ def headwater_cli_commands(cli: click.Group) -> None:
             sys.exit(1)
         if final is not NOT_SEEN:
             click.echo(json.dumps(_plain(final), indent=2, default=str))
+
+
+def _enable_otel() -> None:
+    """``--otel``: trace every run of this process with headwater-otel."""
+    try:
+        otel = importlib.import_module("headwater_otel")
+    except ImportError:
+        raise click.ClickException(
+            "--otel needs the OpenTelemetry plugin: pip install headwater-otel"
+        ) from None
+    otel.enable()
+
+
+def _metrics_port(host: str, port: int) -> Any:
+    """Serve a worker's Prometheus metrics on ``host:port`` (a daemon thread)."""
+    from prometheus_client import start_http_server
+
+    from ._metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics("worker")
+    try:
+        server, _ = start_http_server(port, host, registry=metrics.registry)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve metrics on {_show(host)}:{port}: {exc.strerror or exc}"
+        ) from None
+    bound = server.server_port
+    click.echo(f"headwater: metrics on http://{_show(host)}:{bound}/metrics")
+    return metrics
 
 
 def _graceful_server(config: Any, engine: Any) -> Any:

@@ -30,6 +30,7 @@ from headwater.errors import HeadwaterError
 from headwater.queue import RunJob, RunQueue, ThreadBusyError
 from headwater.runtime import new_id
 
+from ._metrics import OFF, Metrics
 from ._requests import ApiError, Limits, RunRequest
 from ._runs import (
     TERMINAL,
@@ -43,6 +44,7 @@ from ._runs import (
     terminal_entry,
 )
 from ._threads import ThreadOwners
+from ._tracing import handoff
 
 __all__ = ["Engine", "RunInfo", "RunRecord"]
 
@@ -108,8 +110,12 @@ class Engine:
         max_runs: int = 1000,
         lease: float = 30.0,
         max_active_runs: int = 1000,
+        metrics: Metrics = OFF,
     ) -> None:
         self.graphs = dict(graphs)
+        self.metrics = metrics
+        """What this engine reports (``run_started``, ``run_finished``, ``client`` …):
+        Prometheus metrics, or :data:`._metrics.OFF`."""
         self.broker = broker
         self.queue = queue
         self.limits = limits
@@ -207,20 +213,22 @@ class Engine:
 
     async def _enqueue(self, request: RunRequest, record: RunRecord) -> None:
         assert self.queue is not None and record.thread_id is not None
-        config = dict(request.config)
-        job = RunJob(
-            run_id=record.run_id,
-            graph=record.graph,
-            thread_id=record.thread_id,
-            input=request.input,
-            config=config,
-            stream=request.stream_spec(),
-            owner=record.owner,
-        )
-        try:
-            superseded = await self.queue.enqueue(job, multitask=request.multitask)
-        except ThreadBusyError as busy:
-            raise _busy(record.thread_id, busy.run_ids[0]) from None
+        # Inside a span of this server when it traces: the worker's spans are its children.
+        with handoff(record.graph, record.run_id, request.config) as config:
+            job = RunJob(
+                run_id=record.run_id,
+                graph=record.graph,
+                thread_id=record.thread_id,
+                input=request.input,
+                config=dict(config),
+                stream=request.stream_spec(),
+                owner=record.owner,
+            )
+            try:
+                superseded = await self.queue.enqueue(job, multitask=request.multitask)
+            except ThreadBusyError as busy:
+                raise _busy(record.thread_id, busy.run_ids[0]) from None
+        self.metrics.run_enqueued(record.graph)
         for old in superseded:
             if old.status == "cancelled" and old.worker is None:  # was queued: ends now
                 entry = terminal_entry(old.run_id, Outcome("cancelled"), old.cancel_reason)
@@ -296,6 +304,7 @@ class Engine:
     ) -> None:
         outcome: Outcome | None = None
         started = False
+        began = 0.0
         try:
             with anyio.CancelScope() as scope:
                 record.scope = scope
@@ -306,11 +315,15 @@ class Engine:
                     await self._wait_turn(record)
                 record.status = "running"
                 started = True
+                began = time.monotonic()
+                self.metrics.run_started(record.graph)
                 await self._put_record(record)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_alive, record)
                     try:
-                        entries = run_entries(stream, spec, record.run_id)
+                        entries = self.metrics.tokens(
+                            record.graph, run_entries(stream, spec, record.run_id)
+                        )
                         outcome = await drive(self.broker, record.run_id, entries)
                     except Exception as exc:  # the broker or the engine, not the run
                         outcome = Outcome(
@@ -328,6 +341,10 @@ class Engine:
                     record.reason = record.reason or "shutdown"
                 if not started:
                     await _close(stream)
+                else:
+                    self.metrics.run_finished(
+                        record.graph, outcome.status, time.monotonic() - began
+                    )
                 try:
                     await self._end(record, outcome)
                 except Exception:  # the broker is gone: the followers' probes end them
@@ -526,6 +543,7 @@ class Engine:
                             return
                 while True:
                     entries = await self.broker.read(run_id, position, block=self.heartbeat)
+                    self.metrics.delivered(entries)
                     if not entries:
                         status = await self.ended(run_id)
                         if status is not None:

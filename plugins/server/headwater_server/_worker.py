@@ -26,6 +26,7 @@ from headwater.errors import QueueError
 from headwater.queue import RunJob, RunQueue
 from headwater.runtime import new_id
 
+from ._metrics import OFF, Metrics
 from ._runs import (
     Outcome,
     drive,
@@ -41,7 +42,13 @@ __all__ = ["end_reaped", "run_job", "work"]
 
 
 async def run_job(
-    job: RunJob, graph: CompiledGraph, queue: RunQueue, broker: Broker, worker: str, lease: float
+    job: RunJob,
+    graph: CompiledGraph,
+    queue: RunQueue,
+    broker: Broker,
+    worker: str,
+    lease: float,
+    metrics: Metrics = OFF,
 ) -> str:
     """Execute one claimed job to its end; returns the final status."""
     configurable = {**(job.config.get("configurable") or {}), "thread_id": job.thread_id}
@@ -74,17 +81,23 @@ async def run_job(
                 if reason == "rollback":
                     await rollback_thread(graph, job.thread_id, job.run_id)
             ended.append(outcome.status)
+            metrics.run_finished(job.graph, outcome.status, time.monotonic() - began)
             # The queue first: a client that saw the terminal event finds the run ended.
             await queue.finish(job.run_id, worker, outcome.status, outcome.error)
             entry = terminal_entry(job.run_id, outcome, reason)
             await publish(broker, job.run_id, *entry, must=True)
 
+    began = time.monotonic()
+    metrics.run_started(job.graph)
     async with anyio.create_task_group() as tg:
 
         async def execute() -> None:
             try:
                 stream = open_run_stream(graph, input, config, job.stream)
-                entries = run_entries(stream, job.stream, job.run_id, {"attempt": job.attempts})
+                entries = metrics.tokens(
+                    job.graph,
+                    run_entries(stream, job.stream, job.run_id, {"attempt": job.attempts}),
+                )
                 outcome = await drive(broker, job.run_id, entries)
             except Exception as exc:  # the stream could not open (the graph changed)
                 outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})
@@ -151,12 +164,15 @@ async def work(
     max_runs: int | None = None,
     concurrency: int = 1,
     max_attempts: int = 3,
+    metrics: Metrics = OFF,
 ) -> None:
     """Claim and execute runs until cancelled (or ``max_runs`` runs were done).
 
     ``concurrency`` runs execute at once (each under its own lease): most runs spend
     their time waiting on a model provider, so one process can carry many. A run is
     claimed at most ``max_attempts`` times (a run that kills its worker fails after that).
+    ``metrics`` counts the runs, their tokens, claim latency and the queue's depth
+    (``headwater worker --metrics-port``).
 
     Example::
 
@@ -177,6 +193,8 @@ async def work(
         next_reap = time.monotonic() + min(lease / 3, 5.0)
         for job in await queue.reap(max_attempts=max_attempts, graphs=graphs):
             await end_reaped(job, graphs, broker)
+        if metrics.enabled:
+            metrics.queue_depth(await queue.depth())
 
     async def slot() -> None:
         nonlocal claimed
@@ -187,6 +205,8 @@ async def work(
                 await anyio.sleep(poll)
                 continue
             claimed += 1
+            if job.attempts == 1 and job.enqueued_at is not None:
+                metrics.claimed(job.graph, time.time() - job.enqueued_at)
             graph = graphs.get(job.graph)
             if graph is None:
                 message = f"This worker has no graph {job.graph!r}; it serves {sorted(graphs)}."
@@ -194,7 +214,7 @@ async def work(
                 await publish(broker, job.run_id, "error", encode_json(body), must=True)
                 await queue.finish(job.run_id, worker, "error", message)
             else:
-                await run_job(job, graph, queue, broker, worker, lease)
+                await run_job(job, graph, queue, broker, worker, lease, metrics)
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):

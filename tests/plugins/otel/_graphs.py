@@ -29,15 +29,18 @@ NOTES = InMemoryRetriever.from_texts(
 NOTES.name = "notes"
 
 
-def build_rag(*, answer: str = "The sum is 5.") -> Any:
-    """retrieve (a retriever) -> agent (a model asking for a tool) -> tools -> agent."""
+def build_rag(*, answer: str = "The sum is 5.", cycle: bool = False) -> Any:
+    """retrieve (a retriever) -> agent (a model asking for a tool) -> tools -> agent.
+
+    ``cycle``: the model answers run after run (one run at a time), as a server needs."""
     llm = FakeChatModel(
         [
             AIMessage(
                 content="", tool_calls=(ToolCall(name="add", args={"a": 2, "b": 3}, id="c1"),)
             ),
             answer,
-        ]
+        ],
+        cycle=cycle,
     )
 
     async def retrieve(state: Chat) -> dict[str, Any]:
@@ -60,6 +63,11 @@ def build_rag(*, answer: str = "The sum is 5.") -> Any:
     graph.add_conditional_edges("agent", route, ["tools", END])
     graph.add_edge("tools", "agent")
     return graph.compile(name="rag")
+
+
+def build_rag_served() -> Any:
+    """:func:`build_rag` for a server or worker: any number of runs, one at a time."""
+    return build_rag(cycle=True)
 
 
 RAG_TREE = [
