@@ -321,6 +321,17 @@ def create_app(
             ]
         )
 
+    drawings: dict[str, dict[str, Any]] = {}  # one per served graph: graphs do not change
+
+    async def graph_drawing(request: Request, owner: str) -> Response:
+        name, graph = edge.graph(request.path_params["name"])
+        drawing = drawings.get(name)
+        if drawing is None:
+            view = graph.get_graph()
+            drawing = {"graph": name, **view.to_json(), "mermaid": view.draw_mermaid()}
+            drawings[name] = drawing = plain(drawing)
+        return JSONResponse(drawing)
+
     async def create_thread(request: Request, owner: str) -> Response:
         body = await edge.object_body(request, ("thread_id",))
         thread_id = body.get("thread_id")
@@ -479,6 +490,7 @@ def create_app(
     routes = [
         Route("/", guarded(index)),
         Route("/graphs", guarded(list_graphs)),
+        Route("/graphs/{name}/drawing", guarded(graph_drawing)),
         Route("/threads", guarded(create_thread), methods=["POST"]),
         Route("/threads/{thread_id}/state", guarded(thread_state)),
         Route("/threads/{thread_id}/history", guarded(thread_history)),
@@ -628,6 +640,7 @@ _OPENAPI: dict[str, Any] = {
     "info": {"title": "headwater", "version": "0.1.0"},
     "paths": {
         "/graphs": {"get": _op("List graphs")},
+        "/graphs/{name}/drawing": {"get": _op("A graph's nodes and edges, and as Mermaid")},
         "/threads": {"post": _op("Create a thread")},
         "/threads/{thread_id}/state": {"get": _op("A thread's latest state")},
         "/threads/{thread_id}/history": {"get": _op("A thread's checkpoints, newest first")},
