@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,10 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from headwater.testing.services import require_services
-
-CHROMIUM = os.environ.get("HEADWATER_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 
 
 def _free_port() -> int:
@@ -60,34 +55,6 @@ def served() -> Iterator[str]:
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if require_services():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def test_page_streams_a_run_live(served: str, browser: object, tmp_path: Path) -> None:
