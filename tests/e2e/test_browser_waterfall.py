@@ -57,9 +57,9 @@ def count_words(text: str) -> int:
 
 
 def pausing_graph() -> Any:
-    """``draft`` (with a tool) and ``look`` (with a retriever) run side by side, then ``ask``
-    pauses the run for a human. ``draft`` calls its tool after ``look`` has started, so its
-    tool's bar goes in above ``look``'s, under ``draft``."""
+    """``draft`` (with a tool) and ``look`` (a subgraph with a retriever) run side by side,
+    then ``ask`` pauses the run for a human. ``draft`` calls its tool after ``look`` has
+    started, so its tool's bar goes in above ``look``'s, under ``draft``."""
     notes = InMemoryRetriever.from_texts(["Rivers flow to the sea.", "Lakes are still."], k=1)
 
     async def draft(state: Plan) -> dict[str, Any]:
@@ -67,15 +67,20 @@ def pausing_graph() -> Any:
         words = await count_words.ainvoke({"text": state["question"]})
         return {"answer": f"{words} words"}
 
-    async def look(state: Plan) -> dict[str, Any]:
+    async def search(state: Plan) -> dict[str, Any]:
         return {"notes": [d.page_content for d in await notes.ainvoke(state["question"])]}
+
+    look = StateGraph(Plan)  # a subgraph: its run and its node nest under the node "look"
+    look.add_node("search", search)
+    look.add_edge(START, "search")
+    look.add_edge("search", END)
 
     def ask(state: Plan) -> dict[str, Any]:
         return {"answer": interrupt("Is the draft right?")}
 
     graph = StateGraph(Plan)
     graph.add_node("draft", draft)
-    graph.add_node("look", look)
+    graph.add_node("look", look.compile(name="lookup"))
     graph.add_node("ask", ask)
     graph.add_edge(START, "draft")
     graph.add_edge(START, "look")
@@ -206,12 +211,11 @@ def expected_bars(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             drawn = [p for p in meta["parent_ids"] if p in kind]
             parent[run_id] = drawn[-1] if drawn else ""
             if source == "chain":
-                if not meta["parent_ids"]:
+                node = meta["metadata"].get("node")
+                if not meta["parent_ids"] or not node:  # the run, or a subgraph's
                     kind[run_id] = "graph"
                 else:
-                    kind[run_id] = (
-                        "node" if meta["metadata"].get("node") == meta["name"] else "chain"
-                    )
+                    kind[run_id] = "node" if node == meta["name"] else "chain"
             else:
                 kind[run_id] = KINDS[source]
         elif what in ("end", "error"):
@@ -220,8 +224,8 @@ def expected_bars(events: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
                 errors.add(run_id)
         elif event == "on_chat_model_stream" and run_id not in closed:
             first_token.add(run_id)
-        node = source == "chain" and what in ("start", "end", "error")
-        if node and len(meta["parent_ids"]) == 1 and kind.get(run_id) == "node":
+        lights = source == "chain" and what in ("start", "end", "error")
+        if lights and len(meta["parent_ids"]) == 1 and kind.get(run_id) == "node":
             before = sorted(n for n, c in running.items() if c)
             running[meta["name"]] = running.get(meta["name"], 0) + (1 if what == "start" else -1)
             now = sorted(n for n, c in running.items() if c)
@@ -363,16 +367,19 @@ def test_an_interrupt_colours_the_paused_node_and_its_graph(served: str, browser
         ("node", "draft", "done"),
         ("tool", "count_words", "done"),
         ("node", "look", "done"),
+        ("graph", "lookup", "done"),
+        ("node", "search", "done"),
         ("retriever", "InMemoryRetriever", "done"),
         ("node", "ask", "interrupted"),
     ]
+    assert [r["depth"] for r in rows] == [0, 1, 2, 1, 2, 3, 4, 1]
     opened = [r[1] for r in page.evaluate("window.record") if r[0] == "open"]
     assert opened.index(rows[3]["run_id"]) < opened.index(rows[2]["run_id"])  # look, then tool
     colours = page.eval_on_selector_all(
         "#waterfall .wbar", "els => els.map(e => getComputedStyle(e).backgroundColor)"
     )
-    assert colours[0] == colours[5] == "rgb(224, 161, 0)"
-    assert "rgb(224, 161, 0)" not in colours[1:5]
+    assert colours[0] == colours[7] == "rgb(224, 161, 0)"
+    assert "rgb(224, 161, 0)" not in colours[1:7]
     paused = page.eval_on_selector_all(
         "#graph-svg g.gnode.interrupted", "els => els.map(e => e.dataset.id)"
     )
