@@ -388,14 +388,18 @@ def test_an_interrupt_colours_the_paused_node_and_its_graph(served: str, browser
     page.close()
 
 
-def test_the_waterfall_is_capped_with_a_note(served: str, browser: Any) -> None:
+def test_the_waterfall_and_the_log_are_capped(served: str, browser: Any) -> None:
     page = browser.new_page()
     page.goto(served)
     assert page.get_attribute("#waterfall", "data-max-bars") == "2000"
     page.wait_for_selector("#graph option[value='demo']", state="attached")
+    assert page.get_attribute("#log", "data-max-lines") == "5000"
     page.evaluate("document.querySelector('#waterfall').dataset.maxBars = '5'")
+    page.evaluate("document.querySelector('#log').dataset.maxLines = '7'")
     page.click("#start")
     page.wait_for_function("document.querySelector('#status').textContent === 'done'")
+    lines = page.eval_on_selector_all("#log div", "els => els.map(e => e.textContent)")
+    assert lines[-1] == "on_chain_end  demo" and len(lines) == 7  # the newest lines
     rows = page.evaluate(ROWS)
     assert [r["name"] for r in rows] == ["demo", "router", "retrieve", "InMemoryRetriever", "agent"]
     assert all(r["end"] is not None for r in rows)  # the drawn bars still close
