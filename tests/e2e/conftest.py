@@ -1,4 +1,4 @@
-"""The browser end-to-end tests' Chromium: Debian's, driven by Playwright."""
+"""Fixtures shared by the end-to-end tests: Debian's Chromium driven by Playwright."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ CHROMIUM = os.environ.get("HEADWATER_CHROMIUM", shutil.which("chromium") or "/us
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """A headless Chromium for the module (skipped without one, failed if services are
-    required)."""
+    """Debian's Chromium (never a browser downloaded at run time), one per test module."""
     if not Path(CHROMIUM).exists():
         reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
         if require_services():
