@@ -313,14 +313,6 @@ def create_app(
         page = resources.files("headwater_server").joinpath("static/index.html").read_text()
         return HTMLResponse(page)
 
-    async def list_graphs(request: Request, owner: str) -> Response:
-        return JSONResponse(
-            [
-                {"name": n, "nodes": sorted(g.nodes), "checkpointer": g.checkpointer is not None}
-                for n, g in sorted(engine.graphs.items())
-            ]
-        )
-
     drawings: dict[str, dict[str, Any]] = {}  # one per served graph: graphs do not change
 
     async def graph_drawing(request: Request, owner: str) -> Response:
@@ -331,6 +323,14 @@ def create_app(
             drawing = {"graph": name, **view.to_json(), "mermaid": view.draw_mermaid()}
             drawings[name] = drawing = plain(drawing)
         return JSONResponse(drawing)
+
+    async def list_graphs(request: Request, owner: str) -> Response:
+        return JSONResponse(
+            [
+                {"name": n, "nodes": sorted(g.nodes), "checkpointer": g.checkpointer is not None}
+                for n, g in sorted(engine.graphs.items())
+            ]
+        )
 
     async def create_thread(request: Request, owner: str) -> Response:
         body = await edge.object_body(request, ("thread_id",))
@@ -489,8 +489,8 @@ def create_app(
 
     routes = [
         Route("/", guarded(index)),
-        Route("/graphs", guarded(list_graphs)),
         Route("/graphs/{name}/drawing", guarded(graph_drawing)),
+        Route("/graphs", guarded(list_graphs)),
         Route("/threads", guarded(create_thread), methods=["POST"]),
         Route("/threads/{thread_id}/state", guarded(thread_state)),
         Route("/threads/{thread_id}/history", guarded(thread_history)),
@@ -639,8 +639,8 @@ _OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "headwater", "version": "0.1.0"},
     "paths": {
-        "/graphs": {"get": _op("List graphs")},
         "/graphs/{name}/drawing": {"get": _op("A graph's nodes and edges, and as Mermaid")},
+        "/graphs": {"get": _op("List graphs")},
         "/threads": {"post": _op("Create a thread")},
         "/threads/{thread_id}/state": {"get": _op("A thread's latest state")},
         "/threads/{thread_id}/history": {"get": _op("A thread's checkpoints, newest first")},
