@@ -89,12 +89,27 @@ def pausing_graph() -> Any:
     return graph.compile(name="pausing", checkpointer="memory:")
 
 
+def slow_graph() -> Any:
+    """A model that talks for a long while: long enough to be cancelled mid-stream."""
+    llm = FakeChatModel([" ".join(["word"] * 400)], token_delay=0.05, cycle=True, name="talker")
+
+    async def talk(state: Plan) -> dict[str, Any]:
+        return {"answer": (await llm.ainvoke(state["question"])).text}
+
+    graph = StateGraph(Plan)
+    graph.add_node("talk", talk)
+    graph.add_edge(START, "talk")
+    graph.add_edge("talk", END)
+    return graph.compile(name="slow")
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
     graphs = {
         "demo": build_demo("memory:"),
         "failing": failing_graph(),
         "pausing": pausing_graph(),
+        "slow": slow_graph(),
     }
     with serving(create_app(graphs)) as url:
         yield url + "/"
@@ -384,6 +399,38 @@ def test_an_interrupt_colours_the_paused_node_and_its_graph(served: str, browser
         "#graph-svg g.gnode.interrupted", "els => els.map(e => e.dataset.id)"
     )
     assert paused == ["ask"]
+    assert page.eval_on_selector_all("#graph-svg g.gnode.active", "els => els.length") == 0
+    page.close()
+
+
+def test_a_cancelled_run_greys_its_open_bars(served: str, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(served)
+    page.wait_for_selector("#graph option[value='slow']", state="attached")
+    page.select_option("#graph", "slow")
+    page.wait_for_selector("#graph-svg g.gnode[data-id='talk']", state="attached")
+    page.click("#start")
+    # Mid-stream: the model's bar is open with its first-token mark, its node highlighted.
+    page.wait_for_selector("#waterfall .wrow[data-kind='model'][data-state='running'] .wttft")
+    assert page.eval_on_selector_all(
+        "#graph-svg g.gnode.active", "els => els.map(e => e.dataset.id)"
+    ) == ["talk"]
+    assert (page.text_content("#status") or "").startswith("running")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status').textContent === 'cancelled'")
+    ended = {
+        data["_event"]["run_id"]: kind.rpartition("_")[2]
+        for kind, data in replayed(served, str(page.evaluate("runId")))
+        if kind.endswith(("_end", "_error"))
+    }
+    rows = page.evaluate(ROWS)
+    assert [(r["kind"], r["name"]) for r in rows] == [
+        ("graph", "slow"), ("node", "talk"), ("model", "talker"),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["end"] is not None
+        closed = ended.get(row["run_id"])
+        assert row["state"] == {None: "cancelled", "end": "done", "error": "error"}[closed]
     assert page.eval_on_selector_all("#graph-svg g.gnode.active", "els => els.length") == 0
     page.close()
 
