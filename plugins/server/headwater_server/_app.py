@@ -334,6 +334,17 @@ def create_app(
         page = resources.files("headwater_server").joinpath("static/index.html").read_text()
         return HTMLResponse(page)
 
+    drawings: dict[str, dict[str, Any]] = {}  # one per served graph: graphs do not change
+
+    async def graph_drawing(request: Request, owner: str) -> Response:
+        name, graph = edge.graph(request.path_params["name"])
+        drawing = drawings.get(name)
+        if drawing is None:
+            view = graph.get_graph()
+            drawing = {"graph": name, **view.to_json(), "mermaid": view.draw_mermaid()}
+            drawings[name] = drawing = plain(drawing)
+        return JSONResponse(drawing)
+
     async def list_graphs(request: Request, owner: str) -> Response:
         return JSONResponse(
             [
@@ -503,6 +514,7 @@ def create_app(
 
     routes = [
         Route("/", guarded(index)),
+        Route("/graphs/{name}/drawing", guarded(graph_drawing)),
         Route("/graphs", guarded(list_graphs)),
         # Both APIs': the protocol's answers are a superset of headwater's own.
         Route("/threads", guarded(protocol.create_thread), methods=["POST"]),
@@ -667,6 +679,7 @@ _OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "headwater", "version": "0.1.0"},
     "paths": {
+        "/graphs/{name}/drawing": {"get": _op("A graph's nodes and edges, and as Mermaid")},
         "/graphs": {"get": _op("List graphs")},
         "/threads": {"post": _op("Create a thread")},
         "/threads/{thread_id}/state": {"get": _op("A thread's latest state")},
