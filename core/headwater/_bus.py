@@ -431,6 +431,28 @@ class Emitter:
         if subs:
             bus._deliver(subs, kind, self._header or self.header, data, name)
 
+    def sink(self, kind: str) -> Put | None:
+        """A data-only callable for this source's events of ``kind``, bound once (see
+        :attr:`Subscription.bind_source`), when the run's one subscription for ``kind``
+        offers one and this is the event-loop thread; else ``None`` (use :meth:`emit`).
+        Call it on this thread only.
+
+        Example::
+
+            put = emit.sink("on_chat_model_stream")   # once per model call
+            put({"chunk": chunk}) if put is not None else emit.emit(kind, {"chunk": chunk})
+        """
+        bus = self.bus
+        if threading.get_ident() != bus.loop_thread:
+            return None
+        try:
+            subs = self._by_kind[kind]
+        except KeyError:
+            subs = bus.subscriptions(kind)
+        if len(subs) != 1 or subs[0].bind_source is None:
+            return None
+        return subs[0].bind_source(kind, bus.ns, self.header)
+
     def emit_to(self, subs: tuple[Subscription, ...], kind: str, data: Any) -> None:
         """Emit to subscriptions already looked up with :meth:`Bus.subscriptions`, for
         the hottest emitters (a node's stream writer) that keep them (any thread).
