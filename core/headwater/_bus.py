@@ -13,7 +13,8 @@ this module imports nothing of headwater but :mod:`headwater.events`.
 * A subscription that wants only an event's ``data`` (:attr:`Subscription.bind`) gets it
   directly when it is the only one for the kind: no id, no header, no :class:`Event`.
 * Consumers with bounded queues register valves (:meth:`Bus.add_valve`); producers wait
-  at their await points while one is full (:meth:`Bus.pressure`).
+  at their await points while one is full (:meth:`Bus.pressure`). An async node is
+  driven through :meth:`Bus.paced`, so it waits at its own await points too.
 * Events emitted in a worker thread (a sync node) reach the event loop in order, in
   batches, through the inbox; a thread far ahead of its consumers waits.
 
@@ -28,15 +29,20 @@ Example::
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any, TypeVar
 
+import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import sniffio
 
 from headwater.events import Event, Subscription
 
 __all__ = ["Bus", "Emitter", "Header"]
+
+T = TypeVar("T")
 
 Header = tuple[str, str, tuple[str, ...], tuple[str, ...], Mapping[str, Any]]
 """What every event of one source carries: ``(name, run_id, parent_ids, tags, metadata)``."""
@@ -51,8 +57,8 @@ Put = Callable[[Any], None]
 _NOBODY: tuple[Subscription, ...] = ()
 
 _INBOX_LIMIT = 1024
-"""Events a worker thread may queue for the event loop before it waits for them to be
-delivered (and for consumers to have room): bounds memory, gives backpressure."""
+"""Events worker threads may emit before one waits for them to be delivered and for
+consumers to have room: bounds memory, gives backpressure."""
 
 
 class Bus:
@@ -260,6 +266,25 @@ class Bus:
         if waiting is not None:
             await waiting
 
+    def paced(self, coro: Awaitable[T]) -> Awaitable[T]:
+        """Await ``coro`` (an async node) so that it is held back at its own await points.
+
+        A node writing events (``writer(...)`` is a plain call) can only be made to wait
+        where it suspends. Each time ``coro`` has been woken up, before it goes on, this
+        waits for every consumer to have room (:meth:`pressure`). So an async node that
+        writes in a loop and awaits anything between writes never runs further ahead of
+        its consumers than their queues allow; one that never awaits runs to its end.
+        Without a bounded consumer (no valve), or for an awaitable that is not a
+        coroutine, ``coro`` itself is returned.
+
+        Example::
+
+            out = await run.bus.paced(node(state))
+        """
+        if not self._valves or type(coro) is not types.CoroutineType:
+            return coro
+        return _paced(coro, self, sniffio.current_async_library() == "trio")
+
     # -- worker threads ----------------------------------------------------------------
 
     def threads_starting(self) -> None:
@@ -300,6 +325,49 @@ class Bus:
                 self._inbox.muted.add(ident)
             else:
                 self._inbox.muted.discard(ident)
+
+
+@types.coroutine
+def _paced(coro: Coroutine[Any, Any, T], bus: Bus, sticky: bool) -> Generator[Any, Any, T]:
+    """:meth:`Bus.paced`: pass ``coro``'s suspensions through to the event loop and,
+    whenever the loop wakes it up, wait for room before handing it what it waited for.
+
+    A cancellation while waiting for room: on trio (``sticky``) ``coro`` gets what it
+    waited for, and the cancellation (which trio raises again at its next checkpoint);
+    on asyncio it gets the cancellation in its place, as an asyncio task cancelled
+    between a wake-up and its next step does.
+    """
+    send = coro.send
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                yielded = send(value)
+            else:
+                thrown, error = error, None
+                yielded = coro.throw(thrown)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # the loop throws a cancellation into the node
+            error = exc
+            continue
+        if bus._valves:
+            waiting = bus.pressure()
+            if waiting is not None:
+                try:
+                    yield from waiting.__await__()
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    if not (sticky and isinstance(exc, anyio.get_cancelled_exc_class())):
+                        error = exc
 
 
 class Emitter:
@@ -363,6 +431,28 @@ class Emitter:
         if subs:
             bus._deliver(subs, kind, self._header or self.header, data, name)
 
+    def sink(self, kind: str) -> Put | None:
+        """A data-only callable for this source's events of ``kind``, bound once (see
+        :attr:`Subscription.bind_source`), when the run's one subscription for ``kind``
+        offers one and this is the event-loop thread; else ``None`` (use :meth:`emit`).
+        Call it on this thread only.
+
+        Example::
+
+            put = emit.sink("on_chat_model_stream")   # once per model call
+            put({"chunk": chunk}) if put is not None else emit.emit(kind, {"chunk": chunk})
+        """
+        bus = self.bus
+        if threading.get_ident() != bus.loop_thread:
+            return None
+        try:
+            subs = self._by_kind[kind]
+        except KeyError:
+            subs = bus.subscriptions(kind)
+        if len(subs) != 1 or subs[0].bind_source is None:
+            return None
+        return subs[0].bind_source(kind, bus.ns, self.header)
+
     def emit_to(self, subs: tuple[Subscription, ...], kind: str, data: Any) -> None:
         """Emit to subscriptions already looked up with :meth:`Bus.subscriptions`, for
         the hottest emitters (a node's stream writer) that keep them (any thread).
@@ -386,11 +476,13 @@ class _Inbox:
     The first event into an empty inbox schedules one drain on the loop without waiting
     (``run_sync_soon``); later events join that batch. So a sync node writing 50,000
     progress events pays one loop wake-up per batch, not per event, and its events still
-    arrive at once when it writes only now and then. A full inbox makes the thread wait
-    until the batch is delivered and consumers have room.
+    arrive at once when it writes only now and then. Every :data:`_INBOX_LIMIT` events
+    (drained or not) the thread waits until they are delivered and consumers have room:
+    drains alone never wait for a consumer, so a thread whose events the loop drains as
+    fast as it writes them would otherwise run ahead of a slow consumer without limit.
     """
 
-    __slots__ = ("error", "items", "lock", "muted", "root", "token")
+    __slots__ = ("error", "items", "lock", "muted", "root", "since", "token")
 
     def __init__(self, root: Bus) -> None:
         self.root = root
@@ -399,6 +491,7 @@ class _Inbox:
         self.token: anyio.lowlevel.EventLoopToken | None = None
         self.error: BaseException | None = None
         self.muted: set[int] = set()  # abandoned threads (see Bus.mute_thread)
+        self.since = 0  # events put since a thread last waited for consumers to have room
 
     def put(self, bus: Bus, args: tuple[Any, ...]) -> None:
         """Queue one event from a worker thread (never called on the loop thread)."""
@@ -411,8 +504,10 @@ class _Inbox:
             items = self.items
             items.append((bus, args))
             count = len(items)
+            self.since += 1
+            since = self.since
         token = self.token
-        if count >= _INBOX_LIMIT or token is None:
+        if since >= _INBOX_LIMIT or token is None:
             anyio.from_thread.run(self.deliver)
         elif count == 1:
             token.backend_class.run_sync_soon(self.drain, (), token.native_token)
@@ -430,6 +525,7 @@ class _Inbox:
 
     async def deliver(self) -> None:
         """Drain, then wait until every consumer has room (backpressure)."""
+        self.since = 0
         self.drain()
         await self.root.relieve()
         if self.error is not None:

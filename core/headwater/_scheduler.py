@@ -715,10 +715,10 @@ class Scheduler:
                 kwargs["config"] = config
         if calling.writer:
             kwargs["writer"] = task.writer
-        if calling.is_async:
-            return await spec.fn(*args, **kwargs)
-        fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
         bus = task.run.bus
+        if calling.is_async:
+            return await bus.paced(spec.fn(*args, **kwargs))  # held back at its own awaits
+        fn = functools.partial(spec.fn, **kwargs) if kwargs else spec.fn
         try:
             if task.timed:  # a timeout may abandon it
                 return await _concurrency.abandonable(

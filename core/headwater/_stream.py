@@ -81,6 +81,10 @@ class Streamable(Protocol):
     async def execute(self, run: Run, input: Any) -> dict[str, Any]: ...
 
 
+def _ignore(data: Any) -> None:
+    """The sink of a source whose events a stream does not want."""
+
+
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
     """Start ``fn`` as a task owned by no task group (see the module docstring)."""
     if sniffio.current_async_library() == "trio":
@@ -122,6 +126,7 @@ class _Pipe:
         self._shape = shape
         self._nested = nested
         self._predicates = predicates
+        self._accept = accept
         self._batch_size = max(1, min(BATCH_SIZE, buffer_size))
         send: MemoryObjectSendStream[list[Any]]
         receive: MemoryObjectReceiveStream[list[Any]]
@@ -147,6 +152,7 @@ class _Pipe:
                 accept=accept,
                 raw=True,
                 bind=self._bind,
+                bind_source=self._bind_source,
             )
         )
         run.bus.add_valve(self._valve)
@@ -219,6 +225,40 @@ class _Pipe:
             if chunk is not SKIP:
                 batch = self._batch
                 batch.append(chunk)
+                if self._waiting or len(batch) >= size:
+                    self._flush()
+
+        return put
+
+    def _bind_source(
+        self, kind: str, ns: tuple[str, ...], header: Any
+    ) -> Callable[[Any], None] | None:
+        """:attr:`Subscription.bind_source`: a data-only sink for one source's events of
+        ``kind``, when its one mode binds a projection for them (no predicates)."""
+        if self._predicates:
+            return None
+        routes = self._routes.get(kind, ())
+        if len(routes) != 1 or routes[0][1].bind is None:
+            return None
+        if ns and not self._nested:
+            return _ignore
+        name, run_id, parent_ids, tags, metadata = header
+        accept = self._accept
+        if accept is not None and not accept(kind, name, tags, metadata):
+            return _ignore
+        mode_name, mode = routes[0]
+        assert mode.bind is not None
+        project = mode.bind(kind, name, run_id, parent_ids, tags, metadata, ns)
+        if project is None:
+            return None
+        shape = self._shape
+        size = self._batch_size
+
+        def put(data: Any) -> None:
+            chunk = project(data)
+            if chunk is not SKIP:
+                batch = self._batch
+                batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
                 if self._waiting or len(batch) >= size:
                     self._flush()
 

@@ -228,6 +228,12 @@ class Subscription:
     nothing else of events of that kind from that namespace (no sequence number either),
     or ``None``. An emitter may call it instead of ``callback`` when this is the run's
     only subscription for the kind."""
+    bind_source: Callable[[str, tuple[str, ...], Any], Callable[[Any], None] | None] | None = None
+    """Optional, for a source emitting many events of one kind (a chat model's tokens):
+    ``bind_source(kind, ns, header)`` returns a callable taking only an event's ``data``
+    for that source's events of ``kind`` — ``header`` is ``(name, run_id, parent_ids,
+    tags, metadata)``, the same for all of them — or ``None``. Asked once per source, when
+    this is the run's only subscription for the kind; ``accept`` is then asked once too."""
 
 
 @attrs.frozen
@@ -253,6 +259,10 @@ class StreamMode:
     for it — the cheapest projection, for modes such as ``custom`` and ``values``."""
     needs_checkpointer: bool = False
     """``True``: asking for this mode on a graph without a checkpointer is an error."""
+    bind: Callable[..., Callable[[Any], Any] | None] | None = None
+    """Optional fast path: ``bind(kind, name, run_id, parent_ids, tags, metadata, ns)``
+    returns a projection of ``data`` alone for the events of one source (one chat-model
+    call), equal to ``project`` on each of its events, or ``None`` to use ``project``."""
 
 
 @attrs.frozen

@@ -147,11 +147,15 @@ class ChatModel(abc.ABC):
         chunks = self._astream(messages, **kwargs)
         emitter = observed.emitter  # per chunk: no call at all when nobody streams
         stream_kind = observed.kinds["stream"]
+        put = emitter.sink(stream_kind) if emitter is not None else None  # bound once
         try:
             async for chunk in chunks:
                 total.add(chunk)
                 if emitter is not None:
-                    emitter.emit(stream_kind, {"chunk": chunk})
+                    if put is not None:
+                        put({"chunk": chunk})
+                    else:
+                        emitter.emit(stream_kind, {"chunk": chunk})
                     waiting = emitter.bus.pressure()
                     if waiting is not None:
                         await waiting

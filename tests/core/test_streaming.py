@@ -27,6 +27,8 @@ from headwater.errors import (
     UnsupportedVersionError,
 )
 from headwater.events import PUBLIC_KINDS, Event
+from headwater.messages import AIMessageChunk
+from headwater.models import ChatModel
 from headwater.runtime import dispatch_event
 
 pytestmark = pytest.mark.anyio
@@ -822,3 +824,135 @@ async def test_a_slow_consumer_holds_back_a_sync_node_in_a_thread() -> None:
     # a worker thread queues at most _INBOX_LIMIT events before it waits for delivery
     _, consumed = await stall_then_drain(stream, produced, 10_000, per_await=_INBOX_LIMIT)
     assert consumed == 10_000
+
+
+# An async node is held back at its own await points too (issue 13, item 6): a node that
+# writes in a loop and awaits anything between writes must not run ahead of its consumer.
+
+
+def flooding_graph(total: int, produced: list[int], *, sync: bool = False) -> Any:
+    async def flood(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(total):
+            produced[0] += 1
+            writer({"i": i, "pad": "p" * 100})
+            await anyio.lowlevel.checkpoint()  # any await point of the node's own
+        return {"n": state["n"] + 1}
+
+    def flood_sync(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(total):
+            produced[0] += 1
+            writer({"i": i, "pad": "p" * 100})
+        return {"n": state["n"] + 1}
+
+    return build(("flood", flood_sync if sync else flood))
+
+
+@pytest.mark.parametrize("mode", ["custom", "events"])
+async def test_a_slow_consumer_holds_back_an_async_node_at_its_own_await_points(mode: str) -> None:
+    produced = [0]
+    app = flooding_graph(10_000, produced)
+    stream = (
+        app.astream_events(INPUT) if mode == "events" else app.astream(INPUT, stream_mode="custom")
+    )
+    _, consumed = await stall_then_drain(stream, produced, 10_000, per_await=1)
+    assert consumed == (10_000 if mode == "custom" else 10_000 + 6)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async-node", "sync-node"])
+async def test_one_node_never_runs_far_ahead_of_a_slow_consumer(sync: bool) -> None:
+    """One node writing many events (an async one awaiting once between writes) to a
+    consumer four times as slow: the node's lead, the events held in memory for the
+    consumer, stays within the queue's bound for the whole run (it grew with the number
+    of events in an async node)."""
+    from headwater._bus import _INBOX_LIMIT
+    from headwater._stream import BATCH_SIZE, BUFFER_SIZE
+
+    produced = [0]
+    total = 12_000
+    stream = flooding_graph(total, produced, sync=sync).astream(INPUT, stream_mode="custom")
+    consumed = lead = 0
+    async with stream:
+        async for _ in stream:
+            consumed += 1
+            lead = max(lead, produced[0] - consumed)
+            for _ in range(4):
+                await anyio.lowlevel.checkpoint()
+    assert consumed == total
+    bound = BUFFER_SIZE + 3 * BATCH_SIZE + (_INBOX_LIMIT if sync else 1)
+    assert lead <= bound, f"the node ran {lead} events ahead of its consumer (bound {bound})"
+
+
+class CountingModel(ChatModel):
+    """Streams ``total`` tokens, counting those it has made, never waiting by itself."""
+
+    provider = "counting"
+
+    def __init__(self, total: int, produced: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.total = total
+        self.produced = produced
+
+    async def _astream(self, messages: Any, **kwargs: Any) -> Any:
+        for i in range(self.total):
+            self.produced[0] += 1
+            yield AIMessageChunk(content=f"t{i} ")
+
+
+def talking_graph(llm: ChatModel, *, sync: bool = False) -> Any:
+    async def talk(state: S) -> dict[str, Any]:
+        reply = await llm.ainvoke("go")
+        return {"log": [reply.text[:10]]}
+
+    def talk_sync(state: S) -> dict[str, Any]:
+        reply = llm.invoke("go")
+        return {"log": [reply.text[:10]]}
+
+    return build(("talk", talk_sync if sync else talk))
+
+
+@pytest.mark.parametrize("mode", ["messages", "events"])
+@pytest.mark.parametrize("sync", [False, True], ids=["async-node", "sync-node"])
+async def test_a_slow_consumer_holds_back_a_chat_model(mode: str, sync: bool) -> None:
+    produced = [8]  # the tokens, and as many as the run's events before them (at most 8)
+    app = talking_graph(CountingModel(10_000, produced), sync=sync)
+    if mode == "events":
+        stream = app.astream_events(INPUT)
+    else:
+        stream = app.astream(INPUT, stream_mode="messages")
+    _, consumed = await stall_then_drain(stream, produced, 10_008, per_await=1)
+    assert consumed >= 10_000
+
+
+@pytest.mark.parametrize("how", ["aclose", "break"])
+@pytest.mark.parametrize("mode", ["custom", "events", "messages"])
+async def test_leaving_a_held_back_stream_ends_its_run(how: str, mode: str) -> None:
+    """A consumer that stops while producers wait for room (its queue full) ends the run
+    at once: nothing waits for room that will never come."""
+    produced = [0]
+    if mode == "messages":
+        app = talking_graph(CountingModel(50_000, produced))
+    else:
+        app = flooding_graph(50_000, produced)
+    stream = app.astream_events(INPUT) if mode == "events" else app.astream(INPUT, stream_mode=mode)
+    from headwater._stream import BUFFER_SIZE
+
+    with anyio.fail_after(30):  # a guard against a deadlock, not a timing assertion
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 1:
+                while produced[0] < BUFFER_SIZE:  # let it fill the queue and be held back
+                    await anyio.lowlevel.checkpoint()
+                for _ in range(100):
+                    await anyio.lowlevel.checkpoint()
+                held = produced[0]
+                if how == "aclose":
+                    await stream.aclose()
+                break
+        if how == "break":
+            del stream
+            gc.collect()
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+    assert produced[0] < 50_000
+    assert produced[0] <= held + 1  # cancelled where it waited

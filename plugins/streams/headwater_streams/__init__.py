@@ -187,7 +187,29 @@ def _messages(run: Run) -> StreamMode:
     return StreamMode(
         kinds=frozenset({_MODEL_STREAM, _MODEL_END, TASK_START, ON_CHAIN_STREAM}),
         project=project,
+        bind=_bind_messages,
     )
+
+
+def _skip(data: Any) -> Any:
+    return SKIP
+
+
+def _bind_messages(
+    kind: str,
+    name: str,
+    run_id: str,
+    parent_ids: tuple[str, ...],
+    tags: tuple[str, ...],
+    metadata: Mapping[str, Any],
+    ns: tuple[str, ...],
+) -> Callable[[Any], Any] | None:
+    """One model call's tokens: ``(chunk, metadata)`` each, as ``project`` gives them."""
+    if kind != _MODEL_STREAM:
+        return None
+    if NOSTREAM_TAG in tags:
+        return _skip
+    return lambda data: (data["chunk"], metadata)
 
 
 def _task_payload(event: Event) -> Any:
@@ -263,7 +285,33 @@ def _debug(run: Run) -> StreamMode:
 
 
 def _events(run: Run) -> StreamMode:
-    return StreamMode(kinds=PUBLIC_KINDS, project=Event.to_dict)
+    return StreamMode(kinds=PUBLIC_KINDS, project=Event.to_dict, bind=_bind_event)
+
+
+def _bind_event(
+    kind: str,
+    name: str,
+    run_id: str,
+    parent_ids: tuple[str, ...],
+    tags: tuple[str, ...],
+    metadata: Mapping[str, Any],
+    ns: tuple[str, ...],
+) -> Callable[[Any], Any]:
+    """One source's events as :meth:`Event.to_dict` gives them (each its own lists and
+    metadata dict, as there)."""
+
+    def to_dict(data: Any) -> dict[str, Any]:
+        return {
+            "event": kind,
+            "name": name,
+            "run_id": run_id,
+            "parent_ids": list(parent_ids),
+            "tags": list(tags),
+            "metadata": dict(metadata),
+            "data": data,
+        }
+
+    return to_dict
 
 
 @hookimpl

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, TypedDict
@@ -21,8 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater import START, StateGraph
+from headwater import START, StateGraph, create_plugin_manager, hookimpl
 from headwater.errors import GraphRecursionError
+from headwater.events import Subscription
 from headwater.messages import AIMessageChunk, AnyMessage, add_messages
 from headwater.testing.fake import FakeChatModel, ScriptedError, split_tokens
 from headwater.testing.strategies import GraphCase, graphs
@@ -288,3 +290,101 @@ async def test_a_model_failing_mid_stream_closes_every_start(
     ]
     partial = "".join(f" {t}" for t in failing.tokens)
     assert streamed == split_tokens(partial)[: failing.fail_after]  # all that came before
+
+
+# -- the per-call token fast path gives exactly what the general path gives ---------------
+
+
+@attrs.frozen
+class TalkNode:
+    name: str
+    sync: bool
+    tokens: list[str]
+    tags: tuple[str, ...]
+    calls: int  # model calls in the node
+
+
+talk_nodes = st.lists(
+    st.builds(
+        TalkNode,
+        name=st.from_regex(r"[a-z]{1,6}", fullmatch=True),
+        sync=st.booleans(),
+        tokens=tokens,
+        tags=st.sampled_from([(), ("nostream",), ("keep",), ("keep", "nostream")]),
+        calls=st.integers(1, 2),
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda node: node.name,
+)
+
+
+class Watcher:
+    """Subscribes to every event: the stream is then not the run's only subscriber, so
+    every token takes the general path (Bus._deliver, an Event, the mode's project)."""
+
+    @hookimpl
+    def headwater_event_subscribers(self, run: Any) -> list[Subscription]:
+        return [Subscription(callback=lambda event: None)]
+
+
+def chain_of_models(nodes: Sequence[TalkNode], plugin_manager: Any) -> Any:
+    """The nodes one after the other, each calling a model tagged with its tags."""
+    graph = StateGraph(Chat)
+    previous = START
+    for spec in nodes:
+        llm = FakeChatModel([list(spec.tokens)], cycle=True, tags=list(spec.tags))
+        if spec.sync:
+
+            def node(state: Chat, llm: FakeChatModel = llm, n: int = spec.calls) -> Any:
+                return {"messages": [llm.invoke(state["messages"]) for _ in range(n)]}
+
+        else:
+
+            async def node(state: Chat, llm: FakeChatModel = llm, n: int = spec.calls) -> Any:  # type: ignore[misc]
+                return {"messages": [await llm.ainvoke(state["messages"]) for _ in range(n)]}
+
+        graph.add_node(spec.name, node)
+        graph.add_edge(previous, spec.name)
+        previous = spec.name
+    return graph.compile(plugin_manager=plugin_manager)
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def renumbered(items: Any, ids: dict[str, str]) -> Any:
+    """``items`` with every run id and message id replaced by its order of appearance."""
+    if isinstance(items, str):  # an id, or one inside a string ("node:<task id>")
+        return UUID.sub(lambda m: ids.setdefault(m.group(), f"#{len(ids)}"), items)
+    if isinstance(items, Mapping):
+        return {k: renumbered(v, ids) for k, v in items.items()}
+    if isinstance(items, list | tuple):
+        return type(items)(renumbered(v, ids) for v in items)
+    if attrs.has(type(items)):
+        return renumbered(attrs.asdict(items, recurse=False), ids) | {"type": type(items)}
+    return items
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(
+    nodes=talk_nodes,
+    mode=st.sampled_from(["events", "messages", "messages+custom"]),
+    include_tags=st.sampled_from([None, ["keep"]]),
+)
+async def test_the_token_fast_path_yields_what_the_general_path_yields(
+    nodes: list[TalkNode], mode: str, include_tags: list[str] | None
+) -> None:
+    fast = chain_of_models(nodes, create_plugin_manager())
+    general = chain_of_models(nodes, create_plugin_manager(plugins=[Watcher()]))
+
+    async def run(app: Any) -> list[Any]:
+        if mode == "events":
+            stream = app.astream_events({"messages": ["go"]}, include_tags=include_tags)
+        elif mode == "messages":
+            stream = app.astream({"messages": ["go"]}, stream_mode="messages")
+        else:
+            stream = app.astream({"messages": ["go"]}, stream_mode=["messages", "custom"])
+        return renumbered([item async for item in stream], {})
+
+    assert await run(fast) == await run(general)
