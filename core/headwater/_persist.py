@@ -115,7 +115,9 @@ class Persist:
             else None
         )
         self._deferrer = _Deferrer()
-        if self._memory is not None:
+        self.immediate = self._memory is not None
+        """Checkpoints are stored at once: :meth:`save` never gives the event loop a turn."""
+        if self.immediate:
             self.durable = True  # nothing to wait for: "async" writes at once as well
         self._queue: list[Record] = []
         self._wake: anyio.Event | None = None

@@ -166,6 +166,18 @@ class Scheduler:
             )
             for name, spec in nodes.items()
         }
+        # The tasks due after a node that only has plain edges (no join, no router): the
+        # same every time, so worked out once (as route() would) and shared.
+        self._next_of: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, str]], ...]] = {}
+        for node in (START, *nodes):
+            if node in self._joins_by_source or node in self._branches:
+                continue
+            pulls: dict[str, list[str]] = {}
+            for succ in self._edges.get(node, ()):
+                pulls.setdefault(succ, []).append(node)
+            self._next_of[node] = tuple(
+                (n, tuple(src), ("pull", n)) for n, src in sorted(pulls.items())
+            )
         self._reducers = {k: f.reducer for k, f in self.schema.fields.items()}
         self._fields = self.schema.fields
 
@@ -423,6 +435,15 @@ class Scheduler:
                 emit.emit(STEP_END, {"values": dict(values), "writes": None, "step": step})
         resumed = start.update is None
         done = start.done
+        waited = True
+        # Steps that may give the event loop a turn outside their tasks: a checkpoint
+        # written to a database, step_end hooks, a bounded stream's back-pressure, routers.
+        slow_steps = (
+            (persist is not None and not persist.immediate)
+            or step_end_hook is not None
+            or bool(step_subs)
+            or bool(self._branches)
+        )
         timed = run.config.get("timeout") is not None  # the run's, or its parent run's
         steps_run = 0
         while pending:
@@ -445,11 +466,29 @@ class Scheduler:
                 )
             # A cancelled run (its consumer left) starts no new step, even when the nodes
             # of the last one finished without reaching a checkpoint (e.g. in a thread).
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            tasks = [
-                self._make_task(p, step, values, run, done, start.answer, timed) for p in pending
-            ]
-            outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+            # Only code that runs while the loop waits can cancel it: when the last step
+            # never gave the event loop a turn, nothing could have.
+            if waited:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            if len(pending) == 1 and not done:  # one task, nothing saved from before
+                task = self._make_task(pending[0], step, values, run, done, None, timed)
+                tasks = [task]
+                outcome, waited = await _concurrency.run_one_noting(
+                    functools.partial(self._run_task, task, wrap, pm)
+                )
+                if persist is not None and (outcome.interrupt is not None or task.resume):
+                    await persist.save_write(task, outcome)
+                    waited = True
+                outcomes = [outcome]
+            else:
+                tasks = [
+                    self._make_task(p, step, values, run, done, start.answer, timed)
+                    for p in pending
+                ]
+                outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+                waited = True
+            if slow_steps:
+                waited = True
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
                 return self._pause(emit, values, paused, step=step)
@@ -794,6 +833,10 @@ class Scheduler:
         run: Run,
     ) -> list[Pending]:
         """The tasks due after ``ran``: edges, joins, ``Command`` gotos and routers."""
+        if len(ran) == 1 and not goto:
+            plain = self._next_of.get(ran[0])
+            if plain is not None:
+                return [Pending(n, triggers, path, MISSING) for n, triggers, path in plain]
         pulls: dict[str, list[str]] = {}
         pushes: list[Pending] = []
 
