@@ -160,7 +160,7 @@ class Scheduler:
             name: (
                 self._call_retrying
                 if spec.retry is not None
-                else self._call_node
+                else _plain_call(spec) or self._call_node
                 if spec.timeout is None
                 else self._call_timed
             )
@@ -779,6 +779,8 @@ class Scheduler:
     def _outcome(self, node: str, out: Any) -> Outcome:
         if out is None:
             return Outcome(None, ())
+        if type(out) is dict and out.keys() <= self.schema.keys:  # the common case
+            return Outcome(out, ())
         if type(out) is dict or isinstance(out, Mapping):
             return Outcome(self.schema.check_update(node, out), ())
         if isinstance(out, Command):
@@ -839,17 +841,19 @@ class Scheduler:
                 return [Pending(n, triggers, path, MISSING) for n, triggers, path in plain]
         pulls: dict[str, list[str]] = {}
         pushes: list[Pending] = []
+        sent: dict[str, tuple[str]] = {}
 
         def add(dest: str | Send, source: str, how: str) -> None:
-            if isinstance(dest, Send):
+            if type(dest) is Send or isinstance(dest, Send):
                 if dest.node not in self.nodes:
                     raise InvalidRouteError(
                         f"{how} sent to unknown node {dest.node!r}. Known nodes: "
                         f"{sorted(self.nodes)}."
                     )
-                pushes.append(
-                    Pending(dest.node, (f"send:{source}",), ("push", len(pushes)), dest.arg)
-                )
+                triggers = sent.get(source)
+                if triggers is None:
+                    triggers = sent[source] = (f"send:{source}",)
+                pushes.append(Pending(dest.node, triggers, ("push", len(pushes)), dest.arg))
             elif dest == END:
                 return
             elif isinstance(dest, str) and dest in self.nodes:
@@ -871,11 +875,17 @@ class Scheduler:
                     seen.clear()
                     if end != END:
                         pulls.setdefault(end, []).append("join:" + "+".join(sorted(starts)))
-            for dest in goto.get(node, ()):
-                add(dest, node, f"Command(goto=...) of node {node!r}")
+            gotos = goto.get(node, ())
+            if gotos:
+                how = f"Command(goto=...) of node {node!r}"
+                for dest in gotos:
+                    add(dest, node, how)
             for branch in self._branches.get(node, ()):
-                for dest in await self._call_router(branch, values, run):
-                    add(dest, node, f"Router {branch.name!r} of {node!r}")
+                dests = await self._call_router(branch, values, run)
+                if dests:
+                    how = f"Router {branch.name!r} of {node!r}"
+                    for dest in dests:
+                        add(dest, node, how)
         out = [Pending(n, tuple(src), ("pull", n), MISSING) for n, src in sorted(pulls.items())]
         out.extend(pushes)
         return out
@@ -915,6 +925,22 @@ class Scheduler:
                     f"in its path_map; expected one of {list(branch.path_map)!r}."
                 ) from None
         return out
+
+
+def _plain_call(spec: NodeSpec) -> Callable[[Task], Any] | None:
+    """What :meth:`Scheduler._call_node` does for an ``async def`` node that takes only
+    its input (no config, no writer, not a subgraph), without its frame; else ``None``."""
+    calling = spec.calling
+    if spec.subgraph is not None or not calling.is_async or calling.config is not None:
+        return None
+    if calling.writer:
+        return None
+    fn = spec.fn
+
+    def call(task: Task) -> Any:
+        return fn(task.input)
+
+    return call
 
 
 def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:
