@@ -230,22 +230,22 @@ class Persist:
         if memory is not None:
             try:  # kept unencoded where nothing can change it: see _Deferrer
                 deferred = self._deferrer.defer(
-                    thread_id=self.thread_id,
-                    ns=self.ns,
-                    checkpoint_id=checkpoint_id,
-                    parent_id=self.checkpoint_id,
-                    step=step,
-                    now_ns=now_ns,
-                    values=values,
-                    tasks=[
+                    self.thread_id,
+                    self.ns,
+                    checkpoint_id,
+                    self.checkpoint_id,
+                    step,
+                    now_ns,
+                    values,
+                    [
                         (p.id, p.node, p.triggers, p.path, p.arg is not MISSING, p.arg)
                         for p in pending
                     ],
-                    joins=tuple(tuple(sorted(j)) for j in joins),
-                    source=source,
-                    writes=dict(writes),
-                    run_id=self.run.run_id,
-                    written=written,
+                    tuple(tuple(sorted(j)) for j in joins) if joins else (),
+                    source,
+                    dict(writes),
+                    self.run.run_id,
+                    written,
                 )
             except (_Unusual, SerdeError, TypeError, RecursionError):
                 checkpoint = self._checkpoint(

@@ -604,7 +604,6 @@ class _Deferrer:
 
     def defer(
         self,
-        *,
         thread_id: str,
         ns: str,
         checkpoint_id: str,

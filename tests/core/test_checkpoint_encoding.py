@@ -146,21 +146,19 @@ def test_deferred_checkpoints_give_the_bytes_of_when_they_were_saved(
         expected = encode_record(_with_run_id(checkpoint, run_id))  # as of this step
         try:
             deferred = deferrer.defer(
-                thread_id=checkpoint.thread_id,
-                ns=checkpoint.ns,
-                checkpoint_id=checkpoint.id,
-                parent_id=checkpoint.parent_id,
-                step=checkpoint.step,
-                now_ns=0,
-                values=checkpoint.values,
-                tasks=[
-                    (t.id, t.node, t.triggers, t.path, t.has_arg, t.arg) for t in checkpoint.next
-                ],
-                joins=checkpoint.joins,
-                source=checkpoint.metadata["source"],
-                writes=checkpoint.metadata["writes"],
-                run_id=run_id,
-                written=written,
+                checkpoint.thread_id,
+                checkpoint.ns,
+                checkpoint.id,
+                checkpoint.parent_id,
+                checkpoint.step,
+                0,
+                checkpoint.values,
+                [(t.id, t.node, t.triggers, t.path, t.has_arg, t.arg) for t in checkpoint.next],
+                checkpoint.joins,
+                checkpoint.metadata["source"],
+                checkpoint.metadata["writes"],
+                run_id,
+                written,
             )
         except (_Unusual, SerdeError, TypeError, RecursionError):
             continue  # the caller encodes this one in full (the canonical bytes or error)
