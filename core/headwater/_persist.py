@@ -270,12 +270,12 @@ class Persist:
             # A run's input checkpoint is always written before its first step, even with
             # durability="async": a crash can then cost repeated steps, never the run.
             await self._store([record], now=source == "input")
+        if checkpoint is None and self.run.bus.subscriptions(CHECKPOINT):
+            checkpoint = self._checkpoint(
+                checkpoint_id, now_ns, values, pending, joins, step, source, writes
+            )
         self.checkpoint_id = checkpoint_id
-        if self.run.bus.subscriptions(CHECKPOINT):
-            if checkpoint is None:
-                checkpoint = self._checkpoint(
-                    checkpoint_id, now_ns, values, pending, joins, step, source, writes
-                )
+        if checkpoint is not None and self.run.bus.subscriptions(CHECKPOINT):
             self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
 
     def _checkpoint(
