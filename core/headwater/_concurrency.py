@@ -33,7 +33,16 @@ import sniffio
 
 from headwater._bus import Bus
 
-__all__ = ["Carried", "abandonable", "cancel_pending", "carry", "in_thread", "run_all", "run_one"]
+__all__ = [
+    "Carried",
+    "abandonable",
+    "cancel_pending",
+    "carry",
+    "in_thread",
+    "run_all",
+    "run_one",
+    "run_one_noting",
+]
 
 Factory = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -73,6 +82,18 @@ async def run_one(factory: Factory) -> Any:
     except StopIteration as stop:
         return stop.value
     return await _drive(coro, ctx, yielded)
+
+
+async def run_one_noting(factory: Factory) -> tuple[Any, bool]:
+    """:func:`run_one`, also saying whether the coroutine ever suspended (``False``: it
+    ran to completion without giving the event loop a turn, so nothing else ran)."""
+    ctx = contextvars.copy_context()
+    coro = ctx.run(factory)
+    try:
+        yielded = ctx.run(coro.send, None)
+    except StopIteration as stop:
+        return stop.value, False
+    return await _drive(coro, ctx, yielded), True
 
 
 class _Step:

@@ -14,7 +14,7 @@ imports the scheduler.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -28,14 +28,18 @@ from headwater.checkpoint import (
     Checkpointer,
     CheckpointTuple,
     Interrupt,
+    MemoryCheckpointer,
     PendingTask,
     PendingWrite,
     Record,
     StateSnapshot,
     _CheckpointEncoder,
-    _stamp,
+    _created_at,
+    _Deferrer,
+    _stamp_ns,
+    _Unusual,
 )
-from headwater.errors import InvalidInputError
+from headwater.errors import InvalidInputError, SerdeError
 from headwater.events import CHECKPOINT
 from headwater.runtime import Run, Task
 
@@ -101,6 +105,20 @@ class Persist:
         self.checkpoint_id: str | None = None
         self.durable = run.config.get("durability", "sync") == "sync"
         self._encoder = _CheckpointEncoder()
+        # The built-in memory checkpointer (not a subclass that changes how it stores)
+        # takes a run's checkpoints unencoded where nothing can change them.
+        self._memory = (
+            saver
+            if isinstance(saver, MemoryCheckpointer)
+            and type(saver).aput_records is MemoryCheckpointer.aput_records
+            and type(saver)._put_deferred is MemoryCheckpointer._put_deferred
+            else None
+        )
+        self._deferrer = _Deferrer()
+        self.immediate = self._memory is not None
+        """Checkpoints are stored at once: :meth:`save` never gives the event loop a turn."""
+        if self.immediate:
+            self.durable = True  # nothing to wait for: "async" writes at once as well
         self._queue: list[Record] = []
         self._wake: anyio.Event | None = None
         self._room: anyio.Event | None = None
@@ -200,10 +218,78 @@ class Persist:
     ) -> None:
         """Checkpoint the state after ``step``: ``writes`` are the step's updates, in order
         (the input's or ``update_state``'s for those sources)."""
-        checkpoint_id, created_at = _stamp()
+        checkpoint_id, now_ns = _stamp_ns()
         for i, p in enumerate(pending):
             p.id = f"{checkpoint_id}/{i}"
-        checkpoint = Checkpoint(
+        if len(writes) == 1:
+            written: Collection[str] = writes[0][1]
+        else:
+            written = {key for _, update in writes for key in update}
+        checkpoint: Checkpoint | None = None
+        memory = self._memory
+        if memory is not None:
+            try:  # kept unencoded where nothing can change it: see _Deferrer
+                deferred = self._deferrer.defer(
+                    self.thread_id,
+                    self.ns,
+                    checkpoint_id,
+                    self.checkpoint_id,
+                    step,
+                    now_ns,
+                    values,
+                    [
+                        (p.id, p.node, p.triggers, p.path, p.arg is not MISSING, p.arg)
+                        for p in pending
+                    ],
+                    tuple(tuple(sorted(j)) for j in joins) if joins else (),
+                    source,
+                    dict(writes),
+                    self.run.run_id,
+                    written,
+                )
+            except (_Unusual, SerdeError, TypeError, RecursionError):
+                checkpoint = self._checkpoint(
+                    checkpoint_id, now_ns, values, pending, joins, step, source, writes
+                )
+                memory._put_record(Record.of(checkpoint))  # canonical bytes, or error
+            else:
+                memory._put_deferred(deferred)
+        else:
+            checkpoint = self._checkpoint(
+                checkpoint_id, now_ns, values, pending, joins, step, source, writes
+            )
+            # Encoded now, on the loop: what is stored is the state as of this step, even
+            # if a later step mutates it, and a value that cannot be stored fails this step.
+            record = Record(
+                thread_id=self.thread_id,
+                ns=self.ns,
+                checkpoint_id=checkpoint_id,
+                value=checkpoint,
+                data=self._encoder.encode(checkpoint, written),
+            )
+            # A run's input checkpoint is always written before its first step, even with
+            # durability="async": a crash can then cost repeated steps, never the run.
+            await self._store([record], now=source == "input")
+        if checkpoint is None and self.run.bus.subscriptions(CHECKPOINT):
+            checkpoint = self._checkpoint(
+                checkpoint_id, now_ns, values, pending, joins, step, source, writes
+            )
+        self.checkpoint_id = checkpoint_id
+        if checkpoint is not None and self.run.bus.subscriptions(CHECKPOINT):
+            self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
+
+    def _checkpoint(
+        self,
+        checkpoint_id: str,
+        now_ns: int,
+        values: Mapping[str, Any],
+        pending: list[Pending],
+        joins: list[set[str]],
+        step: int,
+        source: str,
+        writes: Sequence[tuple[str, Mapping[str, Any]]],
+    ) -> Checkpoint:
+        return Checkpoint(
             id=checkpoint_id,
             thread_id=self.thread_id,
             ns=self.ns,
@@ -228,24 +314,8 @@ class Persist:
                 "writes": dict(writes),
                 "run_id": self.run.run_id,
             },
-            created_at=created_at,
+            created_at=_created_at(now_ns),
         )
-        written = {key for _, update in writes for key in update}
-        # Encoded now, on the loop: what is stored is the state as of this step, even if
-        # a later step mutates it, and a value that cannot be stored fails this step.
-        record = Record(
-            thread_id=self.thread_id,
-            ns=self.ns,
-            checkpoint_id=checkpoint_id,
-            value=checkpoint,
-            data=self._encoder.encode(checkpoint, written),
-        )
-        # A run's input checkpoint is always written before its first step, even with
-        # durability="async": a crash can then cost repeated steps, never the run itself.
-        await self._store([record], now=source == "input")
-        self.checkpoint_id = checkpoint_id
-        if self.run.bus.subscriptions(CHECKPOINT):
-            self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
 
     async def save_write(self, task: Task, outcome: Outcome) -> None:
         assert self.checkpoint_id is not None

@@ -160,12 +160,24 @@ class Scheduler:
             name: (
                 self._call_retrying
                 if spec.retry is not None
-                else self._call_node
+                else _plain_call(spec) or self._call_node
                 if spec.timeout is None
                 else self._call_timed
             )
             for name, spec in nodes.items()
         }
+        # The tasks due after a node that only has plain edges (no join, no router): the
+        # same every time, so worked out once (as route() would) and shared.
+        self._next_of: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, str]], ...]] = {}
+        for node in (START, *nodes):
+            if node in self._joins_by_source or node in self._branches:
+                continue
+            pulls: dict[str, list[str]] = {}
+            for succ in self._edges.get(node, ()):
+                pulls.setdefault(succ, []).append(node)
+            self._next_of[node] = tuple(
+                (n, tuple(src), ("pull", n)) for n, src in sorted(pulls.items())
+            )
         self._reducers = {k: f.reducer for k, f in self.schema.fields.items()}
         self._fields = self.schema.fields
 
@@ -423,6 +435,15 @@ class Scheduler:
                 emit.emit(STEP_END, {"values": dict(values), "writes": None, "step": step})
         resumed = start.update is None
         done = start.done
+        waited = True
+        # Steps that may give the event loop a turn outside their tasks: a checkpoint
+        # written to a database, step_end hooks, a bounded stream's back-pressure, routers.
+        slow_steps = (
+            (persist is not None and not persist.immediate)
+            or step_end_hook is not None
+            or bool(step_subs)
+            or bool(self._branches)
+        )
         timed = run.config.get("timeout") is not None  # the run's, or its parent run's
         steps_run = 0
         while pending:
@@ -445,11 +466,29 @@ class Scheduler:
                 )
             # A cancelled run (its consumer left) starts no new step, even when the nodes
             # of the last one finished without reaching a checkpoint (e.g. in a thread).
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            tasks = [
-                self._make_task(p, step, values, run, done, start.answer, timed) for p in pending
-            ]
-            outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+            # Only code that runs while the loop waits can cancel it: when the last step
+            # never gave the event loop a turn, nothing could have.
+            if waited:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            if len(pending) == 1 and not done:  # one task, nothing saved from before
+                task = self._make_task(pending[0], step, values, run, done, None, timed)
+                tasks = [task]
+                outcome, waited = await _concurrency.run_one_noting(
+                    functools.partial(self._run_task, task, wrap, pm)
+                )
+                if persist is not None and (outcome.interrupt is not None or task.resume):
+                    await persist.save_write(task, outcome)
+                    waited = True
+                outcomes = [outcome]
+            else:
+                tasks = [
+                    self._make_task(p, step, values, run, done, start.answer, timed)
+                    for p in pending
+                ]
+                outcomes = await self._run_step(tasks, wrap, pm, done, persist)
+                waited = True
+            if slow_steps:
+                waited = True
             paused = [o.interrupt for o in outcomes if o.interrupt is not None]
             if paused:
                 return self._pause(emit, values, paused, step=step)
@@ -740,6 +779,8 @@ class Scheduler:
     def _outcome(self, node: str, out: Any) -> Outcome:
         if out is None:
             return Outcome(None, ())
+        if type(out) is dict and out.keys() <= self.schema.keys:  # the common case
+            return Outcome(out, ())
         if type(out) is dict or isinstance(out, Mapping):
             return Outcome(self.schema.check_update(node, out), ())
         if isinstance(out, Command):
@@ -794,19 +835,25 @@ class Scheduler:
         run: Run,
     ) -> list[Pending]:
         """The tasks due after ``ran``: edges, joins, ``Command`` gotos and routers."""
+        if len(ran) == 1 and not goto:
+            plain = self._next_of.get(ran[0])
+            if plain is not None:
+                return [Pending(n, triggers, path, MISSING) for n, triggers, path in plain]
         pulls: dict[str, list[str]] = {}
         pushes: list[Pending] = []
+        sent: dict[str, tuple[str]] = {}
 
         def add(dest: str | Send, source: str, how: str) -> None:
-            if isinstance(dest, Send):
+            if type(dest) is Send or isinstance(dest, Send):
                 if dest.node not in self.nodes:
                     raise InvalidRouteError(
                         f"{how} sent to unknown node {dest.node!r}. Known nodes: "
                         f"{sorted(self.nodes)}."
                     )
-                pushes.append(
-                    Pending(dest.node, (f"send:{source}",), ("push", len(pushes)), dest.arg)
-                )
+                triggers = sent.get(source)
+                if triggers is None:
+                    triggers = sent[source] = (f"send:{source}",)
+                pushes.append(Pending(dest.node, triggers, ("push", len(pushes)), dest.arg))
             elif dest == END:
                 return
             elif isinstance(dest, str) and dest in self.nodes:
@@ -828,11 +875,17 @@ class Scheduler:
                     seen.clear()
                     if end != END:
                         pulls.setdefault(end, []).append("join:" + "+".join(sorted(starts)))
-            for dest in goto.get(node, ()):
-                add(dest, node, f"Command(goto=...) of node {node!r}")
+            gotos = goto.get(node, ())
+            if gotos:
+                how = f"Command(goto=...) of node {node!r}"
+                for dest in gotos:
+                    add(dest, node, how)
             for branch in self._branches.get(node, ()):
-                for dest in await self._call_router(branch, values, run):
-                    add(dest, node, f"Router {branch.name!r} of {node!r}")
+                dests = await self._call_router(branch, values, run)
+                if dests:
+                    how = f"Router {branch.name!r} of {node!r}"
+                    for dest in dests:
+                        add(dest, node, how)
         out = [Pending(n, tuple(src), ("pull", n), MISSING) for n, src in sorted(pulls.items())]
         out.extend(pushes)
         return out
@@ -872,6 +925,22 @@ class Scheduler:
                     f"in its path_map; expected one of {list(branch.path_map)!r}."
                 ) from None
         return out
+
+
+def _plain_call(spec: NodeSpec) -> Callable[[Task], Any] | None:
+    """What :meth:`Scheduler._call_node` does for an ``async def`` node that takes only
+    its input (no config, no writer, not a subgraph), without its frame; else ``None``."""
+    calling = spec.calling
+    if spec.subgraph is not None or not calling.is_async or calling.config is not None:
+        return None
+    if calling.writer:
+        return None
+    fn = spec.fn
+
+    def call(task: Task) -> Any:
+        return fn(task.input)
+
+    return call
 
 
 def _sync_node(schema: Schema, node: str, fn: Callable[..., Any], *args: Any) -> Any:

@@ -181,13 +181,21 @@ def _created_at(now_ns: int) -> str:
     return f"{_second[1]}.{micros:06d}+00:00" if micros else f"{_second[1]}+00:00"
 
 
-def _stamp() -> tuple[str, str]:
-    """A new checkpoint id and its creation time, from one clock reading."""
+def _stamp_ns() -> tuple[str, int]:
+    """A new checkpoint id and the clock reading it was made from (ns since the epoch)."""
     global _last_ns
     with _id_lock:
-        now = max(time.time_ns(), _last_ns + 1)
+        now = time.time_ns()
+        if now <= _last_ns:
+            now = _last_ns + 1
         _last_ns = now
-    return f"{now:020d}-{getrandbits(32):08x}", _created_at(now)
+    return f"{now:020d}-{getrandbits(32):08x}", now
+
+
+def _stamp() -> tuple[str, str]:
+    """A new checkpoint id and its creation time, from one clock reading."""
+    checkpoint_id, now = _stamp_ns()
+    return checkpoint_id, _created_at(now)
 
 
 def new_checkpoint_id() -> str:
@@ -495,6 +503,209 @@ class _CheckpointEncoder:
         return data.encode()
 
 
+class _Deferred:
+    """A checkpoint that :class:`MemoryCheckpointer` keeps without encoding it yet.
+
+    Every part that could change after the step (a list, a dict, a message …) is already
+    JSON text, made when saved; what is kept as an object is immutable and always
+    storable (``str``, ``bool``, ``None``, an ``int`` of up to 63 bits). :meth:`data`
+    gives exactly :func:`encode_record`'s bytes of the checkpoint as it was when saved.
+    """
+
+    __slots__ = (
+        "checkpoint_id",
+        "joins",
+        "now_ns",
+        "ns",
+        "parent_id",
+        "run_json",
+        "source",
+        "step",
+        "tasks",
+        "thread_id",
+        "values",
+        "writes",
+    )
+
+    def __init__(
+        self,
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str,
+        parent_id: str | None,
+        step: int,
+        now_ns: int,
+        values: list[tuple[str, tuple[Any, str | None]]],
+        tasks: list[tuple[str, str] | str],
+        joins: str,
+        source: str,
+        writes: list[tuple[str, str | tuple[tuple[str, Any], ...]]],
+        run_json: str,
+    ) -> None:
+        self.thread_id = thread_id
+        self.ns = ns
+        self.checkpoint_id = checkpoint_id
+        self.parent_id = parent_id
+        self.step = step
+        self.now_ns = now_ns
+        self.values = values
+        self.tasks = tasks
+        self.joins = joins
+        self.source = source
+        self.writes = writes
+        self.run_json = run_json
+
+    def data(self) -> bytes:
+        """The stored bytes: what :func:`encode_record` gave for the checkpoint when saved."""
+        text, quote = serde._json_text, _quote_str
+        values = ",".join(
+            f"{quote(key)}:{text(value)}" if piece is None else piece
+            for key, (value, piece) in self.values
+        )
+        tasks = ",".join(
+            task
+            if type(task) is str
+            else f'{{"__type__":"PendingTask","id":{quote(task[0])},{task[1]}'
+            for task in self.tasks
+        )
+        writes = ",".join(
+            f"{quote(node)}:{update}"
+            if isinstance(update, str)
+            else f"{quote(node)}:{{{','.join(f'{quote(k)}:{text(v)}' for k, v in update)}}}"
+            for node, update in self.writes
+        )
+        parent = self.parent_id
+        return (
+            f'{{"headwater":{serde.FORMAT_VERSION},"record":{{"__type__":"Checkpoint",'
+            f'"id":{quote(self.checkpoint_id)},"thread_id":{quote(self.thread_id)},'
+            f'"ns":{quote(self.ns)},'
+            f'"parent_id":{"null" if parent is None else quote(parent)},"step":{self.step},'
+            f'"values":{{{values}}},'
+            f'"next":{{"__type__":"tuple","items":[{tasks}]}},"joins":{self.joins},'
+            f'"metadata":{{"source":{quote(self.source)},"step":{self.step},'
+            f'"writes":{{{writes}}},"run_id":{self.run_json}}},'
+            f'"created_at":{quote(_created_at(self.now_ns))}}}}}'
+        ).encode()
+
+
+_BIG = 1 << 63
+
+
+class _Deferrer:
+    """The :class:`_Deferred` checkpoints of one run on a :class:`MemoryCheckpointer`:
+    each changed state key is encoded now unless its value is immutable (as
+    :class:`_CheckpointEncoder` does, a key not written since keeps its last form)."""
+
+    __slots__ = ("_keys", "_run_id")
+
+    def __init__(self) -> None:
+        self._keys: dict[Any, tuple[Any, str | None]] = {}
+        self._run_id: tuple[Any, str] = (_Unusual, "")
+
+    def defer(
+        self,
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str,
+        parent_id: str | None,
+        step: int,
+        now_ns: int,
+        values: Mapping[str, Any],
+        tasks: Sequence[tuple[str, str, tuple[str, ...], tuple[str | int, ...], bool, Any]],
+        joins: tuple[tuple[str, ...], ...],
+        source: str,
+        writes: Mapping[str, Mapping[str, Any]],
+        run_id: Any,
+        written: Collection[str],
+    ) -> _Deferred:
+        """The checkpoint with these fields (metadata ``{"source", "step", "writes",
+        "run_id"}``); raises on anything the fast path does not take (the caller then
+        encodes the checkpoint in full, which gives the canonical bytes or error)."""
+        text, encode, quote = serde._json_text, serde._encode_in, _quote_str
+        keys = self._keys
+        parts = []
+        for key, value in values.items():
+            known = keys.get(key)
+            if known is None or known[0] is not value or key in written:
+                if type(key) is not str or key == serde.TAG:
+                    raise _Unusual
+                kind = type(value)
+                if (
+                    kind is str
+                    or kind is bool
+                    or value is None
+                    or (kind is int and -_BIG < value < _BIG)
+                ):
+                    known = keys[key] = (value, None)
+                else:
+                    known = keys[key] = (value, f"{quote(key)}:{text(encode(value, 4))}")
+            parts.append((key, known))
+        shared = _CheckpointEncoder._tasks
+        pieces: list[tuple[str, str] | str] = []
+        for task_id, node, triggers, path, has_arg, arg in tasks:
+            if has_arg:
+                task = PendingTask(
+                    id=task_id, node=node, triggers=triggers, path=path, has_arg=True, arg=arg
+                )
+                pieces.append(text(encode(task, 5)))
+                continue
+            shape = (node, triggers, path)
+            rest = shared.get(shape)
+            if rest is None:
+                if len(shared) > _SHARED_LIMIT:
+                    shared.clear()
+                rest = shared[shape] = (
+                    f'"node":{quote(node)},"triggers":{_names(triggers)},'
+                    f'"path":{_names(path)},"has_arg":false,"arg":null}}'
+                )
+            pieces.append((task_id, rest))
+        shared_joins = _CheckpointEncoder._joins
+        joined = shared_joins.get(joins)
+        if joined is None:
+            if len(shared_joins) > _SHARED_LIMIT:
+                shared_joins.clear()
+            joined = shared_joins[joins] = text(encode(joins, 3))
+        frozen: list[tuple[str, str | tuple[tuple[str, Any], ...]]] = []
+        for node, update in writes.items():
+            if type(node) is not str or node == serde.TAG:
+                raise _Unusual
+            items = tuple(update.items()) if type(update) is dict else None
+            if items is not None:
+                for k, v in items:
+                    kind = type(v)
+                    if (
+                        type(k) is not str
+                        or k == serde.TAG
+                        or not (
+                            kind is str
+                            or kind is bool
+                            or v is None
+                            or (kind is int and -_BIG < v < _BIG)
+                        )
+                    ):
+                        items = None
+                        break
+            frozen.append((node, text(encode(update, 5)) if items is None else items))
+        if type(step) is not int or type(source) is not str:
+            raise _Unusual
+        if self._run_id[0] is not run_id:
+            self._run_id = (run_id, text(encode(run_id, 4)))
+        return _Deferred(
+            thread_id,
+            ns,
+            checkpoint_id,
+            parent_id,
+            step,
+            now_ns,
+            parts,
+            pieces,
+            joined,
+            source,
+            frozen,
+            self._run_id[1],
+        )
+
+
 def decode_record(data: bytes | str, thread_id: str, checkpoint_id: str, expected: type) -> Any:
     """Read back a stored record; anything unexpected is a CheckpointError (fail closed)."""
     where = f"Checkpoint {checkpoint_id!r} of thread {thread_id!r}"
@@ -525,8 +736,11 @@ def decode_record(data: bytes | str, thread_id: str, checkpoint_id: str, expecte
 class MemoryCheckpointer(Checkpointer):
     """Checkpoints in this process's memory (``memory:``): tests and short-lived apps.
 
-    Records are stored serialised, exactly as a database would hold them, so nothing
-    shares mutable state with a running graph.
+    Records are kept as a database would hold them, so nothing shares mutable state with
+    a running graph: a run's checkpoint keeps each changed state value as its JSON, made
+    when the step is saved, and only immutable values (``str``, ``bool``, ``None``, small
+    ``int``) as they are, turned into the same bytes when read. What is read back is
+    always decoded from those bytes.
 
     Example::
 
@@ -534,8 +748,38 @@ class MemoryCheckpointer(Checkpointer):
     """
 
     def __init__(self) -> None:
-        self._checkpoints: dict[tuple[str, str], dict[str, bytes]] = {}
+        self._checkpoints: dict[tuple[str, str], dict[str, bytes | _Deferred]] = {}
         self._writes: dict[tuple[str, str, str], dict[str, bytes]] = {}
+
+    def _exists(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
+        rows = self._checkpoints.get((thread_id, ns))
+        if rows is not None and checkpoint_id in rows:
+            raise CheckpointError(
+                f"Checkpoint {checkpoint_id!r} of thread {thread_id!r} already exists."
+            )
+
+    def _put_deferred(self, checkpoint: _Deferred) -> None:
+        """Save a run's checkpoint, encoded when read (see :class:`_Deferrer`)."""
+        key = (checkpoint.thread_id, checkpoint.ns)
+        rows = self._checkpoints.get(key)
+        if rows is None:
+            rows = self._checkpoints[key] = {}
+        elif checkpoint.checkpoint_id in rows:
+            self._exists(checkpoint.thread_id, checkpoint.ns, checkpoint.checkpoint_id)
+        rows[checkpoint.checkpoint_id] = checkpoint
+
+    def _put_record(self, record: Record) -> None:
+        """Save one record at once (what :meth:`aput_records` does, without awaiting)."""
+        self._exists(record.thread_id, record.ns, record.checkpoint_id)
+        self._checkpoints.setdefault((record.thread_id, record.ns), {})[record.checkpoint_id] = (
+            record.data
+        )
+
+    def _data(self, rows: dict[str, bytes | _Deferred], checkpoint_id: str) -> bytes:
+        data = rows[checkpoint_id]
+        if type(data) is _Deferred:
+            data = rows[checkpoint_id] = data.data()  # encoded once, on first read
+        return data  # type: ignore[return-value]
 
     async def aput(self, checkpoint: Checkpoint) -> None:
         """Save a checkpoint."""
@@ -557,12 +801,7 @@ class MemoryCheckpointer(Checkpointer):
         """Save encoded checkpoints and writes, in order (all or none)."""
         for record in records:  # check first: nothing is half-saved
             if isinstance(record.value, Checkpoint):
-                rows = self._checkpoints.get((record.thread_id, record.ns))
-                if rows is not None and record.checkpoint_id in rows:
-                    raise CheckpointError(
-                        f"Checkpoint {record.checkpoint_id!r} of thread {record.thread_id!r} "
-                        "already exists."
-                    )
+                self._exists(record.thread_id, record.ns, record.checkpoint_id)
         for record in records:
             value = record.value
             if isinstance(value, Checkpoint):
@@ -583,10 +822,11 @@ class MemoryCheckpointer(Checkpointer):
             checkpoint_id = max(rows)
         elif checkpoint_id not in rows:
             return None
-        checkpoint = decode_record(rows[checkpoint_id], thread_id, checkpoint_id, Checkpoint)
+        data = self._data(rows, checkpoint_id)
+        checkpoint = decode_record(data, thread_id, checkpoint_id, Checkpoint)
         writes = tuple(
-            decode_record(data, thread_id, checkpoint_id, PendingWrite)
-            for _, data in sorted(self._writes.get((thread_id, ns, checkpoint_id), {}).items())
+            decode_record(row, thread_id, checkpoint_id, PendingWrite)
+            for _, row in sorted(self._writes.get((thread_id, ns, checkpoint_id), {}).items())
         )
         return CheckpointTuple(checkpoint, writes)
 
@@ -598,7 +838,7 @@ class MemoryCheckpointer(Checkpointer):
         ids = sorted((i for i in rows if before is None or i < before), reverse=True)
         if limit is not None:
             ids = ids[:limit]
-        return [decode_record(rows[i], thread_id, i, Checkpoint) for i in ids]
+        return [decode_record(self._data(rows, i), thread_id, i, Checkpoint) for i in ids]
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Forget a thread."""

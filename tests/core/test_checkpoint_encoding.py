@@ -8,6 +8,7 @@ import operator
 from collections.abc import Sequence
 from typing import Annotated, Any, TypedDict
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,8 @@ from headwater.checkpoint import (
     Record,
     _CheckpointEncoder,
     _created_at,
+    _Deferrer,
+    _Unusual,
     decode_record,
     encode_record,
     new_checkpoint_id,
@@ -124,6 +127,47 @@ def test_incremental_bytes_equal_full_encoding(
         restored = decode_record(data, checkpoint.thread_id, checkpoint.id, Checkpoint)
         # the state restored is the state saved (compared encoded: NaN is not NaN)
         assert serde.dumps(restored.values) == serde.dumps(dict(checkpoint.values))
+
+
+def _with_run_id(checkpoint: Checkpoint, run_id: str) -> Checkpoint:
+    return attrs.evolve(checkpoint, metadata={**checkpoint.metadata, "run_id": run_id})
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.sampled_from(["run-1", 'r"é']))
+def test_deferred_checkpoints_give_the_bytes_of_when_they_were_saved(
+    history: list[tuple[dict[str, Any], set[str], Checkpoint]], run_id: str
+) -> None:
+    """The memory checkpointer's unencoded form: read after later steps mutated the state
+    in place, it still gives exactly the full encoding of the checkpoint as saved."""
+    deferrer = _Deferrer()
+    saved = []
+    for _state, written, checkpoint in history:
+        expected = encode_record(_with_run_id(checkpoint, run_id))  # as of this step
+        try:
+            deferred = deferrer.defer(
+                checkpoint.thread_id,
+                checkpoint.ns,
+                checkpoint.id,
+                checkpoint.parent_id,
+                checkpoint.step,
+                0,
+                checkpoint.values,
+                [(t.id, t.node, t.triggers, t.path, t.has_arg, t.arg) for t in checkpoint.next],
+                checkpoint.joins,
+                checkpoint.metadata["source"],
+                checkpoint.metadata["writes"],
+                run_id,
+                written,
+            )
+        except (_Unusual, SerdeError, TypeError, RecursionError):
+            continue  # the caller encodes this one in full (the canonical bytes or error)
+        saved.append((deferred, expected))
+    for deferred, expected in saved:  # after every later step's in-place mutations
+        data = deferred.data()
+        at = data.index(b'"created_at"')
+        assert data[:at] == expected[: expected.index(b'"created_at"')]
+        assert data[at:] == b'"created_at":"' + _created_at(0).encode() + b'"}}'
 
 
 def test_a_key_not_written_keeps_its_last_written_form() -> None:
