@@ -30,8 +30,8 @@ from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_
 from headwater.queue import RunQueue, queue_from_url
 
 from ._engine import Engine, RunRecord
-from ._protocol import Protocol
 from ._metrics import Metrics, metrics_for
+from ._protocol import Protocol
 from ._requests import (
     RUN_FIELDS,
     ApiError,

@@ -31,6 +31,7 @@ from headwater.errors import HeadwaterError
 from ._records import ThreadRecords, now
 from ._requests import ApiError, check_thread_id, run_request
 from ._runs import TERMINAL
+from ._tracing import with_trace_context
 from ._wire import dumps, plain
 
 if TYPE_CHECKING:
@@ -728,7 +729,8 @@ class Protocol:
             "command": command,
             **pauses,
         }
-        checked = attrs.evolve(checked, protocol=spec)
+        # a traceparent header makes the run a child of the caller's span, as on native routes
+        checked = with_trace_context(attrs.evolve(checked, protocol=spec), request.headers)
         if graph.checkpointer is None and command is not None:
             raise ApiError(400, "no_checkpointer", f"Graph {name!r} keeps no state to resume.")
         record = await self.engine.start(checked, owner)
@@ -925,29 +927,30 @@ class Protocol:
         async def frames() -> AsyncIterator[str]:
             ended = False
             try:
-                async for batch in engine.follow(run_id, after):
-                    if not batch:
-                        yield ": heartbeat\n\n"
-                        continue
-                    parts = []
-                    for e in batch:
-                        if e.event in TERMINAL:
-                            ended = True
-                            if e.event == "error":
-                                body = json.loads(e.data)
-                                data = dumps(
-                                    {"error": body.get("type"), "message": body.get("message")}
-                                )
-                                parts.append(f"event: error\ndata: {data}\n\n")
+                with engine.metrics.client("sse"):
+                    async for batch in engine.follow(run_id, after):
+                        if not batch:
+                            yield ": heartbeat\n\n"
                             continue
-                        if keep is not None and e.event.split("|", 1)[0] not in keep:
-                            continue
-                        parts.append(
-                            f"{'id: ' + e.id + chr(10) if e.id else ''}event: {e.event}\n"
-                            f"data: {e.data}\n\n"
-                        )
-                    if parts:
-                        yield "".join(parts)
+                        parts = []
+                        for e in batch:
+                            if e.event in TERMINAL:
+                                ended = True
+                                if e.event == "error":
+                                    body = json.loads(e.data)
+                                    data = dumps(
+                                        {"error": body.get("type"), "message": body.get("message")}
+                                    )
+                                    parts.append(f"event: error\ndata: {data}\n\n")
+                                continue
+                            if keep is not None and e.event.split("|", 1)[0] not in keep:
+                                continue
+                            parts.append(
+                                f"{'id: ' + e.id + chr(10) if e.id else ''}event: {e.event}\n"
+                                f"data: {e.data}\n\n"
+                            )
+                        if parts:
+                            yield "".join(parts)
             except ExpiredPositionError as exc:
                 ended = True
                 data = dumps({"error": "ExpiredPosition", "message": str(exc)})
