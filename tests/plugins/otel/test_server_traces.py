@@ -141,3 +141,24 @@ def test_the_header_reaches_the_runs_metadata_without_any_tracing_plugin() -> No
         ) as response:
             text = "".join(response.iter_text())
     assert TRACEPARENT in text
+
+
+def test_agent_protocol_runs_take_the_header_too(
+    receiver: tuple[OtlpReceiver, str], provider: TracerProvider
+) -> None:
+    """The LangGraph protocol's ``POST /runs/wait`` (what ``client.runs.wait`` sends) makes
+    its run a child of the caller's span, as the native routes do."""
+    got, _ = receiver
+    with serving(create_app(build_rag())) as url:
+        done = httpx.post(
+            f"{url}/runs/wait",
+            json={"assistant_id": "rag", **BODY},
+            headers={"traceparent": TRACEPARENT},
+            timeout=60,
+        )
+        assert done.status_code == 200, done.text
+    _flush(provider)
+    trees = _run_trees(got, 1)
+    assert list(trees) == [TRACE]
+    assert trees[TRACE].render() == RAG_TREE
+    assert trees[TRACE].roots()[0].parent_id == PARENT

@@ -159,3 +159,27 @@ def test_metrics_take_only_get(method: str) -> None:
 def test_create_app_refuses_a_metrics_value_it_does_not_know() -> None:
     with pytest.raises(ValueError, match="metrics must be True, False or a Metrics"):
         create_app(chat_graph(), metrics="yes")  # type: ignore[arg-type]
+
+
+def test_agent_protocol_runs_count_too() -> None:
+    """A run through the LangGraph protocol routes counts as a run, its ``messages-tuple``
+    chunks as tokens and its follower as a connected client, as native runs do."""
+    app = create_app({"chat": chat_graph()}, api_keys=["k1"], metrics=True)
+    with serving(app) as url:
+        body = {"assistant_id": "chat", "input": {"messages": ["hi"]}}
+        with httpx.stream(
+            "POST",
+            f"{url}/runs/stream",
+            json={**body, "stream_mode": "messages-tuple"},
+            headers={"x-api-key": "k1"},
+        ) as response:
+            assert response.status_code == 200, response.read()
+            events = [line[7:] for line in response.iter_lines() if line.startswith("event: ")]
+        response = httpx.get(f"{url}/metrics", headers=KEY)
+    found = samples(response.text)
+    assert events[0] == "metadata"
+    assert events.count("messages") > 3
+    assert value(found, "headwater_runs_started_total", graph="chat") == 1
+    assert value(found, "headwater_runs_finished_total", graph="chat", status="done") == 1
+    assert value(found, "headwater_tokens_streamed_total", graph="chat") == events.count("messages")
+    assert value(found, "headwater_clients_connected", transport="sse") == 0
