@@ -209,7 +209,14 @@ def _bind_messages(
         return None
     if NOSTREAM_TAG in tags:
         return _skip
-    return lambda data: (data["chunk"], metadata)
+
+    def project(data: Any) -> Any:
+        chunk = data["chunk"]
+        if isinstance(chunk, BaseMessage) and chunk.id is None:  # as project(): the call's id
+            chunk = attrs.evolve(chunk, id=run_id)
+        return (chunk, metadata)
+
+    return project
 
 
 def _task_payload(event: Event) -> Any:
