@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, ClassVar, Final, TypedDict
+from typing import Annotated, Any, ClassVar, Final, TypedDict, TypeVar
 
 import attrs
 
@@ -45,6 +45,7 @@ __all__ = [
     "Usage",
     "add_messages",
     "coerce_message",
+    "with_id",
 ]
 
 
@@ -649,6 +650,35 @@ def _from_role(role: str, content: Any, value: Any, fields: Mapping[str, Any]) -
             response_metadata=dict(fields.get("response_metadata") or {}),
         )
     return cls(content=content, id=fields.get("id"), name=fields.get("name"))
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+"""Per message class, the names of its fields (for :func:`with_id`)."""
+
+M = TypeVar("M", bound=BaseMessage)
+
+
+def with_id(message: M, id: str) -> M:
+    """A copy of ``message`` with ``id`` (as ``attrs.evolve``, in a third of the time).
+
+    Messages are frozen; the chat-model base uses this to give each id-less streamed
+    chunk its call's id, once per token, so it must be cheap.
+
+    Example::
+
+        chunk = with_id(AIMessageChunk(content="Hel"), "run-1")
+        chunk.id  # "run-1"
+    """
+    cls = type(message)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(a.name for a in attrs.fields(cls) if a.name != "id")
+    copy = object.__new__(cls)
+    set_field = object.__setattr__
+    for name in names:
+        set_field(copy, name, getattr(message, name))
+    set_field(copy, "id", id)
+    return copy
 
 
 def coerce_message(value: Any) -> BaseMessage:

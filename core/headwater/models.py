@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -48,6 +49,7 @@ from headwater.messages import (
     BaseMessage,
     ChunkSum,
     coerce_message,
+    with_id,
 )
 
 __all__ = ["KNOWN_PROVIDERS", "ChatModel", "init_chat_model"]
@@ -88,6 +90,12 @@ class ChatModel(abc.ABC):
     """
 
     provider: ClassVar[str] = "unknown"
+    _takes_call_id: ClassVar[bool] = False
+    """Whether :meth:`_astream` declares ``call_id`` (then the base passes it)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._takes_call_id = "call_id" in inspect.signature(cls._astream).parameters
 
     def __init__(
         self,
@@ -109,7 +117,17 @@ class ChatModel(abc.ABC):
 
     @abc.abstractmethod
     def _astream(self, messages: list[BaseMessage], **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
-        """Yield the response as chunks. The one method an adapter must implement."""
+        """Yield the response as chunks. The one method an adapter must implement.
+
+        A chunk without an ``id`` is given the call's id (its events' run id), by a copy.
+        An adapter that declares a keyword ``call_id`` gets that id, to make its chunks
+        with it and save the copy per token:
+
+        Example::
+
+            async def _astream(self, messages, *, call_id=None, **kwargs):
+                yield AIMessageChunk(content="hi", id=call_id)
+        """
 
     async def astream(self, input: Any, **kwargs: Any) -> AsyncGenerator[AIMessageChunk, None]:
         """Stream the response chunk by chunk, emitting the model's events.
@@ -144,12 +162,20 @@ class ChatModel(abc.ABC):
         )
         observed.emit("start", {"messages": messages, "input": messages})
         total = ChunkSum()
-        chunks = self._astream(messages, **kwargs)
         emitter = observed.emitter  # per chunk: no call at all when nobody streams
         stream_kind = observed.kinds["stream"]
         put = emitter.sink(stream_kind) if emitter is not None else None  # bound once
+        # As LangChain: a chunk without an id carries its call's (the run id), so a
+        # consumer can join the chunks of one reply; the reply gets the same id.
+        call_id = emitter.header[1] if emitter is not None else new_id()
+        if self._takes_call_id:
+            chunks = self._astream(messages, call_id=call_id, **kwargs)
+        else:
+            chunks = self._astream(messages, **kwargs)
         try:
             async for chunk in chunks:
+                if chunk.id is None:
+                    chunk = with_id(chunk, call_id)
                 total.add(chunk)
                 if emitter is not None:
                     if put is not None:
@@ -162,7 +188,6 @@ class ChatModel(abc.ABC):
                 yield chunk
             message = total.result().to_message()
             if message.id is None:  # as LangChain: every reply has an id (the call's run id)
-                call_id = emitter.header[1] if emitter is not None else new_id()
                 message = attrs.evolve(message, id=call_id)
         except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})

@@ -238,10 +238,10 @@ async def test_sync_invoke_in_a_sync_node_streams_live() -> None:
     seen_first = anyio.Event()
 
     class Gated(FakeChatModel):
-        async def _token(self, token: str) -> AIMessageChunk:
+        async def _token(self, token: Any, call_id: str | None = None) -> AIMessageChunk:
             if token.strip() == "last":
                 await anyio.to_thread.run_sync(release.wait)
-            return await super()._token(token)
+            return await super()._token(token, call_id)
 
     llm = Gated(["first middle last"])
 

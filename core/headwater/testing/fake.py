@@ -111,13 +111,13 @@ class FakeChatModel(ChatModel):
         return self.responses[index]
 
     async def _astream(
-        self, messages: list[BaseMessage], **kwargs: Any
+        self, messages: list[BaseMessage], *, call_id: str | None = None, **kwargs: Any
     ) -> AsyncIterator[AIMessageChunk]:
         self.calls.append(list(messages))
         script = self._next()
         if isinstance(script, ScriptedError):
             for token in split_tokens(script.partial)[: script.after]:
-                yield await self._token(token)
+                yield await self._token(token, call_id)
             raise script.error
         tokens: list[str | AIMessageChunk]
         if isinstance(script, AIMessage):
@@ -127,7 +127,7 @@ class FakeChatModel(ChatModel):
             tokens = list(split_tokens(script)) if isinstance(script, str) else list(script)
             calls = ()
         for item in tokens:
-            yield await self._token(item)
+            yield await self._token(item, call_id)
         for index, call in enumerate(calls):
             text = json.dumps(dict(call.args))
             half = len(text) // 2
@@ -145,7 +145,11 @@ class FakeChatModel(ChatModel):
         prompt = sum(len(m.text.split()) for m in messages)
         yield AIMessageChunk(usage=Usage(input_tokens=prompt, output_tokens=len(tokens)))
 
-    async def _token(self, token: str | AIMessageChunk) -> AIMessageChunk:
+    async def _token(
+        self, token: str | AIMessageChunk, call_id: str | None = None
+    ) -> AIMessageChunk:
         if self.token_delay:
             await anyio.sleep(self.token_delay)
-        return token if isinstance(token, AIMessageChunk) else AIMessageChunk(content=token)
+        if isinstance(token, AIMessageChunk):
+            return token
+        return AIMessageChunk(content=token, id=call_id)

@@ -53,7 +53,7 @@ from headwater.events import (
     StreamMode,
 )
 from headwater.hookspecs import EVENTS_MODE, hookimpl
-from headwater.messages import BaseMessage
+from headwater.messages import BaseMessage, with_id
 from headwater.runtime import Run, new_id
 
 __all__ = ["NOSTREAM_TAG", "headwater_stream_modes"]
@@ -148,8 +148,8 @@ def _messages(run: Run) -> StreamMode:
             if NOSTREAM_TAG in event.tags:
                 return SKIP
             chunk = event.data["chunk"]
-            if isinstance(chunk, BaseMessage) and chunk.id is None:  # as LangChain: the call's id
-                chunk = attrs.evolve(chunk, id=event.run_id)  # (its reply gets it too)
+            if isinstance(chunk, BaseMessage) and chunk.id is None:  # a hand-emitted chunk:
+                chunk = with_id(chunk, event.run_id)  # its call's id, as models give it
             return (chunk, event.metadata)
         if kind == _MODEL_END:
             reply = event.data["response"]
@@ -213,7 +213,7 @@ def _bind_messages(
     def project(data: Any) -> Any:
         chunk = data["chunk"]
         if isinstance(chunk, BaseMessage) and chunk.id is None:  # as project(): the call's id
-            chunk = attrs.evolve(chunk, id=run_id)
+            chunk = with_id(chunk, run_id)
         return (chunk, metadata)
 
     return project
