@@ -79,6 +79,7 @@ class Bus:
         "_seq",
         "_subs",
         "_valves",
+        "_woken",
         "loop_thread",
         "ns",
     )
@@ -91,6 +92,7 @@ class Bus:
         self._subs: list[Subscription] = [] if _root is None else _root._subs
         self._seq: list[int] = [0] if _root is None else _root._seq
         self._valves: list[Valve] = [] if _root is None else _root._valves
+        self._woken: list[int] = [0] if _root is None else _root._woken  # see wakeups
         self._inbox: _Inbox = _Inbox(self) if _root is None else _root._inbox
         self._by_kind: dict[str, tuple[Subscription, ...]] = {}
         self._direct: dict[str, Put | None] = {}
@@ -255,6 +257,35 @@ class Bus:
             if more is not None:
                 await more
 
+    def flooding(self) -> bool:
+        """Whether some consumer's queue is full, asked without waiting for it.
+
+        Example::
+
+            if run.bus.flooding():
+                print("the consumer is behind")
+        """
+        for valve in self._valves:
+            waiting = valve()
+            if waiting is not None:
+                close = getattr(waiting, "close", None)
+                if close is not None:  # an unawaited coroutine: no warning for it
+                    close()
+                return True
+        return False
+
+    @property
+    def wakeups(self) -> int:
+        """How many times the event loop has resumed a node driven by :meth:`paced`: if
+        it has not changed between two points of a node's code, the node did not
+        suspend in between (nothing else ran on the loop).
+
+        Example::
+
+            before = run.bus.wakeups
+        """
+        return self._woken[0]
+
     async def relieve(self) -> None:
         """Wait until every consumer has room again (backpressure).
 
@@ -338,6 +369,7 @@ def _paced(coro: Coroutine[Any, Any, T], bus: Bus, sticky: bool) -> Generator[An
     between a wake-up and its next step does.
     """
     send = coro.send
+    woken = bus._woken
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -357,6 +389,7 @@ def _paced(coro: Coroutine[Any, Any, T], bus: Bus, sticky: bool) -> Generator[An
         except BaseException as exc:  # the loop throws a cancellation into the node
             error = exc
             continue
+        woken[0] += 1
         if bus._valves:
             waiting = bus.pressure()
             if waiting is not None:

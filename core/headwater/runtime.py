@@ -271,7 +271,7 @@ class StreamWriter:
             return {}
     """
 
-    __slots__ = ("_direct", "_emitter", "_subs", "_task", "_thread")
+    __slots__ = ("_direct", "_emitter", "_mark", "_stalls", "_subs", "_task", "_thread", "_written")
 
     def __init__(self, task: Task) -> None:
         self._task = task
@@ -279,6 +279,29 @@ class StreamWriter:
         self._subs: tuple[Subscription, ...] | None = None
         self._direct: Callable[[Any], None] | None = None  # see Subscription.bind
         self._thread = 0
+        self._written = 0  # events written on the event loop's thread
+        self._mark = 0  # the bus's wakeups when the consumer was last seen behind
+        self._stalls = 0  # checks since then that found it behind, the node never paused
+
+    async def awrite(self, *args: Any) -> None:
+        """Write as ``writer(...)`` does, then wait while the consumer is behind.
+
+        For an async node that writes many events: ``writer(...)`` is a plain call, so an
+        async node is held back only where it awaits. ``await writer.awrite(...)`` waits
+        only when a consumer's queue is full, and costs no trip through the event loop
+        otherwise.
+
+        Example::
+
+            async def node(state, *, writer):
+                for i in range(100_000):
+                    await writer.awrite({"progress": i})
+                return {}
+        """
+        self(*args)
+        waiting = self._task.run.bus.pressure()
+        if waiting is not None:
+            await waiting
 
     def __call__(self, *args: Any) -> None:
         if len(args) == 1:
@@ -294,6 +317,9 @@ class StreamWriter:
         direct = self._direct
         if direct is not None and threading.get_ident() == self._thread:
             direct(payload)  # fast path: the run's one subscriber wants just the payload
+            self._written = written = self._written + 1
+            if not written & _CHECK_MASK:
+                self._check_flood()
             return
         subs = self._subs
         if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
@@ -306,13 +332,49 @@ class StreamWriter:
             direct = self._direct = bus.direct(ON_CUSTOM_EVENT)
             if direct is not None and threading.get_ident() == self._thread:
                 direct(payload)
+                self._written += 1
                 return
         if subs:
             assert self._emitter is not None
             self._emitter.emit_to(subs, ON_CUSTOM_EVENT, payload)
+            if threading.get_ident() == self._thread:  # (a sync node's thread waits itself)
+                self._written = written = self._written + 1
+                if not written & _CHECK_MASK:
+                    self._check_flood()
+
+    def _check_flood(self) -> None:
+        """Every 1,024 writes on the loop: refuse to pile up events for a consumer that
+        is behind when the node has not suspended once in :data:`_STALL_LIMIT` checks
+        (it cannot be made to wait: it never awaits)."""
+        bus = self._task.run.bus
+        if not bus.flooding():
+            self._stalls = 0
+            return
+        wakeups = bus.wakeups
+        if wakeups != self._mark:  # the node paused (and waited for room) since
+            self._mark = wakeups
+            self._stalls = 0
+            return
+        self._stalls += 1
+        if self._stalls >= _STALL_LIMIT:
+            self._stalls = 0
+            raise StreamWriterError(
+                f"Node {self._task.node!r} wrote over {_STALL_LIMIT * (_CHECK_MASK + 1):,} "
+                "custom events while its consumer was behind, without awaiting once: an "
+                "async node can only be held back where it awaits, so they were piling up in "
+                "memory. Write with `await writer.awrite(payload)` (it waits only while the "
+                "consumer is behind), or await something in the loop."
+            )
 
     def __repr__(self) -> str:
         return f"StreamWriter(node={self._task.node!r})"
+
+
+_CHECK_MASK = 1023
+"""A stream writer on the event loop checks for a flooded consumer every 1,024 writes."""
+_STALL_LIMIT = 64
+"""Checks in a row finding the consumer behind, the node never suspending, before a
+writer refuses to pile up more (64 x 1,024 events beyond the consumer's queue)."""
 
 
 current_task: ContextVar[Task | None] = ContextVar("headwater_current_task", default=None)

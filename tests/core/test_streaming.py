@@ -724,6 +724,93 @@ async def test_many_custom_events_to_a_slow_consumer_keep_memory_bounded() -> No
     assert_bounded(small, large, 5)
 
 
+def one_node(node: Any) -> headwater.CompiledGraph:
+    g = StateGraph(S)
+    g.add_node("emit", node)
+    g.add_edge(START, "emit")
+    g.add_edge("emit", END)
+    return g.compile()
+
+
+async def test_an_async_node_that_never_awaits_is_refused_before_memory_grows() -> None:
+    """It cannot be made to wait: past a bound it gets a clear error, not +379 MB."""
+    from headwater._stream import BUFFER_SIZE
+
+    written = [0]
+
+    async def flood(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(300_000):
+            writer("x" * 100 + str(i))
+            written[0] += 1
+        return {"n": 2}
+
+    consumed = 0
+    with pytest.raises(StreamWriterError, match=r"Node 'emit'.*await writer\.awrite\(payload\)"):
+        async with one_node(flood).astream(INPUT, stream_mode="custom") as stream:
+            async for _ in stream:
+                consumed += 1  # (the node never lets it run: it falls behind at once)
+    assert consumed == written[0] + 1  # every event written was delivered, the last too
+    assert written[0] < 65 * 1024 + 2 * BUFFER_SIZE  # refused within its bound
+
+
+async def test_awrite_holds_an_async_node_to_its_consumer() -> None:
+    from headwater._stream import BATCH_SIZE, BUFFER_SIZE
+
+    consumed, ahead = [0], [0]
+
+    async def steady(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(40_000):
+            await writer.awrite({"i": i})
+            ahead[0] = max(ahead[0], i + 1 - consumed[0])
+        return {"n": 2}
+
+    received = []
+    async with one_node(steady).astream(INPUT, stream_mode="custom") as stream:
+        async for chunk in stream:
+            received.append(chunk["i"])
+            consumed[0] += 1
+            if len(received) % 64 == 0:
+                await anyio.lowlevel.checkpoint()
+    assert received == list(range(40_000))  # nothing lost, in order
+    assert ahead[0] <= BUFFER_SIZE + 2 * BATCH_SIZE
+
+
+async def test_a_node_that_awaits_now_and_then_is_never_refused() -> None:
+    async def polite(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(60_000):
+            writer(i)
+            if i % 500 == 0:
+                await anyio.lowlevel.checkpoint()
+        return {"n": 2}
+
+    async def wrapped(state: S, *, writer: Any) -> dict[str, Any]:
+        return await polite(state, writer=writer)
+
+    async def burst(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(50_000):  # a burst that never awaits, within the bound
+            writer(i)
+        return {"n": 2}
+
+    count = await slow_consume(one_node(polite).astream(INPUT, stream_mode="custom"))
+    assert count == 60_000
+    assert await slow_consume(one_node(burst).astream(INPUT, stream_mode="custom")) == 50_000
+    events = one_node(wrapped).astream_events(INPUT)  # the general (non-direct) path
+    assert await slow_consume(events) > 60_000
+
+
+async def test_awrite_takes_what_the_writer_takes() -> None:
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        await writer.awrite("custom", {"a": 1})
+        await writer.awrite({"b": 2})
+        with pytest.raises(StreamWriterError, match="writer\\(payload\\)"):
+            await writer.awrite("values", 1)
+        return {"n": 2}
+
+    chunks = [c async for c in one_node(node).astream(INPUT, stream_mode="custom")]
+    assert chunks == [{"a": 1}, {"b": 2}]
+    assert (await one_node(node).ainvoke(INPUT))["n"] == 2  # nobody streaming: no wait
+
+
 async def test_a_long_chain_streamed_as_events_to_a_slow_consumer_keeps_memory_bounded() -> None:
     from headwater._stream import BUFFER_SIZE
 
