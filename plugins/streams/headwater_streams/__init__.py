@@ -304,8 +304,11 @@ def _bind_event(
     metadata: Mapping[str, Any],
     ns: tuple[str, ...],
 ) -> Callable[[Any], Any]:
-    """One source's events as :meth:`Event.to_dict` gives them (each its own lists and
-    metadata dict, as there)."""
+    """One source's events as :meth:`Event.to_dict` gives them. As in LangChain, the
+    events of one source (a model call's tokens) share one ``tags`` list and one
+    ``metadata`` dict, made once: a token's event costs one dict, not three."""
+    shared_tags = list(tags)
+    shared_metadata = dict(metadata)
 
     def to_dict(data: Any) -> dict[str, Any]:
         return {
@@ -313,8 +316,8 @@ def _bind_event(
             "name": name,
             "run_id": run_id,
             "parent_ids": list(parent_ids),
-            "tags": list(tags),
-            "metadata": dict(metadata),
+            "tags": shared_tags,
+            "metadata": shared_metadata,
             "data": data,
         }
 
