@@ -124,6 +124,9 @@ class _Pipe:
         self._input = input
         self._routes = routes
         self._shape = shape
+        modes = {id(mode): mode for pairs in routes.values() for _, mode in pairs}
+        (only, *more) = modes.values() if modes else (None,)
+        self._finish = only.finish if shape is None and only is not None and not more else None
         self._nested = nested
         self._predicates = predicates
         self._accept = accept
@@ -201,6 +204,9 @@ class _Pipe:
             if chunk is SKIP:
                 continue
             batch = self._batch
+            if shape is not None and mode.finish is not None:  # shaped: finished at once
+                finish = mode.finish
+                chunk = Chunks(map(finish, chunk)) if chunk.__class__ is Chunks else finish(chunk)
             if chunk.__class__ is Chunks:  # several chunks for one event
                 for one in chunk:
                     batch.append(one if shape is None else shape(mode_name, ns, one))
@@ -253,6 +259,12 @@ class _Pipe:
             return None
         shape = self._shape
         size = self._batch_size
+        if shape is not None and mode.finish is not None:  # shaped: finished at once
+            bound, finish = project, mode.finish
+
+            def project(data: Any) -> Any:
+                chunk = bound(data)
+                return chunk if chunk is SKIP else finish(chunk)
 
         def put(data: Any) -> None:
             chunk = project(data)
@@ -323,7 +335,8 @@ class _Pipe:
         while True:
             batch = self._take()
             if batch is not None:
-                local.extend(batch)
+                finish = self._finish
+                local.extend(batch if finish is None else map(finish, batch))
                 return local.popleft()
             self._waiting = True
             try:
@@ -337,7 +350,8 @@ class _Pipe:
                 raise
             finally:
                 self._waiting = False
-            local.extend(received)
+            finish = self._finish
+            local.extend(received if finish is None else map(finish, received))
             return local.popleft()
 
     def _take(self) -> list[Any] | None:

@@ -263,6 +263,11 @@ class StreamMode:
     """Optional fast path: ``bind(kind, name, run_id, parent_ids, tags, metadata, ns)``
     returns a projection of ``data`` alone for the events of one source (one chat-model
     call), equal to ``project`` on each of its events, or ``None`` to use ``project``."""
+    finish: Callable[[Any], Any] | None = None
+    """Optional: what the consumer gets for a chunk, applied when it takes the chunk from
+    the run's queue (a stream of this one mode, not nested). ``project`` and ``bind``
+    may then queue a compact form, so that what waits for a slow consumer is small;
+    ``finish`` must accept every chunk they return."""
 
 
 @attrs.frozen

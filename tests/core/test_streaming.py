@@ -26,7 +26,7 @@ from headwater.errors import (
     UnknownStreamModeError,
     UnsupportedVersionError,
 )
-from headwater.events import PUBLIC_KINDS, Event
+from headwater.events import ON_CUSTOM_EVENT, PUBLIC_KINDS, Event, StreamMode
 from headwater.messages import AIMessageChunk
 from headwater.models import ChatModel
 from headwater.runtime import dispatch_event
@@ -1043,3 +1043,37 @@ async def test_leaving_a_held_back_stream_ends_its_run(how: str, mode: str) -> N
             await anyio.lowlevel.checkpoint()
     assert produced[0] < 50_000
     assert produced[0] <= held + 1  # cancelled where it waited
+
+
+class Finishing:
+    """A stream mode that queues a compact form and finishes it for the consumer."""
+
+    @headwater.hookimpl
+    def headwater_stream_modes(self) -> Mapping[str, Any]:
+        return {
+            "boxed": lambda run: StreamMode(
+                kinds=frozenset({ON_CUSTOM_EVENT}),
+                project=lambda data: ("queued", data),
+                data_only=True,
+                finish=lambda chunk: {"finished": chunk[1]},
+            )
+        }
+
+
+async def test_a_modes_finish_is_applied_as_the_consumer_takes_each_chunk() -> None:
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(600):  # more than a batch
+            writer(i)
+        return {"n": 2}
+
+    pm = headwater.create_plugin_manager(plugins=[Finishing()])
+    g = StateGraph(S)
+    g.add_node("emit", node)
+    g.add_edge(START, "emit")
+    g.add_edge("emit", END)
+    app = g.compile(plugin_manager=pm)
+    chunks = [c async for c in app.astream(INPUT, stream_mode="boxed")]
+    assert chunks == [{"finished": i} for i in range(600)]
+    # with other modes, chunks are (mode, chunk) pairs and finish is still applied
+    pairs = [c async for c in app.astream(INPUT, stream_mode=["boxed", "updates"])]
+    assert [c for m, c in pairs if m == "boxed"] == [{"finished": i} for i in range(600)]

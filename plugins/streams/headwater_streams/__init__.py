@@ -292,7 +292,24 @@ def _debug(run: Run) -> StreamMode:
 
 
 def _events(run: Run) -> StreamMode:
-    return StreamMode(kinds=PUBLIC_KINDS, project=Event.to_dict, bind=_bind_event)
+    return StreamMode(
+        kinds=PUBLIC_KINDS, project=Event.to_dict, bind=_bind_event, finish=_finish_event
+    )
+
+
+class _Queued:
+    """A bound source's event waiting in the queue: its data and the maker of its dict
+    (the dict, several times larger, is made when the consumer takes it)."""
+
+    __slots__ = ("data", "make")
+
+    def __init__(self, make: Callable[[Any], dict[str, Any]], data: Any) -> None:
+        self.make = make
+        self.data = data
+
+
+def _finish_event(chunk: Any) -> Any:
+    return chunk.make(chunk.data) if type(chunk) is _Queued else chunk
 
 
 def _bind_event(
@@ -321,7 +338,7 @@ def _bind_event(
             "data": data,
         }
 
-    return to_dict
+    return lambda data: _Queued(to_dict, data)
 
 
 @hookimpl
