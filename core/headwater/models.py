@@ -148,14 +148,15 @@ class ChatModel(abc.ABC):
         emitter = observed.emitter  # per chunk: no call at all when nobody streams
         stream_kind = observed.kinds["stream"]
         put = emitter.sink(stream_kind) if emitter is not None else None  # bound once
+        wanted = True  # false once the bound sink says nobody wants the next chunks
         try:
             async for chunk in chunks:
                 total.add(chunk)
                 if emitter is not None:
-                    if put is not None:
-                        put({"chunk": chunk})
-                    else:
+                    if put is None:
                         emitter.emit(stream_kind, {"chunk": chunk})
+                    elif wanted and put({"chunk": chunk}):
+                        wanted = False
                     waiting = emitter.bus.pressure()
                     if waiting is not None:
                         await waiting
