@@ -160,8 +160,10 @@ class Event:
     """One thing that happened in a run.
 
     ``seq`` increases by one per event within a root run (including its subgraphs), so
-    consumers can order and de-duplicate events; ``ns`` is the namespace of the (sub)graph
-    that emitted it (``()`` for the root graph).
+    consumers can order and de-duplicate events — events that only ever reach bound
+    data-only callables (:attr:`Subscription.bind`, :attr:`Subscription.bind_source`:
+    a model's tokens on the fast path) take none; ``ns`` is the namespace of the
+    (sub)graph that emitted it (``()`` for the root graph).
 
     Example::
 
