@@ -12,6 +12,10 @@ this module imports nothing of headwater but :mod:`headwater.events`.
   carries: ``name``, ``run_id``, ``parent_ids``, ``tags``, ``metadata``.
 * A subscription that wants only an event's ``data`` (:attr:`Subscription.bind`) gets it
   directly when it is the only one for the kind: no id, no header, no :class:`Event`.
+* A source emitting many events of one kind (a chat model's tokens) binds them once
+  (:meth:`Emitter.sink`): when every subscription for the kind binds a data-only callable
+  for that source (:attr:`Subscription.bind_source`), its events go straight to those
+  callables, however many subscriptions there are.
 * Consumers with bounded queues register valves (:meth:`Bus.add_valve`); producers wait
   at their await points while one is full (:meth:`Bus.pressure`). An async node is
   driven through :meth:`Bus.paced`, so it waits at its own await points too.
@@ -53,6 +57,11 @@ it has room again."""
 
 Put = Callable[[Any], None]
 """A data-only sink: takes an event's ``data`` (see :attr:`Subscription.bind`)."""
+
+SourcePut = Callable[[Any], bool | None]
+"""A data-only sink bound for one source's events of one kind (see
+:attr:`Subscription.bind_source`): takes an event's ``data``; returns true once nobody
+wants the source's later events of that kind."""
 
 _NOBODY: tuple[Subscription, ...] = ()
 
@@ -464,16 +473,31 @@ class Emitter:
         if subs:
             bus._deliver(subs, kind, self._header or self.header, data, name)
 
-    def sink(self, kind: str) -> Put | None:
-        """A data-only callable for this source's events of ``kind``, bound once (see
-        :attr:`Subscription.bind_source`), when the run's one subscription for ``kind``
-        offers one and this is the event-loop thread; else ``None`` (use :meth:`emit`).
-        Call it on this thread only.
+    def sink(self, kind: str) -> SourcePut | None:
+        """A data-only callable for this source's events of ``kind``, bound once, or
+        ``None`` (use :meth:`emit`). Call it on this thread only, with each event's data.
+
+        It is offered when this is the event-loop thread and *every* subscription for
+        ``kind`` binds a data-only callable for this source
+        (:attr:`Subscription.bind_source`, asked here with this emitter's header): one
+        subscription's callable itself, or one that hands the data to each of them in
+        subscription order. If any subscription has no ``bind_source`` or declines
+        (returns ``None``), the source's events take :meth:`emit`, for all of them.
+        Events delivered this way take no sequence number and build no :class:`Event`.
+
+        The callable returns true once nobody wants this source's later events of
+        ``kind`` (a tracer that has seen the first token, a stream that filters the
+        source out): the source may then stop making them. Calling it again is harmless.
 
         Example::
 
             put = emit.sink("on_chat_model_stream")   # once per model call
-            put({"chunk": chunk}) if put is not None else emit.emit(kind, {"chunk": chunk})
+            wanted = True
+            for chunk in chunks:
+                if put is None:
+                    emit.emit("on_chat_model_stream", {"chunk": chunk})
+                elif wanted and put({"chunk": chunk}):
+                    wanted = False                     # nobody wants the next ones
         """
         bus = self.bus
         if threading.get_ident() != bus.loop_thread:
@@ -482,9 +506,17 @@ class Emitter:
             subs = self._by_kind[kind]
         except KeyError:
             subs = bus.subscriptions(kind)
-        if len(subs) != 1 or subs[0].bind_source is None:
+        if not subs or any(sub.bind_source is None for sub in subs):
             return None
-        return subs[0].bind_source(kind, bus.ns, self.header)
+        header = self.header
+        puts: list[SourcePut] = []
+        for sub in subs:
+            assert sub.bind_source is not None
+            put = sub.bind_source(kind, bus.ns, header)
+            if put is None:
+                return None
+            puts.append(put)
+        return puts[0] if len(puts) == 1 else _fan_out(puts)
 
     def emit_to(self, subs: tuple[Subscription, ...], kind: str, data: Any) -> None:
         """Emit to subscriptions already looked up with :meth:`Bus.subscriptions`, for
@@ -501,6 +533,28 @@ class Emitter:
     def __repr__(self) -> str:
         name = self._header[0] if self._header is not None else "…"
         return f"Emitter(name={name!r}, ns={self.bus.ns!r})"
+
+
+def _fan_out(puts: list[SourcePut]) -> SourcePut:
+    """One data-only callable handing each event's data to every one of ``puts``, in
+    order (an error in one stops the event there, as :meth:`Bus._deliver` does). It
+    never says that nobody wants more: the others go on getting them, and one that said
+    so ignores the rest."""
+    if len(puts) == 2:
+        first, second = puts
+
+        def both(data: Any) -> None:
+            first(data)
+            second(data)
+
+        return both
+    every = tuple(puts)
+
+    def each(data: Any) -> None:
+        for put in every:
+            put(data)
+
+    return each
 
 
 class _Inbox:

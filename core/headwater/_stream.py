@@ -81,8 +81,9 @@ class Streamable(Protocol):
     async def execute(self, run: Run, input: Any) -> dict[str, Any]: ...
 
 
-def _ignore(data: Any) -> None:
-    """The sink of a source whose events a stream does not want."""
+def _ignore(data: Any) -> bool:
+    """The sink of a source whose events a stream does not want (nor any later one)."""
+    return True
 
 
 def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
@@ -238,7 +239,7 @@ class _Pipe:
 
     def _bind_source(
         self, kind: str, ns: tuple[str, ...], header: Any
-    ) -> Callable[[Any], None] | None:
+    ) -> Callable[[Any], bool | None] | None:
         """:attr:`Subscription.bind_source`: a data-only sink for one source's events of
         ``kind``, when its one mode binds a projection for them (no predicates)."""
         if self._predicates:

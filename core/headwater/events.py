@@ -160,8 +160,10 @@ class Event:
     """One thing that happened in a run.
 
     ``seq`` increases by one per event within a root run (including its subgraphs), so
-    consumers can order and de-duplicate events; ``ns`` is the namespace of the (sub)graph
-    that emitted it (``()`` for the root graph).
+    consumers can order and de-duplicate events — events that only ever reach bound
+    data-only callables (:attr:`Subscription.bind`, :attr:`Subscription.bind_source`:
+    a model's tokens on the fast path) take none; ``ns`` is the namespace of the
+    (sub)graph that emitted it (``()`` for the root graph).
 
     Example::
 
@@ -228,12 +230,45 @@ class Subscription:
     nothing else of events of that kind from that namespace (no sequence number either),
     or ``None``. An emitter may call it instead of ``callback`` when this is the run's
     only subscription for the kind."""
-    bind_source: Callable[[str, tuple[str, ...], Any], Callable[[Any], None] | None] | None = None
+    bind_source: (
+        Callable[[str, tuple[str, ...], Any], Callable[[Any], bool | None] | None] | None
+    ) = None
     """Optional, for a source emitting many events of one kind (a chat model's tokens):
     ``bind_source(kind, ns, header)`` returns a callable taking only an event's ``data``
     for that source's events of ``kind`` — ``header`` is ``(name, run_id, parent_ids,
-    tags, metadata)``, the same for all of them — or ``None``. Asked once per source, when
-    this is the run's only subscription for the kind; ``accept`` is then asked once too."""
+    tags, metadata)``, the same for all of them — or ``None`` to get them through
+    ``callback`` as usual.
+
+    Asked once per source, when *every* subscription for the kind has a ``bind_source``;
+    the source's events then go to the bound callables alone (in subscription order),
+    never to ``callback``, and take no sequence number. If any of them returns ``None``,
+    all subscriptions get the source's events through their ``callback``, so a
+    ``bind_source`` may be asked and its callable dropped: it must change nothing until
+    the callable is called. ``accept`` is not asked for bound events: ``bind_source``
+    applies it itself, once, and returns a callable that ignores the data if it does not
+    want the source. The callable returns ``None`` (or false); it returns true once it
+    wants none of the source's later events of the kind — after the first token, for a
+    tracer timing it — and must still ignore them if they come: the emitter stops making
+    them only when no subscription wants them. So a subscription that needs a little of
+    each source binds a callable that is cheap to call, and does not take the fast path
+    away from the others.
+
+    Example::
+
+        def bind_source(kind, ns, header):
+            name, run_id, parent_ids, tags, metadata = header
+
+            def put(data):            # each of this call's events: nothing but the data
+                seen = counts.get(run_id, 0)
+                if seen < 10:         # the first ten are enough
+                    counts[run_id] = seen + 1
+                return seen + 1 >= 10
+
+            return put
+
+        Subscription(callback=count_one, kinds=frozenset({"on_chat_model_stream"}),
+                     raw=True, bind_source=bind_source)
+    """
 
 
 @attrs.frozen

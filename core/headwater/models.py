@@ -172,16 +172,17 @@ class ChatModel(abc.ABC):
             chunks = self._astream(messages, call_id=call_id, **kwargs)
         else:
             chunks = self._astream(messages, **kwargs)
+        wanted = True  # false once the bound sink says nobody wants the next chunks
         try:
             async for chunk in chunks:
                 if chunk.id is None:
                     chunk = with_id(chunk, call_id)
                 total.add(chunk)
                 if emitter is not None:
-                    if put is not None:
-                        put({"chunk": chunk})
-                    else:
+                    if put is None:
                         emitter.emit(stream_kind, {"chunk": chunk})
+                    elif wanted and put({"chunk": chunk}):
+                        wanted = False
                     waiting = emitter.bus.pressure()
                     if waiting is not None:
                         await waiting

@@ -147,11 +147,17 @@ class OtelSink:
     def subscription(self) -> Subscription:
         """The subscription that receives the run's events (raw: no event object is built).
 
+        A model call's tokens come through a callable bound once per call
+        (:attr:`~headwater.events.Subscription.bind_source`) that only looks for the first
+        one, so tracing leaves the token fast path to whoever streams the run.
+
         Example::
 
             run.bus.subscribe(OtelSink().subscription())
         """
-        return Subscription(callback=self._on_event, kinds=KINDS, raw=True)
+        return Subscription(
+            callback=self._on_event, kinds=KINDS, raw=True, bind_source=self._bind_source
+        )
 
     def close(self) -> None:
         """End every span still open (marked as cut off); called after the run's last event.
@@ -196,6 +202,26 @@ class OtelSink:
             self._failures += 1
             if self._failures == 1:
                 _log.exception("headwater-otel: could not record a %s event", kind)
+
+    def _bind_source(
+        self, kind: str, ns: tuple[str, ...], header: Any
+    ) -> Callable[[Any], bool] | None:
+        """One model call's tokens: what :meth:`_on_event` does with each of them (look
+        for the first one while the call's span waits for it), without the other fields.
+        Says it wants no more once the span has its first token (or has ended)."""
+        if kind != _STREAM:
+            return None
+        run_id = header[1]
+        first = self._first
+        first_token = self._first_token
+
+        def put(data: Any) -> bool:
+            if run_id in first:
+                first_token(run_id, data)
+                return run_id not in first
+            return True
+
+        return put
 
     def _first_token(self, run_id: str, data: Any) -> None:
         open_ = self._first.get(run_id)

@@ -388,3 +388,114 @@ async def test_the_token_fast_path_yields_what_the_general_path_yields(
         return renumbered([item async for item in stream], {})
 
     assert await run(fast) == await run(general)
+
+
+# -- several subscriptions binding a call's tokens keep the fast path, and get the same ---
+
+
+class Binder:
+    """A second subscriber to the tokens, wanting the first ``wants`` of each model call
+    (a tracer timing the first token wants one). With ``bind``, it binds each call
+    (``Subscription.bind_source``), so the tokens keep the fast path and reach it and the
+    stream through one bound callable each; without, every token takes the general path.
+    """
+
+    def __init__(self, *, bind: bool, wants: int) -> None:
+        self.bind = bind
+        self.wants = wants
+        self.got: dict[str, list[Any]] = {}  # model call id -> the tokens' data it kept
+        self.seqs: list[int] = []  # sequence numbers of the model calls' start and end
+        self.handed: list[int] = []  # bound: how many tokens each call handed over
+
+    def keep(self, run_id: str, data: Any) -> bool:
+        got = self.got.setdefault(run_id, [])
+        if len(got) < self.wants:
+            got.append(data)
+        return len(got) >= self.wants
+
+    def on_event(
+        self,
+        kind: str,
+        name: str,
+        run_id: str,
+        parent_ids: tuple[str, ...],
+        tags: tuple[str, ...],
+        metadata: Mapping[str, Any],
+        data: Any,
+        seq: int,
+        ns: tuple[str, ...],
+    ) -> None:
+        if kind == "on_chat_model_stream":
+            self.keep(run_id, data)
+        else:
+            self.seqs.append(seq)
+
+    def bind_source(self, kind: str, ns: tuple[str, ...], header: Any) -> Any:
+        run_id = header[1]
+        index = len(self.handed)
+
+        def put(data: Any) -> bool:
+            if index == len(self.handed):  # the first token of this call
+                self.handed.append(0)
+            self.handed[index] += 1
+            return self.keep(run_id, data)
+
+        return put
+
+    @hookimpl
+    def headwater_event_subscribers(self, run: Any) -> list[Subscription]:
+        kinds = frozenset({"on_chat_model_start", "on_chat_model_stream", "on_chat_model_end"})
+        return [
+            Subscription(
+                callback=self.on_event,
+                kinds=kinds,
+                raw=True,
+                bind_source=self.bind_source if self.bind else None,
+            )
+        ]
+
+    def kept(self) -> list[Any]:
+        """What it kept, call by call in the order they streamed (ids renumbered)."""
+        return renumbered(list(self.got.values()), {})
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(
+    nodes=talk_nodes,
+    mode=st.sampled_from(["events", "messages", "ainvoke"]),
+    include_tags=st.sampled_from([None, ["keep"]]),
+    binders=st.integers(1, 2),
+    wants=st.integers(0, 3),
+)
+async def test_tokens_bound_by_several_subscriptions_reach_each_as_on_the_general_path(
+    nodes: list[TalkNode], mode: str, include_tags: list[str] | None, binders: int, wants: int
+) -> None:
+    watchers: list[Binder] = []
+
+    async def run(bind: bool) -> tuple[list[Any], list[list[Any]], list[list[int]]]:
+        watchers[:] = [Binder(bind=bind, wants=wants) for _ in range(binders)]
+        app = chain_of_models(nodes, create_plugin_manager(plugins=watchers))
+        if mode == "ainvoke":  # nobody streams: the binders are the tokens' only subscribers
+            out = [await app.ainvoke({"messages": ["go"]})]
+        elif mode == "events":
+            stream = app.astream_events({"messages": ["go"]}, include_tags=include_tags)
+            out = [item async for item in stream]
+        else:
+            out = [item async for item in app.astream({"messages": ["go"]}, stream_mode="messages")]
+        return renumbered(out, {}), [w.kept() for w in watchers], [w.seqs for w in watchers]
+
+    fast, fast_kept, fast_seqs = await run(bind=True)
+    if mode == "ainvoke" and binders == 1:  # its one subscription has had enough: no more
+        chunks = [len(node.tokens) + 1 for node in nodes for _ in range(node.calls)]  # + usage
+        assert watchers[0].handed == [min(max(wants, 1), n) for n in chunks]
+    general, general_kept, general_seqs = await run(bind=False)
+    assert fast == general
+    assert fast_kept == general_kept
+    calls = sum(node.calls for node in nodes)
+    assert all(len(kept) == calls for kept in fast_kept)
+    # Bound tokens take no sequence number: a call's end comes right after its start.
+    for seqs in fast_seqs:
+        assert len(seqs) == 2 * calls
+        assert all(end - start == 1 for start, end in zip(seqs[::2], seqs[1::2], strict=True))
+    for seqs in general_seqs:  # and there each token takes one
+        assert all(end - start > 1 for start, end in zip(seqs[::2], seqs[1::2], strict=True))
