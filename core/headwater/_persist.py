@@ -221,6 +221,37 @@ class Persist:
         checkpoint_id, now_ns = _stamp_ns()
         for i, p in enumerate(pending):
             p.id = f"{checkpoint_id}/{i}"
+        parent_id = self.checkpoint_id
+
+        def full() -> Checkpoint:  # the checkpoint as an object (encoded in full, emitted)
+            return Checkpoint(
+                id=checkpoint_id,
+                thread_id=self.thread_id,
+                ns=self.ns,
+                parent_id=parent_id,
+                step=step,
+                values=dict(values),
+                next=tuple(
+                    PendingTask(
+                        id=p.id,
+                        node=p.node,
+                        triggers=p.triggers,
+                        path=p.path,
+                        has_arg=p.arg is not MISSING,
+                        arg=None if p.arg is MISSING else p.arg,
+                    )
+                    for p in pending
+                ),
+                joins=tuple(tuple(sorted(j)) for j in joins),
+                metadata={
+                    "source": source,
+                    "step": step,
+                    "writes": dict(writes),
+                    "run_id": self.run.run_id,
+                },
+                created_at=_created_at(now_ns),
+            )
+
         if len(writes) == 1:
             written: Collection[str] = writes[0][1]
         else:
@@ -233,7 +264,7 @@ class Persist:
                     self.thread_id,
                     self.ns,
                     checkpoint_id,
-                    self.checkpoint_id,
+                    parent_id,
                     step,
                     now_ns,
                     values,
@@ -248,16 +279,12 @@ class Persist:
                     written,
                 )
             except (_Unusual, SerdeError, TypeError, RecursionError):
-                checkpoint = self._checkpoint(
-                    checkpoint_id, now_ns, values, pending, joins, step, source, writes
-                )
+                checkpoint = full()
                 memory._put_record(Record.of(checkpoint))  # canonical bytes, or error
             else:
                 memory._put_deferred(deferred)
         else:
-            checkpoint = self._checkpoint(
-                checkpoint_id, now_ns, values, pending, joins, step, source, writes
-            )
+            checkpoint = full()
             # Encoded now, on the loop: what is stored is the state as of this step, even
             # if a later step mutates it, and a value that cannot be stored fails this step.
             record = Record(
@@ -271,51 +298,10 @@ class Persist:
             # durability="async": a crash can then cost repeated steps, never the run.
             await self._store([record], now=source == "input")
         if checkpoint is None and self.run.bus.subscriptions(CHECKPOINT):
-            checkpoint = self._checkpoint(
-                checkpoint_id, now_ns, values, pending, joins, step, source, writes
-            )
+            checkpoint = full()
         self.checkpoint_id = checkpoint_id
         if checkpoint is not None and self.run.bus.subscriptions(CHECKPOINT):
             self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
-
-    def _checkpoint(
-        self,
-        checkpoint_id: str,
-        now_ns: int,
-        values: Mapping[str, Any],
-        pending: list[Pending],
-        joins: list[set[str]],
-        step: int,
-        source: str,
-        writes: Sequence[tuple[str, Mapping[str, Any]]],
-    ) -> Checkpoint:
-        return Checkpoint(
-            id=checkpoint_id,
-            thread_id=self.thread_id,
-            ns=self.ns,
-            parent_id=self.checkpoint_id,
-            step=step,
-            values=dict(values),
-            next=tuple(
-                PendingTask(
-                    id=p.id,
-                    node=p.node,
-                    triggers=p.triggers,
-                    path=p.path,
-                    has_arg=p.arg is not MISSING,
-                    arg=None if p.arg is MISSING else p.arg,
-                )
-                for p in pending
-            ),
-            joins=tuple(tuple(sorted(j)) for j in joins),
-            metadata={
-                "source": source,
-                "step": step,
-                "writes": dict(writes),
-                "run_id": self.run.run_id,
-            },
-            created_at=_created_at(now_ns),
-        )
 
     async def save_write(self, task: Task, outcome: Outcome) -> None:
         assert self.checkpoint_id is not None

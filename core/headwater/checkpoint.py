@@ -503,6 +503,7 @@ class _CheckpointEncoder:
         return data.encode()
 
 
+@attrs.define(slots=True, eq=False)
 class _Deferred:
     """A checkpoint that :class:`MemoryCheckpointer` keeps without encoding it yet.
 
@@ -512,48 +513,18 @@ class _Deferred:
     gives exactly :func:`encode_record`'s bytes of the checkpoint as it was when saved.
     """
 
-    __slots__ = (
-        "checkpoint_id",
-        "joins",
-        "now_ns",
-        "ns",
-        "parent_id",
-        "run_json",
-        "source",
-        "step",
-        "tasks",
-        "thread_id",
-        "values",
-        "writes",
-    )
-
-    def __init__(
-        self,
-        thread_id: str,
-        ns: str,
-        checkpoint_id: str,
-        parent_id: str | None,
-        step: int,
-        now_ns: int,
-        values: list[tuple[str, tuple[Any, str | None]]],
-        tasks: list[tuple[str, str] | str],
-        joins: str,
-        source: str,
-        writes: list[tuple[str, str | tuple[tuple[str, Any], ...]]],
-        run_json: str,
-    ) -> None:
-        self.thread_id = thread_id
-        self.ns = ns
-        self.checkpoint_id = checkpoint_id
-        self.parent_id = parent_id
-        self.step = step
-        self.now_ns = now_ns
-        self.values = values
-        self.tasks = tasks
-        self.joins = joins
-        self.source = source
-        self.writes = writes
-        self.run_json = run_json
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    parent_id: str | None
+    step: int
+    now_ns: int
+    values: list[tuple[str, tuple[Any, str | None]]]
+    tasks: list[tuple[str, str] | str]
+    joins: str
+    source: str
+    writes: list[tuple[str, str | tuple[tuple[str, Any], ...]]]
+    run_json: str
 
     def data(self) -> bytes:
         """The stored bytes: what :func:`encode_record` gave for the checkpoint when saved."""
