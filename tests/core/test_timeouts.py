@@ -205,10 +205,12 @@ async def test_a_sync_node_is_abandoned_its_late_result_and_events_dropped(where
         finished.set()
         return {"n": 99, "log": ["late"]}
 
-    options = {"timeout": 0.05} if where == "node" else {}
+    # Long enough for the thread to write "before" on a loaded machine, short enough to
+    # end well before the thread is released.
+    options = {"timeout": 0.5} if where == "node" else {}
     config: dict[str, Any] = {"configurable": {"thread_id": "t"}}
     if where == "run":
-        config["timeout"] = 0.05
+        config["timeout"] = 0.5
     app = chain(("inc", inc, {}), ("stuck", stuck, options), checkpointer="memory:")
     events: list[dict[str, Any]] = []
     # The run ends while the thread still waits: were it waited for, this would hang.
