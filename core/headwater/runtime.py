@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 
@@ -167,10 +167,16 @@ class Task:
 
     @property
     def writer(self) -> StreamWriter:
-        """The stream writer attributed to this task."""
-        if self._writer is None:
-            self._writer = StreamWriter(self)
-        return self._writer
+        """The stream writer attributed to this task (one that only checks its arguments
+        when nothing in the run wants custom events: subscriptions are fixed at start)."""
+        writer = self._writer
+        if writer is None:
+            if self.run.bus.subscriptions(ON_CUSTOM_EVENT):
+                writer = StreamWriter(self)
+            else:
+                writer = _QUIET_WRITER
+            self._writer = writer
+        return writer
 
     @property
     def event_metadata(self) -> Mapping[str, Any]:
@@ -309,11 +315,7 @@ class StreamWriter:
         elif len(args) == 2 and args[0] == "custom":
             payload = args[1]
         else:
-            raise StreamWriterError(
-                f"A stream writer takes writer(payload) or writer('custom', payload); got "
-                f"{len(args)} argument(s)"
-                f"{' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
-            )
+            _bad_arguments(args)
         direct = self._direct
         if direct is not None and threading.get_ident() == self._thread:
             direct(payload)  # fast path: the run's one subscriber wants just the payload
@@ -369,6 +371,36 @@ class StreamWriter:
     def __repr__(self) -> str:
         return f"StreamWriter(node={self._task.node!r})"
 
+
+def _bad_arguments(args: tuple[Any, ...]) -> NoReturn:
+    raise StreamWriterError(
+        f"A stream writer takes writer(payload) or writer('custom', payload); got "
+        f"{len(args)} argument(s)"
+        f"{' with mode ' + repr(args[0]) if len(args) == 2 else ''}."
+    )
+
+
+class _QuietWriter(StreamWriter):
+    """The writer of every task of a run in which nothing wants custom events: it checks
+    its arguments and emits nothing (a quiet run makes no writer per task)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, *args: Any) -> None:
+        if len(args) != 1 and not (len(args) == 2 and args[0] == "custom"):
+            _bad_arguments(args)
+
+    async def awrite(self, *args: Any) -> None:
+        self(*args)
+
+    def __repr__(self) -> str:
+        return "StreamWriter(quiet)"
+
+
+_QUIET_WRITER = _QuietWriter()
 
 _CHECK_MASK = 1023
 """A stream writer on the event loop checks for a flooded consumer every 1,024 writes."""

@@ -1077,3 +1077,24 @@ async def test_a_modes_finish_is_applied_as_the_consumer_takes_each_chunk() -> N
     # with other modes, chunks are (mode, chunk) pairs and finish is still applied
     pairs = [c async for c in app.astream(INPUT, stream_mode=["boxed", "updates"])]
     assert [c for m, c in pairs if m == "boxed"] == [{"finished": i} for i in range(600)]
+
+
+async def test_in_a_run_nobody_streams_the_writer_still_checks_its_arguments() -> None:
+    seen: list[str] = []
+
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        writer({"fine": 1})
+        writer("custom", {"fine": 2})
+        await writer.awrite({"fine": 3})
+        seen.append(repr(get_stream_writer()))
+        with pytest.raises(StreamWriterError, match="writer\\(payload\\)"):
+            writer("values", 1)
+        with pytest.raises(StreamWriterError, match="got 0 argument"):
+            get_stream_writer()()
+        return {"n": 2}
+
+    app = one_node(node)
+    assert (await app.ainvoke(INPUT))["n"] == 2  # nothing subscribed: the quiet writer
+    chunks = [c async for c in app.astream(INPUT, stream_mode="custom")]
+    assert chunks == [{"fine": 1}, {"fine": 2}, {"fine": 3}]  # streamed: the real one
+    assert seen == ["StreamWriter(quiet)", "StreamWriter(node='emit')"]
