@@ -176,6 +176,16 @@ class Bus:
             self._direct[kind] = put
             return put
 
+    def put_from_thread(self, put: Put, data: Any) -> None:
+        """Hand ``data`` to ``put`` (a :meth:`direct` sink) from a worker thread: queued
+        with the thread's other events and delivered, in order, on the event loop.
+
+        Example::
+
+            run.bus.put_from_thread(put, {"progress": 0.5})   # in a sync node's thread
+        """
+        self._inbox.put(put, (data,))
+
     def emitter(
         self, header: Header | None = None, *, make_header: Callable[[], Header] | None = None
     ) -> Emitter:
@@ -197,7 +207,7 @@ class Bus:
         """Deliver one event to ``subs``, building the :class:`Event` once if needed;
         ``name``, when given, replaces the header's."""
         if threading.get_ident() != self.loop_thread:
-            self._inbox.put(self, (subs, kind, header, data, name))
+            self._inbox.put(self._deliver, (subs, kind, header, data, name))
             return
         own_name, run_id, parent_ids, tags, metadata = header
         if name is None:
@@ -574,14 +584,15 @@ class _Inbox:
     def __init__(self, root: Bus) -> None:
         self.root = root
         self.lock = threading.Lock()
-        self.items: list[tuple[Bus, tuple[Any, ...]]] = []
+        self.items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self.token: anyio.lowlevel.EventLoopToken | None = None
         self.error: BaseException | None = None
         self.muted: set[int] = set()  # abandoned threads (see Bus.mute_thread)
         self.since = 0  # events put since a thread last waited for consumers to have room
 
-    def put(self, bus: Bus, args: tuple[Any, ...]) -> None:
-        """Queue one event from a worker thread (never called on the loop thread)."""
+    def put(self, deliver: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Queue ``deliver(*args)`` (one event) from a worker thread (never called on
+        the loop thread)."""
         if self.muted and threading.get_ident() in self.muted:
             return
         if self.error is not None:
@@ -589,7 +600,7 @@ class _Inbox:
             raise error
         with self.lock:
             items = self.items
-            items.append((bus, args))
+            items.append((deliver, args))
             count = len(items)
             self.since += 1
             since = self.since
@@ -603,9 +614,9 @@ class _Inbox:
         """Deliver every queued event, in order, on the event-loop thread."""
         with self.lock:
             items, self.items = self.items, []
-        for bus, args in items:
+        for deliver, args in items:
             try:
-                bus._deliver(*args)
+                deliver(*args)
             except BaseException as exc:  # re-raised in the emitting thread or its node
                 if self.error is None:
                     self.error = exc

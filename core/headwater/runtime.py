@@ -317,11 +317,14 @@ class StreamWriter:
         else:
             _bad_arguments(args)
         direct = self._direct
-        if direct is not None and threading.get_ident() == self._thread:
-            direct(payload)  # fast path: the run's one subscriber wants just the payload
-            self._written = written = self._written + 1
-            if not written & _CHECK_MASK:
-                self._check_flood()
+        if direct is not None:  # fast path: the run's one subscriber wants just the payload
+            if threading.get_ident() == self._thread:
+                direct(payload)
+                self._written = written = self._written + 1
+                if not written & _CHECK_MASK:
+                    self._check_flood()
+            else:  # a sync node's thread: through the inbox (it waits for room itself)
+                self._task.run.bus.put_from_thread(direct, payload)
             return
         subs = self._subs
         if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
@@ -332,9 +335,12 @@ class StreamWriter:
             self._emitter = self._task.emitter
             self._thread = bus.loop_thread
             direct = self._direct = bus.direct(ON_CUSTOM_EVENT)
-            if direct is not None and threading.get_ident() == self._thread:
-                direct(payload)
-                self._written += 1
+            if direct is not None:
+                if threading.get_ident() == self._thread:
+                    direct(payload)
+                    self._written += 1
+                else:
+                    bus.put_from_thread(direct, payload)
                 return
         if subs:
             assert self._emitter is not None

@@ -368,3 +368,28 @@ def test_a_timed_out_thread_resumes_to_the_same_final_state(
                 await app.checkpointer.aclose()
 
     anyio.run(main, backend=loop)
+
+
+@pytest.mark.anyio
+async def test_an_abandoned_sync_nodes_late_custom_events_are_dropped_on_the_direct_path() -> None:
+    """stream_mode="custom" alone hands a thread's events to the stream directly."""
+    release = threading.Event()
+    finished = threading.Event()
+
+    def stuck(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(3000):  # several inbox hand-overs
+            writer(i)
+        release.wait(20)
+        writer("late")  # after the timeout: dropped
+        finished.set()
+        return {"n": 99}
+
+    app = chain(("inc", inc, {}), ("stuck", stuck, {"timeout": 0.5}))
+    chunks: list[Any] = []
+    with anyio.fail_after(15), pytest.raises(RunTimeoutError):
+        async for chunk in app.astream(INPUT, stream_mode="custom"):
+            chunks.append(chunk)
+    release.set()
+    await anyio.to_thread.run_sync(finished.wait, 20)
+    await anyio.sleep(0.05)
+    assert chunks == list(range(3000))
