@@ -38,6 +38,7 @@ def main() -> None:
         "ttft": result.ttft,
         "failures": result.failures,
         "errors": result.errors[:5],
+        "bytes": result.bytes,
     }
     print(json.dumps(report), flush=True)
 

@@ -165,6 +165,7 @@ class Load:
     ttft: list[float]
     failures: int
     errors: list[str]
+    bytes: int = 0  # of the streams' bodies
 
     @property
     def tokens_per_s(self) -> float:
@@ -188,6 +189,7 @@ class Load:
             "ttft_p99_ms": self.ttft_ms(0.99),
             "failures": self.failures,
             "first_error": self.errors[0] if self.errors else None,
+            "bytes_per_token": self.bytes / self.tokens if self.tokens else float("nan"),
         }
 
 
@@ -197,23 +199,24 @@ async def one_run(
     body: dict[str, Any],
     expected: int,
     marker: bytes = MARKER,
-) -> tuple[float | None, int]:
+) -> tuple[float | None, int, int]:
     """POST a run and read its SSE stream: (seconds to the first token, tokens seen: the
-    occurrences of ``marker``)."""
-    seen = 0
+    occurrences of ``marker``, bytes received)."""
+    seen = received = 0
     first: float | None = None
     tail = b""
     start = time.perf_counter()
     async with http.stream("POST", url, json=body) as response:
         response.raise_for_status()
         async for chunk in response.aiter_raw():
+            received += len(chunk)
             data = tail + chunk
             found = data.count(marker)
             if found and first is None:
                 first = time.perf_counter() - start
             seen += found
             tail = data[-(len(marker) - 1) :]
-    return first, min(seen, expected)
+    return first, min(seen, expected), received
 
 
 async def load(
@@ -228,7 +231,7 @@ async def load(
     runs back to back; every run must deliver ``expected`` tokens."""
     ttft: list[float] = []
     errors: list[str] = []
-    totals = {"tokens": 0, "failures": 0}
+    totals = {"tokens": 0, "failures": 0, "bytes": 0}
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         url = urls[index % len(urls)]
@@ -237,7 +240,7 @@ async def load(
             target = url.replace("{thread_id}", thread)
             payload = body if target != url else {**body, "thread_id": thread}
             try:
-                first, seen = await one_run(http, target, payload, expected, marker)
+                first, seen, received = await one_run(http, target, payload, expected, marker)
             except httpx.HTTPError as exc:
                 totals["failures"] += 1
                 errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
@@ -245,6 +248,7 @@ async def load(
             if first is not None:
                 ttft.append(first)
             totals["tokens"] += seen
+            totals["bytes"] += received
             if seen < expected:
                 totals["failures"] += 1
                 errors.append(f"{seen} of {expected} tokens")
@@ -257,7 +261,9 @@ async def load(
                 tg.start_soon(client, index, http)
         seconds = time.perf_counter() - start
     runs = clients * runs_per_client
-    return Load(clients, runs, totals["tokens"], seconds, ttft, totals["failures"], errors)
+    return Load(
+        clients, runs, totals["tokens"], seconds, ttft, totals["failures"], errors, totals["bytes"]
+    )
 
 
 @dataclass
@@ -330,6 +336,7 @@ def load_in_processes(
         ttft=[t for r in results for t in r["ttft"]],
         failures=sum(r["failures"] for r in results),
         errors=[e for r in results for e in r["errors"]],
+        bytes=sum(r["bytes"] for r in results),
     )
     return Measured(merged, used)
 
@@ -339,7 +346,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     cpu = any("cpu_us_per_token" in r for r in rows)
     header = ["setup", "clients", "runs", "tokens/s"]
     header += ["server CPU µs/token"] if cpu else []
-    header += ["ttft p50 ms", "ttft p99 ms", "failures", "peak RSS MiB"]
+    header += ["bytes/token", "ttft p50 ms", "ttft p99 ms", "failures", "peak RSS MiB"]
     cells = [header]
     for r in rows:
         rss = r.get("peak_rss_mib")
@@ -351,6 +358,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 str(r["runs"]),
                 f"{r['tokens_per_s']:,.0f}",
                 *([f"{per_token:.1f}" if per_token is not None else "—"] if cpu else []),
+                f"{r['bytes_per_token']:.0f}" if "bytes_per_token" in r else "—",
                 f"{r['ttft_p50_ms']:.1f}",
                 f"{r['ttft_p99_ms']:.1f}",
                 str(r["failures"]),

@@ -67,6 +67,12 @@ class Route:
 ROUTES = [
     Route("headwater", "headwater", "/workflow/stream", {"input": {"messages": ["go"]}}),
     Route(
+        "headwater-compact",
+        "headwater",
+        "/workflow/stream?frames=compact",
+        {"input": {"messages": ["go"]}},
+    ),
+    Route(
         "headwater-protocol",
         "headwater",
         "/threads/{thread_id}/runs/stream",

@@ -119,7 +119,7 @@ def test_run_only_selects_by_glob_and_prefix() -> None:
 def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None:
     output, report = finish(quick_runs, "serve")
     setups = {(r["mode"], r["setup"], r["clients"]) for r in report["results"]}
-    names = ("headwater", "headwater-protocol", "fastapi-spec", "fastapi-bare")
+    names = ("headwater", "headwater-compact", "headwater-protocol", "fastapi-spec", "fastapi-bare")
     assert setups == {("instant", setup, clients) for setup in names for clients in (1, 5)} | {
         ("realistic", setup, 5) for setup in names
     }
@@ -127,7 +127,10 @@ def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None
     assert all(r["server_cpu_s"] >= 0 and "cpu_us_per_token" in r for r in report["results"])
     assert rows(output).count("headwater") == 3
     assert rows(output).count("headwater-protocol") == 3
-    assert "server CPU µs/token" in output
+    assert rows(output).count("headwater-compact") == 3
+    assert "server CPU µs/token" in output and "bytes/token" in output
+    by_setup = {r["setup"]: r["bytes_per_token"] for r in report["results"] if r["clients"] == 5}
+    assert by_setup["headwater-compact"] < by_setup["headwater"]  # the headers, sent once
 
 
 def test_scaleout_reports_both_setups_or_says_why_not(quick_runs: dict[str, Any]) -> None:

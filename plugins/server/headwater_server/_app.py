@@ -30,6 +30,7 @@ from headwater.broker import Broker, ExpiredPositionError, MemoryBroker, broker_
 from headwater.queue import RunQueue, queue_from_url
 
 from ._engine import Engine, RunRecord
+from ._frames import FRAMES, Compactor
 from ._metrics import Metrics, metrics_for
 from ._protocol import Protocol
 from ._requests import (
@@ -183,8 +184,16 @@ class _Edge:
             )
         return name, graphs[name]
 
-    def sse(self, run_id: str, after: str | None, cancel: RunRecord | None) -> StreamingResponse:
-        """Stream a run's log after ``after``; cancel ``cancel`` if the client goes away."""
+    def sse(
+        self,
+        run_id: str,
+        after: str | None,
+        cancel: RunRecord | None,
+        *,
+        compact: Compactor | None = None,
+    ) -> StreamingResponse:
+        """Stream a run's log after ``after``; cancel ``cancel`` if the client goes away;
+        with ``compact``, in compact frames (see :mod:`._frames`)."""
 
         async def frames() -> AsyncIterator[str]:
             ended = False
@@ -198,7 +207,7 @@ class _Edge:
                     ended = batch[-1].event in TERMINAL
                     yield "".join(  # one write per batch of entries, not per event
                         f"{'id: ' + e.id + chr(10) if e.id else ''}event: {e.event}\n"
-                        f"data: {e.data}\n\n"
+                        f"data: {e.data if compact is None else compact(e.data)}\n\n"
                         for e in batch
                     )
             except ExpiredPositionError as exc:
@@ -214,6 +223,19 @@ class _Edge:
                         await self.engine.cancel(cancel.run_id, cancel.owner)
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+def _frames(request: Request) -> Compactor | None:
+    """The ``frames`` query parameter of a stream request: a :class:`Compactor` for
+    ``compact``, ``None`` for ``full`` (the default)."""
+    frames = request.query_params.get("frames", "full")
+    if frames not in FRAMES:
+        raise ApiError(
+            400,
+            "bad_frames",
+            f"frames={frames!r:.40} is not a frame format; use one of: {', '.join(FRAMES)}.",
+        )
+    return Compactor() if frames == "compact" else None
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -384,8 +406,10 @@ def create_app(
         return with_trace_context(run, request.headers)  # a traceparent: the run's parent
 
     async def stream_workflow(request: Request, owner: str) -> Response:
+        compact = _frames(request)
         record = await engine.start(await run_body(request), owner)
-        return edge.sse(record.run_id, None, record if edge.on_disconnect == "cancel" else None)
+        cancel = record if edge.on_disconnect == "cancel" else None
+        return edge.sse(record.run_id, None, cancel, compact=compact)
 
     async def create_run(request: Request, owner: str) -> Response:
         body = await edge.body(request)
@@ -411,6 +435,7 @@ def create_app(
         )
 
     async def run_stream(request: Request, owner: str) -> Response:
+        compact = _frames(request)
         info = await engine.info(request.path_params["run_id"], owner)
         last = request.headers.get("last-event-id")
         if last is None:
@@ -421,7 +446,7 @@ def create_app(
                 "bad_last_event_id",
                 f"Last-Event-ID {last!r:.60} is not an event id of this server.",
             )
-        return edge.sse(info.run_id, last, None)
+        return edge.sse(info.run_id, last, None, compact=compact)
 
     async def cancel_run(request: Request, owner: str) -> Response:
         await edge.object_body(request, ())
@@ -671,6 +696,16 @@ def _op(summary: str, body: bool = False, sse: bool = False) -> dict[str, Any]:
             "description": "Server-sent events",
             "content": {"text/event-stream": {}},
         }
+        op["parameters"] = [
+            {
+                "name": "frames",
+                "in": "query",
+                "required": False,
+                "description": "compact: each event header (_event) once per source, then "
+                '{"ref": N}',
+                "schema": {"type": "string", "enum": list(FRAMES), "default": "full"},
+            }
+        ]
     return op
 
 
