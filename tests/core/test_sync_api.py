@@ -302,3 +302,27 @@ def test_python_dash_m_asyncio_repl() -> None:
     assert "stream [{'double': {'n': 4}}]" in out, out
     assert "await {'n': 2}" in out, out
     assert "Traceback" not in out, out
+
+
+def test_stream_raises_the_error_of_a_run_that_fails_after_its_last_chunk() -> None:
+    # The run's error used to be dropped when the last batch and the end were taken at once.
+    class Flow(TypedDict):
+        n: int
+
+    async def first(state: Flow) -> dict[str, int]:
+        return {"n": 1}
+
+    async def second(state: Flow) -> dict[str, int]:
+        raise ValueError("boom")
+
+    g = StateGraph(Flow)
+    g.add_node("first", first)
+    g.add_node("second", second)
+    g.add_edge(START, "first")
+    g.add_edge("first", "second")
+    app = g.compile()
+    for _ in range(5):
+        seen: list[Any] = []
+        with pytest.raises(ValueError, match="boom"):
+            seen.extend(app.stream({"n": 0}, stream_mode="updates"))
+        assert seen == [{"first": {"n": 1}}]
