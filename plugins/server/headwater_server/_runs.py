@@ -5,6 +5,11 @@ Every run's events are published to a :class:`~headwater.broker.Broker` log (in-
 (``Last-Event-ID``), so a client can join late, reconnect to any server, or leave while
 the run continues. A log ends with one terminal entry: ``end``, ``error`` or
 ``cancelled``.
+
+A run reaches its log in one pass (:func:`open_run_stream`, :func:`publish_run`): its
+stream modes' projections subscribe to the run's bus, each chunk is encoded straight into
+its entry as it is projected, and the entries go through the stream's one bounded queue
+to the publisher, which sends them to the broker in batches.
 """
 
 from __future__ import annotations
