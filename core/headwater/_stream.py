@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from headwater._plugins import PluginManager
     from headwater.checkpoint import Checkpointer
 
-__all__ = ["BUFFER_SIZE", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
+__all__ = ["BUFFER_SIZE", "Encode", "RunStream", "open_stream", "open_event_stream", "stream_sync"]
 
 BUFFER_SIZE = 4096
 """Items a stream's queue holds before producers wait for the consumer."""
@@ -60,6 +60,10 @@ BUFFER_SIZE = 4096
 BATCH_SIZE = 256
 """Items per batch on the queue: producers append to a batch, which is handed over when
 full or at once while the consumer is waiting, so no item waits for company."""
+
+Encode = Callable[[str, tuple[str, ...], Any], Any]
+"""``encode(mode, ns, chunk)``: what a stream queues for one projected chunk — one item,
+or :class:`~headwater.events.Chunks` of several."""
 
 _MODES = "headwater_stream_modes"
 _FILTERS = "headwater_event_filters"
@@ -79,6 +83,15 @@ class Streamable(Protocol):
     def prepare_run(self, input: Any, config: Mapping[str, Any] | None) -> Run: ...
 
     async def execute(self, run: Run, input: Any) -> dict[str, Any]: ...
+
+
+def _put_shaped(batch: list[Any], item: Any) -> None:
+    """Queue what a stream's shaper made of one chunk: one item, or :class:`Chunks` of
+    several (an encoder that turns one chunk into several wire entries)."""
+    if item.__class__ is Chunks:
+        batch.extend(item)
+    else:
+        batch.append(item)
 
 
 def _ignore(data: Any) -> bool:
@@ -210,9 +223,14 @@ class _Pipe:
                 chunk = Chunks(map(finish, chunk)) if chunk.__class__ is Chunks else finish(chunk)
             if chunk.__class__ is Chunks:  # several chunks for one event
                 for one in chunk:
-                    batch.append(one if shape is None else shape(mode_name, ns, one))
+                    if shape is None:
+                        batch.append(one)
+                    else:
+                        _put_shaped(batch, shape(mode_name, ns, one))
+            elif shape is None:
+                batch.append(chunk)
             else:
-                batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
+                _put_shaped(batch, shape(mode_name, ns, chunk))
             if self._waiting or len(batch) >= self._batch_size:
                 self._flush()
 
@@ -267,15 +285,31 @@ class _Pipe:
                 chunk = bound(data)
                 return chunk if chunk is SKIP else finish(chunk)
 
-        def put(data: Any) -> None:
+        if shape is None:
+
+            def put(data: Any) -> None:
+                chunk = project(data)
+                if chunk is not SKIP:
+                    batch = self._batch
+                    batch.append(chunk)
+                    if self._waiting or len(batch) >= size:
+                        self._flush()
+
+            return put
+
+        def put_shaped(data: Any) -> None:
             chunk = project(data)
             if chunk is not SKIP:
                 batch = self._batch
-                batch.append(chunk if shape is None else shape(mode_name, ns, chunk))
+                item = shape(mode_name, ns, chunk)
+                if item.__class__ is Chunks:
+                    batch.extend(item)
+                else:
+                    batch.append(item)
                 if self._waiting or len(batch) >= size:
                     self._flush()
 
-        return put
+        return put_shaped
 
     def _flush(self) -> None:
         batch = self._batch
@@ -406,8 +440,10 @@ class _Pipe:
             self._send.close()
             self._receive.close()
 
-    async def next_batch(self) -> list[Any] | None:
-        """Wait for at least one item and return everything already available.
+    async def next_batch(self, limit: int | None = None) -> list[Any] | None:
+        """Wait for at least one item and return everything already available (about
+        ``limit`` items at most, whole queued batches: the rest stays queued, and the run
+        stays held back while the queue is full).
 
         ``None`` once the stream has ended. Used by the sync :func:`stream_sync`.
         """
@@ -417,14 +453,18 @@ class _Pipe:
             return None
         batch = [first, *self._local]
         self._local.clear()
-        while (more := self._take_quietly()) is not None:
-            batch.extend(more)
+        finish = self._finish
+        while (limit is None or len(batch) < limit) and (more := self._take_quietly()) is not None:
+            batch.extend(more if finish is None else map(finish, more))
         return batch
 
     def _take_quietly(self) -> list[Any] | None:
         try:
             return self._take()
-        except (StopAsyncIteration, Exception):
+        except StopAsyncIteration:
+            return None
+        except Exception as exc:  # the run failed: raised by the next call, after this batch
+            self._error = exc
             return None
 
 
@@ -468,12 +508,17 @@ class RunStream(AsyncIterator[Any]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self._pipe.aclose()
 
-    async def next_batch(self) -> list[Any] | None:
-        """Wait for at least one item and return everything already available.
+    async def next_batch(self, limit: int | None = None) -> list[Any] | None:
+        """Wait for at least one item and return everything already available, or about
+        ``limit`` items at most (whole batches of the queue; the rest stays queued and
+        holds the run back while the queue is full). ``None`` once the stream has ended.
 
-        ``None`` once the stream has ended. Used by the sync :func:`stream_sync`.
+        Example::
+
+            while (items := await stream.next_batch(512)) is not None:
+                await send(items)
         """
-        return await self._pipe.next_batch()
+        return await self._pipe.next_batch(limit)
 
     def __del__(self) -> None:
         # Dropped by its consumer (``break`` out of ``async for``): the run must stop.
@@ -535,8 +580,10 @@ def open_stream(
     config: Mapping[str, Any] | None,
     stream_mode: Any,
     subgraphs: bool,
+    encode: Encode | None = None,
 ) -> RunStream:
-    """Validate the arguments and build the stream of ``astream()``."""
+    """Validate the arguments and build the stream of ``astream()`` (or, with
+    ``encode``, of :func:`headwater.sinks.open_encoded_stream`)."""
     pm = graph.plugin_manager
     names, single = _modes(pm, stream_mode)
     run = graph.prepare_run(input, config)
@@ -548,7 +595,8 @@ def open_stream(
                     f"Stream mode {name!r} reports checkpoints, and graph {graph.name!r} has no "
                     "checkpointer: compile it with checkpointer='memory:' (or sqlite:///…)."
                 )
-    return RunStream(_Pipe(graph, run, input, routes, _shaper(single, subgraphs), nested=subgraphs))
+    shape = _shaper(single, subgraphs) if encode is None else encode
+    return RunStream(_Pipe(graph, run, input, routes, shape, nested=subgraphs))
 
 
 def _event_filters(pm: PluginManager, args: Mapping[str, Any], filters: Any) -> list[EventFilter]:
@@ -645,8 +693,10 @@ def open_event_stream(
     version: str,
     filter_args: Mapping[str, Any],
     filters: Any,
+    encode: Encode | None = None,
 ) -> RunStream:
-    """Validate the arguments and build the stream of ``astream_events()``."""
+    """Validate the arguments and build the stream of ``astream_events()`` (or, with
+    ``encode``, of :func:`headwater.sinks.open_encoded_stream`)."""
     if version != "v2":
         if version == "v1":
             raise UnsupportedVersionError(
@@ -678,7 +728,7 @@ def open_event_stream(
             run,
             input,
             routes,
-            _shaper(True, False),
+            _shaper(True, False) if encode is None else encode,
             nested=True,
             accept=accept,
             predicates=predicates,

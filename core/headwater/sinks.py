@@ -19,21 +19,27 @@ Example::
         return {"jsonl": JsonlSink}  # JsonlSink(target) has subscription() and close()
 
     app.invoke({"topic": "rivers"}, {"sinks": ["jsonl:events.jsonl"]})
+
+A consumer that sends a run's chunks on in its own format (a server writing wire entries
+to a broker) opens the run with :func:`open_encoded_stream`: the stream modes' projections
+subscribe to the bus as ``astream`` does, and each projected chunk is encoded at once, on
+the producer side, into what the consumer reads in batches from one bounded queue.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from headwater._stream import Encode, RunStream, Streamable, open_event_stream, open_stream
 from headwater.errors import InvalidInputError
 from headwater.events import Subscription
 
 if TYPE_CHECKING:
     from headwater._plugins import PluginManager
 
-__all__ = ["Sink", "close_sinks", "open_sinks"]
+__all__ = ["RunStream", "Sink", "close_sinks", "open_encoded_stream", "open_sinks"]
 
 
 @runtime_checkable
@@ -114,3 +120,50 @@ async def close_sinks(sinks: list[Sink]) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def open_encoded_stream(
+    graph: Streamable,
+    input: Any,
+    config: Mapping[str, Any] | None,
+    encode: Encode,
+    *,
+    stream_mode: str | Sequence[str] | None = None,
+    subgraphs: bool = False,
+    filters: Sequence[Any] | None = None,
+    **filter_args: Any,
+) -> RunStream:
+    """Open (without starting) a run whose chunks come out already encoded.
+
+    The run is projected as ``graph.astream(input, config, stream_mode=...,
+    subgraphs=...)`` projects it — or, with ``stream_mode=None``, as
+    ``graph.astream_events(input, config, filters=..., **filter_args)`` does — and each
+    chunk is handed, as it is projected, to ``encode(mode, ns, chunk)`` (``mode`` is the
+    stream mode's name, ``"events"`` for ``astream_events``; ``ns`` the namespace of the
+    (sub)graph, ``()`` for the root). What ``encode`` returns is queued in place of the
+    chunk: one item, or :class:`~headwater.events.Chunks` of several (none for an empty
+    one). So a chunk is shaped once, straight into the consumer's format, and reaches the
+    consumer through the stream's one bounded queue, with its backpressure: a consumer
+    that falls behind holds the run back at its next await point.
+
+    Read the items with ``async for`` or, cheaper for a consumer that sends them on in
+    batches, with :meth:`RunStream.next_batch`. Raises the same errors as ``astream`` and
+    ``astream_events`` for a bad mode, filter or config.
+
+    Example::
+
+        def encode(mode, ns, chunk):
+            return (mode, json.dumps(chunk))
+
+        async with open_encoded_stream(app, state, None, encode, stream_mode="updates") as s:
+            while (batch := await s.next_batch()) is not None:
+                await send(batch)       # [("updates", '{"node": {...}}'), ...]
+    """
+    if stream_mode is None:
+        return open_event_stream(graph, input, config, "v2", filter_args, filters, encode)
+    if filter_args or filters is not None:
+        raise InvalidInputError(
+            "open_encoded_stream() takes event filters only for astream_events' events "
+            f"(stream_mode=None); got stream_mode={stream_mode!r:.60} with filters."
+        )
+    return open_stream(graph, input, config, stream_mode, subgraphs, encode)

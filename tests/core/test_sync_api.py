@@ -302,3 +302,58 @@ def test_python_dash_m_asyncio_repl() -> None:
     assert "stream [{'double': {'n': 4}}]" in out, out
     assert "await {'n': 2}" in out, out
     assert "Traceback" not in out, out
+
+
+def test_stream_raises_the_error_of_a_run_that_fails_after_its_last_chunk() -> None:
+    # The run's error used to be dropped when the last batch and the end were taken at once.
+    class Flow(TypedDict):
+        n: int
+
+    async def first(state: Flow) -> dict[str, int]:
+        return {"n": 1}
+
+    async def second(state: Flow) -> dict[str, int]:
+        raise ValueError("boom")
+
+    g = StateGraph(Flow)
+    g.add_node("first", first)
+    g.add_node("second", second)
+    g.add_edge(START, "first")
+    g.add_edge("first", "second")
+    app = g.compile()
+    for _ in range(5):
+        seen: list[Any] = []
+        with pytest.raises(ValueError, match="boom"):
+            seen.extend(app.stream({"n": 0}, stream_mode="updates"))
+        assert seen == [{"first": {"n": 1}}]
+
+
+def test_sync_stream_of_the_events_mode_gives_the_same_dicts_as_astream() -> None:
+    """Sync stream() takes whole queued batches: each item is finished as astream's are."""
+    from headwater.testing.fake import FakeChatModel
+
+    class Chat(TypedDict):
+        messages: Annotated[list[Any], add_messages]
+
+    llm = FakeChatModel([" ".join(f"t{i}" for i in range(3000))], cycle=True)
+
+    async def talk(state: Chat) -> dict[str, Any]:
+        return {"messages": [await llm.ainvoke(state["messages"])]}
+
+    graph = StateGraph(Chat)
+    graph.add_node("talk", talk)
+    graph.add_edge(START, "talk")
+    graph.add_edge("talk", END)
+    app = graph.compile()
+
+    def shape(item: Any) -> Any:
+        assert isinstance(item, dict), item
+        return (item["event"], item["name"], item["data"].get("chunk", None) is not None)
+
+    sync_items = [shape(i) for i in app.stream({"messages": ["go"]}, stream_mode="events")]
+
+    async def collect() -> list[Any]:
+        return [shape(i) async for i in app.astream({"messages": ["go"]}, stream_mode="events")]
+
+    assert sync_items == anyio.run(collect)
+    assert sum(kind == "on_chat_model_stream" for kind, _, _ in sync_items) > 3000

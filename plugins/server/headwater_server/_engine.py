@@ -40,7 +40,6 @@ from ._runs import (
     open_run_stream,
     publish,
     rollback_thread,
-    run_entries,
     terminal_entry,
 )
 from ._threads import ThreadOwners
@@ -321,10 +320,8 @@ class Engine:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_alive, record)
                     try:
-                        entries = self.metrics.tokens(
-                            record.graph, run_entries(stream, spec, record.run_id)
-                        )
-                        outcome = await drive(self.broker, record.run_id, entries)
+                        count = self.metrics.tokens(record.graph)
+                        outcome = await drive(self.broker, record.run_id, stream, count)
                     except Exception as exc:  # the broker or the engine, not the run
                         outcome = Outcome(
                             "error", {"type": type(exc).__name__, "message": str(exc)}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["OFF", "Metrics", "PrometheusMetrics", "metrics_for"]
@@ -56,10 +56,10 @@ class Metrics:
     def run_enqueued(self, graph: str) -> None:
         """A run of ``graph`` was put on the run queue (a worker executes it)."""
 
-    def tokens(self, graph: str, entries: AsyncIterator[tuple[str, str]]) -> Any:
-        """``entries`` (a run's log entries), counting token chunks and timing the first
-        one; off, ``entries`` itself."""
-        return entries
+    def tokens(self, graph: str) -> Callable[[Sequence[tuple[str, str]]], None] | None:
+        """A counter of a run's token chunks, called with each batch of the run's log
+        entries as they are published (it also times the first token); off, ``None``."""
+        return None
 
     def client_connected(self, transport: str) -> None:
         """A client started following a run over ``transport`` (``sse``, ``websocket``)."""
@@ -212,27 +212,25 @@ class PrometheusMetrics(Metrics):
     def run_enqueued(self, graph: str) -> None:
         self._enqueued.labels(graph).inc()
 
-    async def tokens(
-        self, graph: str, entries: AsyncIterator[tuple[str, str]]
-    ) -> AsyncIterator[tuple[str, str]]:
+    def tokens(self, graph: str) -> Callable[[Sequence[tuple[str, str]]], None]:
         start = time.monotonic()
         counter = self._tokens.labels(graph)
-        first = True
-        count = 0
-        try:
-            async for entry in entries:
+        first = self._first_token.labels(graph)
+        timed = False
+
+        def count(entries: Sequence[tuple[str, str]]) -> None:
+            nonlocal timed
+            found = 0
+            for entry in entries:
                 if entry[0] in TOKEN_EVENTS:
-                    if first:
-                        first = False
-                        self._first_token.labels(graph).observe(time.monotonic() - start)
-                    count += 1
-                    if count >= 64:  # one counter update per 64 chunks, not per chunk
-                        counter.inc(count)
-                        count = 0
-                yield entry
-        finally:
-            if count:
-                counter.inc(count)
+                    found += 1
+            if found:
+                if not timed:
+                    timed = True
+                    first.observe(time.monotonic() - start)
+                counter.inc(found)  # one counter update per batch, not per chunk
+
+        return count
 
     def client_connected(self, transport: str) -> None:
         self._clients.labels(transport).inc()

@@ -5,15 +5,19 @@ Every run's events are published to a :class:`~headwater.broker.Broker` log (in-
 (``Last-Event-ID``), so a client can join late, reconnect to any server, or leave while
 the run continues. A log ends with one terminal entry: ``end``, ``error`` or
 ``cancelled``.
+
+A run reaches its log in one pass (:func:`open_run_stream`, :func:`publish_run`): its
+stream modes' projections subscribe to the run's bus, each chunk is encoded straight into
+its entry as it is projected, and the entries go through the stream's one bounded queue
+to the publisher, which sends them to the broker in batches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -24,7 +28,9 @@ import attrs
 from headwater import Command, CompiledGraph, Send
 from headwater.broker import Broker, BrokerError
 from headwater.checkpoint import new_checkpoint_id
+from headwater.events import Chunks
 from headwater.messages import AIMessageChunk
+from headwater.sinks import RunStream, open_encoded_stream
 
 from ._wire import EventEncoder, dumps
 
@@ -32,17 +38,17 @@ __all__ = [
     "PUBLISH_BUDGET",
     "TERMINAL",
     "Outcome",
+    "ProtocolEncoder",
+    "RunOutput",
     "drive",
     "encode_json",
     "is_cancellation",
     "open_run_stream",
     "publish",
     "publish_batch",
-    "publish_stream",
+    "publish_run",
     "rollback_thread",
-    "run_entries",
     "terminal_entry",
-    "wire_entries",
 ]
 
 TERMINAL = frozenset({"end", "error", "cancelled"})
@@ -61,11 +67,42 @@ _FILTER_KEYS = (
 )
 
 
+@attrs.define(eq=False)
+class RunOutput:
+    """A run opened for its broker log (by :func:`open_run_stream`), not yet started.
+
+    ``stream`` yields the run's log entries, ``(event, JSON text)``, already encoded: its
+    stream modes' projections subscribe to the run's bus and each chunk is encoded into
+    its entry as it is projected (:func:`headwater.sinks.open_encoded_stream`), then
+    queued on the stream's one bounded queue. ``head`` goes first (the protocol's
+    ``metadata`` entry).
+
+    Example::
+
+        output = open_run_stream(graph, input, config, {"stream_mode": "updates"})
+        outcome = await drive(broker, run_id, output)
+    """
+
+    stream: RunStream
+    head: list[tuple[str, str]] = attrs.field(factory=list)
+
+    async def aclose(self) -> None:
+        """Cancel the run if it is going (or release it, never started)."""
+        await self.stream.aclose()
+
+
 def open_run_stream(
-    graph: CompiledGraph, input: Any, config: Mapping[str, Any], spec: Mapping[str, Any]
-) -> Any:
-    """Open (without starting) the stream a run asked for: stream modes, or
-    ``astream_events`` with filters. Raises the core's errors for a bad mode or filter."""
+    graph: CompiledGraph,
+    input: Any,
+    config: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> RunOutput:
+    """Open (without starting) the run a request asked for, encoded into its log entries:
+    stream modes, or ``astream_events`` with filters, or the LangGraph server protocol's
+    modes (:class:`ProtocolEncoder`). ``extra`` goes into every ``astream_events``
+    entry's ``_event`` and the protocol's ``metadata`` (a worker's ``attempt``). Raises
+    the core's errors for a bad mode or filter."""
     mode = spec.get("stream_mode")
     protocol = spec.get("protocol")
     if protocol is not None:  # the LangGraph server protocol: modes as a list, commands
@@ -79,13 +116,35 @@ def open_run_stream(
                 goto=_goto(command.get("goto")),
                 resume=command.get("resume"),
             )
-        return graph.astream(
-            input, config, stream_mode=list(mode or ()), subgraphs=bool(protocol.get("subgraphs"))
+        attempt = int((extra or {}).get("attempt", 1))
+        stream = open_encoded_stream(
+            graph,
+            input,
+            config,
+            ProtocolEncoder(protocol["modes"]),
+            stream_mode=list(mode or ()),
+            subgraphs=bool(protocol.get("subgraphs")),
         )
+        head = [("metadata", dumps({"run_id": config.get("run_id"), "attempt": attempt}))]
+        return RunOutput(stream, head)
     if mode is not None:
-        return graph.astream(input, config, stream_mode=mode)
+        return RunOutput(open_encoded_stream(graph, input, config, _encode_chunk, stream_mode=mode))
     filters = {k: spec[k] for k in _FILTER_KEYS if spec.get(k) is not None}
-    return graph.astream_events(input, config, filters=spec.get("filters"), **filters)
+    events = EventEncoder(extra)
+
+    def encode_event(mode: str, ns: tuple[str, ...], event: Any) -> tuple[str, str]:
+        return event["event"], events(event)
+
+    return RunOutput(
+        open_encoded_stream(
+            graph, input, config, encode_event, filters=spec.get("filters"), **filters
+        )
+    )
+
+
+def _encode_chunk(mode: str, ns: tuple[str, ...], chunk: Any) -> tuple[str, str]:
+    """A stream mode's chunk as headwater's own routes log it: the entry is named by the mode."""
+    return mode, dumps(chunk)
 
 
 def _goto(goto: Any) -> Any:
@@ -99,52 +158,53 @@ def _goto(goto: Any) -> Any:
     return goto
 
 
-def run_entries(
-    stream: Any, spec: Mapping[str, Any], run_id: str, extra: Mapping[str, Any] | None = None
-) -> AsyncIterator[tuple[str, str]]:
-    """The log entries of a run opened by :func:`open_run_stream` with ``spec``: the
-    protocol's (:func:`protocol_entries`) or headwater's own (:func:`wire_entries`)."""
-    protocol = spec.get("protocol")
-    if protocol is not None:
-        attempt = int((extra or {}).get("attempt", 1))
-        return protocol_entries(stream, protocol["modes"], run_id, attempt)
-    return wire_entries(stream, spec.get("stream_mode"), extra)
-
-
-async def protocol_entries(
-    stream: Any, modes: list[str], run_id: str, attempt: int = 1
-) -> AsyncIterator[tuple[str, str]]:
-    """Entries as the LangGraph server protocol names them: ``metadata`` first (the run
-    id), then ``<mode>`` or ``<mode>|<namespace>`` for each chunk of ``stream`` (opened
-    with a list of modes). ``messages-tuple`` is the core's ``messages`` as
+class ProtocolEncoder:
+    """Chunks as the LangGraph server protocol's entries: ``<mode>`` or
+    ``<mode>|<namespace>`` for each chunk (the ``metadata`` entry comes first, see
+    :func:`open_run_stream`). ``messages-tuple`` is the core's ``messages`` as
     ``[chunk, metadata]`` (event ``messages``); the protocol's ``messages`` mode sends
     ``messages/metadata``, ``messages/partial`` (the message so far) and
-    ``messages/complete``."""
-    yield "metadata", dumps({"run_id": run_id, "attempt": attempt})
-    tuples = "messages-tuple" in modes
-    legacy = "messages" in modes
-    partial: dict[str, Any] = {}  # message id -> the message so far (legacy mode)
-    # One model call's tokens share one metadata dict: its JSON is made once per call.
-    meta: tuple[Any, str] = (None, "null")
-    async with stream:
-        async for item in stream:
-            if len(item) == 3:
-                ns, mode, chunk = item
-                suffix = "|" + "|".join(ns) if ns else ""
-            else:
-                mode, chunk = item
-                suffix = ""
-            if mode != "messages":
-                yield mode + suffix, dumps(chunk)
-                continue
-            if tuples:
-                message, metadata = chunk
-                if metadata is not meta[0]:
-                    meta = (metadata, dumps(metadata))
-                yield "messages" + suffix, f"[{dumps(message)},{meta[1]}]"
-            if legacy:
-                for entry in _legacy_messages(chunk, partial):
-                    yield entry[0] + suffix, entry[1]
+    ``messages/complete``. Made per run: it remembers the messages so far.
+
+    Example::
+
+        encode = ProtocolEncoder(["updates", "messages-tuple"])
+        encode("updates", (), {"node": {"x": 1}})  # ("updates", '{"node":{"x":1}}')
+    """
+
+    __slots__ = ("_legacy", "_meta", "_partial", "_suffixes", "_tuples")
+
+    def __init__(self, modes: list[str]) -> None:
+        self._tuples = "messages-tuple" in modes
+        self._legacy = "messages" in modes
+        self._partial: dict[str, Any] = {}  # message id -> the message so far (legacy)
+        # One model call's tokens share one metadata dict: its JSON is made once per call.
+        self._meta: tuple[Any, str] = (None, "null")
+        self._suffixes: dict[tuple[str, ...], str] = {(): ""}
+
+    def __call__(self, mode: str, ns: tuple[str, ...], chunk: Any) -> Any:
+        suffix = self._suffixes.get(ns)
+        if suffix is None:
+            if len(self._suffixes) >= 1024:  # many subgraph runs: keep this bounded
+                self._suffixes = {(): ""}
+            suffix = self._suffixes[ns] = "|" + "|".join(ns)
+        if mode != "messages":
+            return mode + suffix, dumps(chunk)
+        if not self._legacy:
+            return "messages" + suffix, self._tuple(chunk)
+        out: list[tuple[str, str]] = []
+        if self._tuples:
+            out.append(("messages" + suffix, self._tuple(chunk)))
+        for event, data in _legacy_messages(chunk, self._partial):
+            out.append((event + suffix, data))
+        return Chunks(out)
+
+    def _tuple(self, chunk: Any) -> str:
+        message, metadata = chunk
+        meta = self._meta
+        if metadata is not meta[0]:
+            meta = self._meta = (metadata, dumps(metadata))
+        return f"[{dumps(message)},{meta[1]}]"
 
 
 def _legacy_messages(chunk: Any, partial: dict[str, Any]) -> list[tuple[str, str]]:
@@ -164,26 +224,6 @@ def _legacy_messages(chunk: Any, partial: dict[str, Any]) -> list[tuple[str, str
     partial[key] = so_far
     out.append(("messages/partial", dumps([so_far])))
     return out
-
-
-async def wire_entries(
-    stream: Any, stream_mode: Any = None, extra: Mapping[str, Any] | None = None
-) -> AsyncIterator[tuple[str, str]]:
-    """``(event, JSON text)`` log entries of a run's stream, closing the stream at the end.
-
-    ``stream_mode`` is what the stream was opened with: ``None`` for ``astream_events``
-    (entries named by event type, encoded by :class:`EventEncoder` with ``extra``), a mode
-    name (entries named by it), or a list of modes (``(mode, chunk)`` pairs).
-    """
-    encode = EventEncoder(extra)
-    async with stream:
-        async for item in stream:
-            if stream_mode is None:
-                yield item["event"], encode(item)
-            elif isinstance(stream_mode, str):
-                yield stream_mode, dumps(item)
-            else:
-                yield item[0], dumps(item[1])
 
 
 _TURN = 0.002
@@ -241,53 +281,36 @@ def is_cancellation(exc: BaseException) -> bool:
     )
 
 
-async def publish_stream(
-    broker: Broker, run_id: str, stream: AsyncIterator[tuple[str, str]]
+async def publish_run(
+    broker: Broker,
+    run_id: str,
+    output: RunOutput,
+    count: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> None:
-    """Publish every ``(event, JSON text)`` of ``stream`` to the run's log, in order.
+    """Start the run of ``output`` and publish its entries to the run's log, in order.
 
-    While one batch is on its way to the broker, the run goes on producing: the next
-    batch takes all that arrived meanwhile, so a networked broker costs one round trip
-    per batch, not per token, and an idle run still publishes each event at once. A
-    bounded buffer between the two slows the run down if the broker falls behind.
-    Raises whatever ``stream`` raised, as itself (a node's ``SystemExit`` too: raised
-    here, in the caller's task, it can be handled; escaping a task it would stop the
-    event loop).
+    The run's entries reach this publisher through the stream's one bounded queue, in
+    batches: while one batch is on its way to the broker, the run goes on producing, and
+    the next batch takes all that arrived meanwhile, so a networked broker costs one
+    round trip per batch, not per token, and an idle run still publishes each event at
+    once. When the broker falls behind, the queue fills and the run waits at its next
+    await point. ``count(batch)`` sees each batch first (the token metrics). Raises
+    whatever the run raised, as itself.
     """
-    send, receive = anyio.create_memory_object_stream[tuple[str, str]](_BATCH)
-    failed: list[BaseException] = []
-
-    async def produce() -> None:
-        async with send:
-            try:
-                turn = time.monotonic()  # the first event goes out at once
-                async for item in stream:
-                    try:
-                        send.send_nowait(item)  # no scheduling round per event
-                    except anyio.WouldBlock:
-                        await send.send(item)  # the broker is behind: wait for room
-                    if time.monotonic() >= turn:
-                        # A run producing events without ever waiting (a fast model, a
-                        # burst of custom events) would otherwise hold the loop until it
-                        # ends: its clients would see its first event only then.
-                        await anyio.lowlevel.checkpoint()
-                        turn = time.monotonic() + _TURN
-            except BaseException as exc:
-                if is_cancellation(exc):
-                    raise
-                failed.append(exc)  # raised below, in the caller's task, as itself
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        async with receive:
-            async for first in receive:
-                batch = [first]
-                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                    while len(batch) < _BATCH:
-                        batch.append(receive.receive_nowait())
-                await publish_batch(broker, run_id, batch)
-    if failed:
-        raise failed[0]
+    stream = output.stream
+    async with stream:
+        if output.head:
+            await publish_batch(broker, run_id, output.head)
+        turn = time.monotonic() + _TURN
+        while (batch := await stream.next_batch(_BATCH)) is not None:
+            if count is not None:
+                count(batch)
+            await publish_batch(broker, run_id, batch)
+            if time.monotonic() >= turn:
+                # A broker that never waits (memory:) and a run that keeps producing
+                # would otherwise hold the loop: let the run's clients read.
+                await anyio.lowlevel.checkpoint()
+                turn = time.monotonic() + _TURN
 
 
 @attrs.frozen
@@ -311,15 +334,20 @@ class Outcome:
         return f"{self.body.get('type')}: {self.body.get('message')}"
 
 
-async def drive(broker: Broker, run_id: str, entries: AsyncIterator[tuple[str, str]]) -> Outcome:
-    """Publish a run's entries until it ends.
+async def drive(
+    broker: Broker,
+    run_id: str,
+    output: RunOutput,
+    count: Callable[[list[tuple[str, str]]], None] | None = None,
+) -> Outcome:
+    """Run ``output`` and publish its entries until it ends (:func:`publish_run`).
 
     Anything the run raises makes an ``error`` outcome (a ``config["timeout"]`` that ran
     out is the core's ``RunTimeoutError``); only a real cancellation of the calling task
     propagates.
     """
     try:
-        await publish_stream(broker, run_id, entries)
+        await publish_run(broker, run_id, output, count)
     except BaseException as exc:
         if is_cancellation(exc):
             raise

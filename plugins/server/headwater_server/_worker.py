@@ -34,7 +34,6 @@ from ._runs import (
     open_run_stream,
     publish,
     rollback_thread,
-    run_entries,
     terminal_entry,
 )
 
@@ -93,12 +92,10 @@ async def run_job(
 
         async def execute() -> None:
             try:
-                stream = open_run_stream(graph, input, config, job.stream)
-                entries = metrics.tokens(
-                    job.graph,
-                    run_entries(stream, job.stream, job.run_id, {"attempt": job.attempts}),
+                output = open_run_stream(
+                    graph, input, config, job.stream, {"attempt": job.attempts}
                 )
-                outcome = await drive(broker, job.run_id, entries)
+                outcome = await drive(broker, job.run_id, output, metrics.tokens(job.graph))
             except Exception as exc:  # the stream could not open (the graph changed)
                 outcome = Outcome("error", {"type": type(exc).__name__, "message": str(exc)})
             finally:

@@ -439,32 +439,51 @@ def test_mount_into_an_existing_app() -> None:
         assert sse(client, "GET", f"/hw/runs/{run}/stream")[-1]["event"] == "end"
 
 
-BURST = 60_000  # about 1 s of publishing here: the client reads well before the end
-# (a node that never awaits may write up to 65,536 events beyond a full queue; more is
-# refused, see test_an_async_node_that_never_awaits_is_refused_before_memory_grows)
+BURST = 200_000
 
 
-def test_a_run_that_never_waits_still_streams_while_it_runs() -> None:
-    # A node emitting a burst of events without awaiting anything used to hold the event
-    # loop until the run ended: the client got its first event only after the last one.
+def burst_app(n: int, *, pace: bool) -> Any:
     class Burst(TypedDict):
         n: int
 
-    async def burst(state: Burst) -> dict[str, int]:
-        write = get_stream_writer()
-        for i in range(BURST):
-            write({"i": i})
-        return {"n": BURST}
+    async def burst(state: Burst, *, writer: Any) -> dict[str, int]:
+        for i in range(n):
+            if pace:
+                await writer.awrite({"i": i})  # waits only while the publisher is behind
+            else:
+                writer({"i": i})  # never awaits
+        return {"n": n}
 
     graph = StateGraph(Burst)
     graph.add_node("burst", burst)
     graph.add_edge(START, "burst")
-    app = create_app({"burst": graph.compile()})
-    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+    return create_app({"burst": graph.compile()})
+
+
+def test_a_burst_of_events_streams_while_the_node_writes_it() -> None:
+    app = burst_app(BURST, pace=True)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         body = {"graph": "burst", "state": {"n": 0}, "stream_mode": "custom"}
         with client.stream("POST", "/workflow/stream", json=body) as response:
-            for line in response.iter_lines():
+            lines = response.iter_lines()
+            for line in lines:
                 if line.startswith("event: custom"):
                     break
             runs = list(app.state.headwater.runs.values())
             assert [r.status for r in runs] == ["running"]  # the first event came mid-run
+            count = 1 + sum(line.startswith("event: custom") for line in lines)
+    assert count == BURST
+
+
+def test_a_node_that_never_awaits_streams_every_event_up_to_the_bound_then_fails_clearly() -> None:
+    body = {"graph": "burst", "state": {"n": 0}, "stream_mode": "custom"}
+    with serving(burst_app(60_000, pace=False)) as url, httpx.Client(base_url=url) as client:
+        events = sse(client, "POST", "/workflow/stream", json=body)
+        assert [e["event"] for e in events].count("custom") == 60_000
+        assert events[-1]["event"] == "end"
+    with serving(burst_app(BURST, pace=False)) as url, httpx.Client(base_url=url) as client:
+        events = sse(client, "POST", "/workflow/stream", json=body)
+        error = json.loads(events[-1]["data"])
+        assert events[-1]["event"] == "error" and error["type"] == "StreamWriterError"
+        assert "await writer.awrite(payload)" in error["message"]
+        assert [e["event"] for e in events].count("custom") < 70 * 1024  # bounded
