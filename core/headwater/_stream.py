@@ -242,7 +242,10 @@ class _Pipe:
         routes = self._routes.get(kind, ())
         if len(routes) != 1 or not routes[0][1].data_only:
             return None
-        project = routes[0][1].project
+        return self._queue_projected(routes[0][1].project)
+
+    def _queue_projected(self, project: Callable[[Any], Any]) -> Callable[[Any], None]:
+        """A data-only sink queueing ``project(data)`` as it is (unless SKIP)."""
         size = self._batch_size
 
         def put(data: Any) -> None:
@@ -286,16 +289,7 @@ class _Pipe:
                 return chunk if chunk is SKIP else finish(chunk)
 
         if shape is None:
-
-            def put(data: Any) -> None:
-                chunk = project(data)
-                if chunk is not SKIP:
-                    batch = self._batch
-                    batch.append(chunk)
-                    if self._waiting or len(batch) >= size:
-                        self._flush()
-
-            return put
+            return self._queue_projected(project)
 
         def put_shaped(data: Any) -> None:
             chunk = project(data)

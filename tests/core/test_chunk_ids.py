@@ -4,14 +4,14 @@ adapter sets it (a cheap copy), and ``with_id`` is exactly ``attrs.evolve(id=...
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import attrs
 import pytest
+from fixtures.graphs import chat_graph
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater import END, START, StateGraph
 from headwater.messages import (
     AIMessage,
     AIMessageChunk,
@@ -20,15 +20,10 @@ from headwater.messages import (
     ToolCallChunk,
     ToolMessage,
     Usage,
-    add_messages,
     with_id,
 )
 from headwater.models import ChatModel
 from headwater.testing.fake import FakeChatModel
-
-
-class Chat(TypedDict):
-    messages: Annotated[list[Any], add_messages]
 
 
 class Plain(ChatModel):
@@ -62,14 +57,7 @@ _MODELS = [Plain(), FakeChatModel(["one two three"], cycle=True)]
 
 
 def _graph(llm: ChatModel) -> Any:
-    async def talk(state: Chat) -> dict[str, Any]:
-        return {"messages": [await llm.ainvoke(state["messages"])]}
-
-    graph = StateGraph(Chat)
-    graph.add_node("talk", talk)
-    graph.add_edge(START, "talk")
-    graph.add_edge("talk", END)
-    return graph.compile()
+    return chat_graph(llm)
 
 
 @pytest.mark.anyio

@@ -330,21 +330,11 @@ def test_stream_raises_the_error_of_a_run_that_fails_after_its_last_chunk() -> N
 
 def test_sync_stream_of_the_events_mode_gives_the_same_dicts_as_astream() -> None:
     """Sync stream() takes whole queued batches: each item is finished as astream's are."""
+    from fixtures.graphs import chat_graph
+
     from headwater.testing.fake import FakeChatModel
 
-    class Chat(TypedDict):
-        messages: Annotated[list[Any], add_messages]
-
-    llm = FakeChatModel([" ".join(f"t{i}" for i in range(3000))], cycle=True)
-
-    async def talk(state: Chat) -> dict[str, Any]:
-        return {"messages": [await llm.ainvoke(state["messages"])]}
-
-    graph = StateGraph(Chat)
-    graph.add_node("talk", talk)
-    graph.add_edge(START, "talk")
-    graph.add_edge("talk", END)
-    app = graph.compile()
+    app = chat_graph(FakeChatModel([" ".join(f"t{i}" for i in range(3000))], cycle=True))
 
     def shape(item: Any) -> Any:
         assert isinstance(item, dict), item

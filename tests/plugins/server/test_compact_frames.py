@@ -4,38 +4,25 @@ reference; expanded, exactly the full frames; fewer bytes per token. Real uvicor
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import httpx
 import pytest
+from fixtures.graphs import chat_graph
 from fixtures.loopback import serving
 from headwater_server import create_app
 from headwater_server._frames import Compactor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater import END, START, StateGraph
-from headwater.messages import add_messages
 from headwater.testing.fake import FakeChatModel
 
 TOKENS = 300
 
 
-class Chat(TypedDict):
-    messages: Annotated[list[Any], add_messages]
-
-
 def chat_app() -> Any:
     llm = FakeChatModel([" ".join(f"w{i}" for i in range(TOKENS))], cycle=True)
-
-    async def talk(state: Chat) -> dict[str, Any]:
-        return {"messages": [await llm.ainvoke(state["messages"])]}
-
-    graph = StateGraph(Chat)
-    graph.add_node("talk", talk)
-    graph.add_edge(START, "talk")
-    graph.add_edge("talk", END)
-    return create_app({"chat": graph.compile()})
+    return create_app({"chat": chat_graph(llm)})
 
 
 def frames(text: str) -> list[tuple[str | None, str, str]]:

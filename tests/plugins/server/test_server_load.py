@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import anyio
 import httpx
+from fixtures.graphs import chat_graph
 from fixtures.loopback import serving
 from headwater_server import create_app
 from httpx_ws import connect_ws
 
-from headwater import END, START, StateGraph
 from headwater.broker import MemoryBroker
-from headwater.messages import add_messages
 from headwater.testing.fake import FakeChatModel
 
 from .test_server import frames
@@ -24,21 +23,8 @@ from .test_server import frames
 TOKENS = 500
 
 
-class Chat(TypedDict):
-    messages: Annotated[list[Any], add_messages]
-
-
 def token_graph(tokens: int = TOKENS) -> Any:
-    llm = FakeChatModel([[f"t{i} " for i in range(tokens)]], cycle=True)
-
-    async def talk(state: Chat) -> dict[str, Any]:
-        return {"messages": [await llm.ainvoke(state["messages"])]}
-
-    graph = StateGraph(Chat)
-    graph.add_node("talk", talk)
-    graph.add_edge(START, "talk")
-    graph.add_edge("talk", END)
-    return graph.compile(name="tokens")
+    return chat_graph(FakeChatModel([[f"t{i} " for i in range(tokens)]], cycle=True), name="tokens")
 
 
 def test_200_concurrent_sse_clients_each_get_every_token_once_in_order() -> None:
