@@ -488,7 +488,10 @@ def get_stream_writer() -> StreamWriter:
             write({"status": "working"})
             return {}
     """
-    return _active_task("get_stream_writer()").writer
+    task = current_task.get()  # (inline: nodes call this once per execution)
+    if task is None:
+        return _active_task("get_stream_writer()").writer  # raises
+    return task._writer or task.writer
 
 
 def get_config() -> Mapping[str, Any]:
