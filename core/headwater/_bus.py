@@ -547,24 +547,22 @@ class Emitter:
 
 def _fan_out(puts: list[SourcePut]) -> SourcePut:
     """One data-only callable handing each event's data to every one of ``puts``, in
-    order (an error in one stops the event there, as :meth:`Bus._deliver` does). It
-    never says that nobody wants more: the others go on getting them, and one that said
-    so ignores the rest."""
-    if len(puts) == 2:
-        first, second = puts
+    order (an error in one stops the event there, as :meth:`Bus._deliver` does). A put
+    that says it wants no more is left out from then on (a tracer that has seen a call's
+    first token); once every one has said so, so does this one."""
+    live = list(puts)
 
-        def both(data: Any) -> None:
-            first(data)
-            second(data)
+    def fan(data: Any) -> bool:
+        finished = None
+        for put in live:
+            if put(data):
+                finished = [put] if finished is None else [*finished, put]
+        if finished is not None:
+            for put in finished:
+                live.remove(put)
+        return not live
 
-        return both
-    every = tuple(puts)
-
-    def each(data: Any) -> None:
-        for put in every:
-            put(data)
-
-    return each
+    return fan
 
 
 class _Inbox:
