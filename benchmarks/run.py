@@ -380,7 +380,7 @@ async def chain(sizes: Sizes) -> list[Result]:
     hw, base = await measure(
         lambda: app.ainvoke({"n": 0}, config), lambda: bare_chain(n), repeats=sizes.repeats
     )
-    return [make_result("chain", "µs/node", n, hw, base, Target(15))]
+    return [make_result("chain", "µs/node", n, hw, base, Target(15, lg=30))]
 
 
 @workload("fanout-200", "fanout-1000", "fanout-4000")
@@ -395,7 +395,7 @@ async def fanout(sizes: Sizes) -> list[Result]:
             lambda n=n: bare_fanout(n),
             repeats=repeats,
         )
-        results.append(make_result(f"fanout-{nominal}", "µs/task", n, hw, base, Target(15)))
+        results.append(make_result(f"fanout-{nominal}", "µs/task", n, hw, base, Target(15, lg=30)))
     return results
 
 
@@ -421,7 +421,7 @@ async def stream_modes(sizes: Sizes) -> list[Result]:
     )
     events_per_s = count / stats(hw_events)["median"]
     return [
-        make_result("updates", "µs/node", n, hw_updates, base_updates, Target(20)),
+        make_result("updates", "µs/node", n, hw_updates, base_updates, Target(20, lg=25)),
         make_result("values", "µs/node", n, hw_values, base_values),
         make_result(
             "events",
@@ -429,7 +429,7 @@ async def stream_modes(sizes: Sizes) -> list[Result]:
             n,
             hw_events,
             base_events,
-            Target(40),
+            Target(40, lg=30),
             note=f"{count} events/run, {events_per_s:,.0f} events/s",
         ),
     ]
@@ -446,7 +446,8 @@ async def custom(sizes: Sizes) -> list[Result]:
             lambda: drain(bare_custom(n)),
             repeats=sizes.repeats,
         )
-        target = Target(1_000_000, ratio=5) if not sync else None
+        # issue 16: >= 15x LangGraph and <= 3x the bare generator, async and sync nodes
+        target = Target(1_000_000 if not sync else None, ratio=3, lg=15)
         results.append(make_result(name, "events/s", n, hw, base, target))
     return results
 
@@ -499,9 +500,14 @@ async def tokens(sizes: Sizes) -> list[Result]:
     app, app_sync = token_graph(n), token_graph(n, sync=True)
     results = []
     for name, run, graph, target in (
-        ("tokens-events", _all_tokens_events, app, Target(170_000)),
-        ("tokens-messages-async", _count_tokens_messages, app, Target(450_000)),
-        ("tokens-messages-sync", _count_tokens_messages, app_sync, Target(180_000)),
+        ("tokens-events", _all_tokens_events, app, Target(170_000, ratio=3, lg=25)),
+        ("tokens-messages-async", _count_tokens_messages, app, Target(450_000, ratio=2.5, lg=20)),
+        (
+            "tokens-messages-sync",
+            _count_tokens_messages,
+            app_sync,
+            Target(180_000, ratio=2.5, lg=15),
+        ),
     ):
         hw, base = await measure(
             lambda run=run, graph=graph: run(graph),
@@ -517,7 +523,7 @@ async def tokens(sizes: Sizes) -> list[Result]:
             "MiB",
             stats([hw_mib]),
             stats([base_mib]),
-            Target(3),
+            Target(3, ratio=1.5),
             note=f"peak tracemalloc growth, {n:,} tokens via astream_events",
         )
     )
