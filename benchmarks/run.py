@@ -986,6 +986,23 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def table(results: list[Result], langgraph: bool) -> str:
+    rows = table_rows(results, langgraph)
+    header = rows[0]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_table(results: list[Result], langgraph: bool) -> str:
+    """The table as Markdown (for docs/performance.md)."""
+    rows = table_rows(results, langgraph)
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(results: list[Result], langgraph: bool) -> list[list[str]]:
     header = ["workload", "unit", "headwater", "(min-max)", "baseline", "ratio", "target", ""]
     if langgraph:
         header += ["langgraph", "lg÷hw"]
@@ -1010,10 +1027,7 @@ def table(results: list[Result], langgraph: bool) -> str:
             speedup = cost_ratio(lg, hw["median"], r.unit) if lg and hw else None
             row += [fmt(lg, r.unit), f"{speedup:.1f}x" if speedup else "—"]
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    return rows
 
 
 def selected(patterns: list[str] | None) -> list[str]:
@@ -1056,6 +1070,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="workloads (globs allowed)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     parser.add_argument("--compare", choices=["langgraph"], help="run LangGraph's equivalents")
     parser.add_argument(
         "--langgraph-python", metavar="PATH", help="interpreter that has langgraph installed"
@@ -1090,6 +1105,8 @@ def main(argv: list[str] | None = None) -> None:
             "results": [asdict(r) for r in results],
         }
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(results, bool(lg)), encoding="utf-8")
 
 
 if __name__ == "__main__":

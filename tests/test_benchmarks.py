@@ -55,6 +55,8 @@ def quick_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     for name in SCRIPTS:
         path = tmp / f"{name}.json"
         argv = [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(path)]
+        if name == "run":
+            argv += ["--markdown", str(path.with_suffix(".md"))]
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -92,6 +94,13 @@ def test_run_reports_every_workload(quick_runs: dict[str, Any]) -> None:
             assert not require_services(), output
         else:
             assert result["headwater"]["median"] > 0
+    markdown = quick_runs["run"][1].with_suffix(".md").read_text(encoding="utf-8").splitlines()
+    assert markdown[0].startswith("| workload | unit | headwater |") and markdown[1].startswith(
+        "|---"
+    )
+    assert [line.split(" | ")[0].lstrip("| ") for line in markdown[2:]] == [
+        r["name"] for r in report["results"]
+    ]
 
 
 def test_run_only_selects_by_glob_and_prefix() -> None:
