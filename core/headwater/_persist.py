@@ -222,36 +222,6 @@ class Persist:
         for i, p in enumerate(pending):
             p.id = f"{checkpoint_id}/{i}"
         parent_id = self.checkpoint_id
-
-        def full() -> Checkpoint:  # the checkpoint as an object (encoded in full, emitted)
-            return Checkpoint(
-                id=checkpoint_id,
-                thread_id=self.thread_id,
-                ns=self.ns,
-                parent_id=parent_id,
-                step=step,
-                values=dict(values),
-                next=tuple(
-                    PendingTask(
-                        id=p.id,
-                        node=p.node,
-                        triggers=p.triggers,
-                        path=p.path,
-                        has_arg=p.arg is not MISSING,
-                        arg=None if p.arg is MISSING else p.arg,
-                    )
-                    for p in pending
-                ),
-                joins=tuple(tuple(sorted(j)) for j in joins),
-                metadata={
-                    "source": source,
-                    "step": step,
-                    "writes": dict(writes),
-                    "run_id": self.run.run_id,
-                },
-                created_at=_created_at(now_ns),
-            )
-
         if len(writes) == 1:
             written: Collection[str] = writes[0][1]
         else:
@@ -279,12 +249,16 @@ class Persist:
                     written,
                 )
             except (_Unusual, SerdeError, TypeError, RecursionError):
-                checkpoint = full()
+                checkpoint = self._checkpoint(
+                    checkpoint_id, now_ns, parent_id, (values, pending, joins, step, source, writes)
+                )
                 memory._put_record(Record.of(checkpoint))  # canonical bytes, or error
             else:
                 memory._put_deferred(deferred)
         else:
-            checkpoint = full()
+            checkpoint = self._checkpoint(
+                checkpoint_id, now_ns, parent_id, (values, pending, joins, step, source, writes)
+            )
             # Encoded now, on the loop: what is stored is the state as of this step, even
             # if a later step mutates it, and a value that cannot be stored fails this step.
             record = Record(
@@ -298,10 +272,45 @@ class Persist:
             # durability="async": a crash can then cost repeated steps, never the run.
             await self._store([record], now=source == "input")
         if checkpoint is None and self.run.bus.subscriptions(CHECKPOINT):
-            checkpoint = full()
+            checkpoint = self._checkpoint(
+                checkpoint_id, now_ns, parent_id, (values, pending, joins, step, source, writes)
+            )
         self.checkpoint_id = checkpoint_id
         if checkpoint is not None and self.run.bus.subscriptions(CHECKPOINT):
             self.emit.emit(CHECKPOINT, snapshot(checkpoint, ()), "checkpoint")
+
+    def _checkpoint(
+        self, checkpoint_id: str, now_ns: int, parent_id: str | None, step_args: tuple[Any, ...]
+    ) -> Checkpoint:
+        """The checkpoint :meth:`save` was given, as an object (encoded in full, emitted)."""
+        values, pending, joins, step, source, writes = step_args
+        return Checkpoint(
+            id=checkpoint_id,
+            thread_id=self.thread_id,
+            ns=self.ns,
+            parent_id=parent_id,
+            step=step,
+            values=dict(values),
+            next=tuple(
+                PendingTask(
+                    id=p.id,
+                    node=p.node,
+                    triggers=p.triggers,
+                    path=p.path,
+                    has_arg=p.arg is not MISSING,
+                    arg=None if p.arg is MISSING else p.arg,
+                )
+                for p in pending
+            ),
+            joins=tuple(tuple(sorted(j)) for j in joins),
+            metadata={
+                "source": source,
+                "step": step,
+                "writes": dict(writes),
+                "run_id": self.run.run_id,
+            },
+            created_at=_created_at(now_ns),
+        )
 
     async def save_write(self, task: Task, outcome: Outcome) -> None:
         assert self.checkpoint_id is not None
