@@ -732,8 +732,10 @@ def one_node(node: Any) -> headwater.CompiledGraph:
     return g.compile()
 
 
-async def test_an_async_node_that_never_awaits_is_refused_before_memory_grows() -> None:
-    """It cannot be made to wait: past a bound it gets a clear error, not +379 MB."""
+@pytest.mark.parametrize("how", ["custom", "events"])
+async def test_an_async_node_that_never_awaits_is_refused_before_memory_grows(how: str) -> None:
+    """It cannot be made to wait: past a bound it gets a clear error, not +379 MB (on the
+    direct path of ``custom`` alone, and on the general path of ``astream_events``)."""
     from headwater._stream import BUFFER_SIZE
 
     written = [0]
@@ -745,10 +747,14 @@ async def test_an_async_node_that_never_awaits_is_refused_before_memory_grows() 
         return {"n": 2}
 
     consumed = 0
+    app = one_node(flood)
+    stream = (
+        app.astream(INPUT, stream_mode="custom") if how == "custom" else app.astream_events(INPUT)
+    )
     with pytest.raises(StreamWriterError, match=r"Node 'emit'.*await writer\.awrite\(payload\)"):
-        async with one_node(flood).astream(INPUT, stream_mode="custom") as stream:
-            async for _ in stream:
-                consumed += 1  # (the node never lets it run: it falls behind at once)
+        async with stream:
+            async for item in stream:  # (the node never lets it run: it falls behind at once)
+                consumed += how == "custom" or item["event"] == "on_custom_event"
     assert consumed == written[0] + 1  # every event written was delivered, the last too
     assert written[0] < 65 * 1024 + 2 * BUFFER_SIZE  # refused within its bound
 
