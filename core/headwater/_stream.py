@@ -208,6 +208,12 @@ class _Pipe:
         for mode_name, mode in self._routes[kind]:
             if mode.data_only:
                 chunk = mode.project(data)
+            elif (
+                event is None
+                and mode.bind is not None
+                and (bound := mode.bind(kind, name, run_id, parent_ids, tags, metadata, ns))
+            ):  # equal to project(event), without building the event
+                chunk = bound(data)
             else:
                 if event is None:
                     event = Event(

@@ -500,3 +500,54 @@ async def test_tokens_bound_by_several_subscriptions_reach_each_as_on_the_genera
         assert all(end - start == 1 for start, end in zip(seqs[::2], seqs[1::2], strict=True))
     for seqs in general_seqs:  # and there each token takes one
         assert all(end - start > 1 for start, end in zip(seqs[::2], seqs[1::2], strict=True))
+
+
+# -- a mode's bind gives what its project gives, event by event ----------------------------
+
+_names = st.from_regex(r"[a-z]{1,5}", fullmatch=True)
+_bound_events = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(
+            ["on_chat_model_stream", "on_chain_start", "on_chain_end", "on_custom_event"]
+        ),
+        "name": _names,
+        "run_id": _names,
+        "parent_ids": st.lists(_names, max_size=2).map(tuple),
+        "tags": st.lists(st.sampled_from(["keep", "nostream", "x"]), max_size=2).map(tuple),
+        "metadata": st.dictionaries(_names, st.integers(), max_size=3),
+        "ns": st.sampled_from([(), ("sub:1",)]),
+        "text": st.text(max_size=4),
+        "with_id": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(spec=_bound_events, name=st.sampled_from(["events", "messages"]))
+def test_a_modes_bind_gives_what_its_project_gives(spec: dict[str, Any], name: str) -> None:
+    """The contract the stream relies on when it uses ``bind`` instead of building an
+    :class:`Event` (for a model call's tokens, and for any event a mode can bind)."""
+    from headwater_streams import headwater_stream_modes
+
+    from headwater.events import SKIP, Event
+    from headwater.runtime import Run
+
+    chunk = AIMessageChunk(content=spec["text"], id="m1" if spec["with_id"] else None)
+    data: Any = {"chunk": chunk} if spec["kind"] == "on_chat_model_stream" else {"x": 1}
+    header = (spec["name"], spec["run_id"], spec["parent_ids"], spec["tags"], spec["metadata"])
+    run = Run(graph_name="g", config={}, input={}, plugin_manager=create_plugin_manager())
+    mode = headwater_stream_modes()[name](run)
+    assert mode.bind is not None
+    bound = mode.bind(spec["kind"], *header, spec["ns"])
+    if bound is None:
+        return  # the mode projects these events from the Event itself
+    event = Event(
+        event=spec["kind"], name=spec["name"], run_id=spec["run_id"],
+        parent_ids=spec["parent_ids"], tags=spec["tags"], metadata=spec["metadata"],
+        data=data, seq=1, ns=spec["ns"],
+    )  # fmt: skip
+    finish = mode.finish or (lambda item: item)
+    got, expected = bound(data), mode.project(event)
+    assert (got is SKIP) == (expected is SKIP)
+    if got is not SKIP:
+        assert finish(got) == finish(expected)
