@@ -173,6 +173,7 @@ class ChatModel(abc.ABC):
         else:
             chunks = self._astream(messages, **kwargs)
         wanted = True  # false once the bound sink says nobody wants the next chunks
+        pressure = emitter.bus.pressure if emitter is not None else None  # bound once
         try:
             async for chunk in chunks:
                 if chunk.id is None:
@@ -183,7 +184,8 @@ class ChatModel(abc.ABC):
                         emitter.emit(stream_kind, {"chunk": chunk})
                     elif wanted and put({"chunk": chunk}):
                         wanted = False
-                    waiting = emitter.bus.pressure()
+                    assert pressure is not None
+                    waiting = pressure()
                     if waiting is not None:
                         await waiting
                 yield chunk
