@@ -516,13 +516,13 @@ class Emitter:
             subs = self._by_kind[kind]
         except KeyError:
             subs = bus.subscriptions(kind)
-        if not subs or any(sub.bind_source is None for sub in subs):
-            return None
+        binders = [bind for sub in subs if (bind := sub.bind_source) is not None]
+        if not subs or len(binders) != len(subs):
+            return None  # (before any is asked: a bind_source may then not be called)
         header = self.header
         puts: list[SourcePut] = []
-        for sub in subs:
-            assert sub.bind_source is not None
-            put = sub.bind_source(kind, bus.ns, header)
+        for bind in binders:
+            put = bind(kind, bus.ns, header)
             if put is None:
                 return None
             puts.append(put)
@@ -553,11 +553,12 @@ def _fan_out(puts: list[SourcePut]) -> SourcePut:
     live = list(puts)
 
     def fan(data: Any) -> bool:
-        finished = None
+        finished: list[SourcePut] | None = None  # (no list made per event, usually)
         for put in live:
             if put(data):
-                finished = [put] if finished is None else [*finished, put]
-        if finished is not None:
+                finished = finished or []
+                finished.append(put)
+        if finished:
             for put in finished:
                 live.remove(put)
         return not live

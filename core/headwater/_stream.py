@@ -138,9 +138,9 @@ class _Pipe:
         self._input = input
         self._routes = routes
         self._shape = shape
-        modes = {id(mode): mode for pairs in routes.values() for _, mode in pairs}
-        (only, *more) = modes.values() if modes else (None,)
-        self._finish = only.finish if shape is None and only is not None and not more else None
+        modes = list({id(mode): mode for pairs in routes.values() for _, mode in pairs}.values())
+        # A single mode's chunks are finished as the consumer takes them; shaped ones at once.
+        self._finish = modes[0].finish if shape is None and len(modes) == 1 else None
         self._nested = nested
         self._predicates = predicates
         self._accept = accept
@@ -301,11 +301,7 @@ class _Pipe:
             chunk = project(data)
             if chunk is not SKIP:
                 batch = self._batch
-                item = shape(mode_name, ns, chunk)
-                if item.__class__ is Chunks:
-                    batch.extend(item)
-                else:
-                    batch.append(item)
+                _put_shaped(batch, shape(mode_name, ns, chunk))
                 if self._waiting or len(batch) >= size:
                     self._flush()
 

@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.from_thread
-import attrs
 
 from headwater._concurrency import run_all
 from headwater._ids import new_id
@@ -173,7 +172,6 @@ class ChatModel(abc.ABC):
         else:
             chunks = self._astream(messages, **kwargs)
         wanted = True  # false once the bound sink says nobody wants the next chunks
-        pressure = emitter.bus.pressure if emitter is not None else None  # bound once
         try:
             async for chunk in chunks:
                 if chunk.id is None:
@@ -184,14 +182,13 @@ class ChatModel(abc.ABC):
                         emitter.emit(stream_kind, {"chunk": chunk})
                     elif wanted and put({"chunk": chunk}):
                         wanted = False
-                    assert pressure is not None
-                    waiting = pressure()
+                    waiting = emitter.bus.pressure()
                     if waiting is not None:
                         await waiting
                 yield chunk
             message = total.result().to_message()
-            if message.id is None:  # as LangChain: every reply has an id (the call's run id)
-                message = attrs.evolve(message, id=call_id)
+            if message.id is None:  # no chunk at all: the reply still has the call's id
+                message = with_id(message, call_id)
         except BaseException as exc:  # cancelled or left early too: every start gets an end
             observed.emit("error", {"error": exc})
             raise

@@ -317,38 +317,32 @@ class StreamWriter:
         else:
             _bad_arguments(args)
         direct = self._direct
+        if direct is None and self._subs is None:  # first call: resolved once, as a
+            self._resolve()  # run's subscriptions are fixed when it starts
+            direct = self._direct
         if direct is not None:  # fast path: the run's one subscriber wants just the payload
-            if threading.get_ident() == self._thread:
-                direct(payload)
-                self._written = written = self._written + 1
-                if not written & _CHECK_MASK:
-                    self._check_flood()
-            else:  # a sync node's thread: through the inbox (it waits for room itself)
-                self._task.run.bus.put_from_thread(direct, payload)
-            return
-        subs = self._subs
-        if subs is None:  # resolved once: a run's subscriptions are fixed when it starts
-            bus = self._task.run.bus
-            subs = self._subs = bus.subscriptions(ON_CUSTOM_EVENT)
-            if not subs:
+            if threading.get_ident() != self._thread:  # a sync node's thread: the inbox
+                self._task.run.bus.put_from_thread(direct, payload)  # (it waits itself)
                 return
+            direct(payload)
+        elif self._subs:
+            assert self._emitter is not None
+            self._emitter.emit_to(self._subs, ON_CUSTOM_EVENT, payload)
+            if threading.get_ident() != self._thread:  # (a sync node's thread waits itself)
+                return
+        else:
+            return
+        self._written = written = self._written + 1
+        if not written & _CHECK_MASK:
+            self._check_flood()
+
+    def _resolve(self) -> None:
+        bus = self._task.run.bus
+        self._subs = bus.subscriptions(ON_CUSTOM_EVENT)
+        if self._subs:
             self._emitter = self._task.emitter
             self._thread = bus.loop_thread
-            direct = self._direct = bus.direct(ON_CUSTOM_EVENT)
-            if direct is not None:
-                if threading.get_ident() == self._thread:
-                    direct(payload)
-                    self._written += 1
-                else:
-                    bus.put_from_thread(direct, payload)
-                return
-        if subs:
-            assert self._emitter is not None
-            self._emitter.emit_to(subs, ON_CUSTOM_EVENT, payload)
-            if threading.get_ident() == self._thread:  # (a sync node's thread waits itself)
-                self._written = written = self._written + 1
-                if not written & _CHECK_MASK:
-                    self._check_flood()
+            self._direct = bus.direct(ON_CUSTOM_EVENT)
 
     def _check_flood(self) -> None:
         """Every 1,024 writes on the loop: refuse to pile up events for a consumer that
