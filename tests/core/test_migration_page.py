@@ -461,6 +461,18 @@ async def test_models_always_stream() -> None:
     assert [c.content for c in chunks if c.content] == ["one", " two", " three"]
 
 
+@pins("A reply's id is its model call's run id")
+@pytest.mark.anyio
+async def test_a_replys_id_is_its_model_calls_run_id() -> None:
+    llm = FakeChatModel(["one two three"], cycle=True)
+    events = await events_of(chat_app(llm), {"messages": ["x"]})
+    streamed = [e for e in events if e["event"] == "on_chat_model_stream"]
+    (end,) = [e for e in events if e["event"] == "on_chat_model_end"]
+    run_id = end["run_id"]
+    assert {e["data"]["chunk"].id for e in streamed} == {run_id}  # LangChain: lc_run--<id>
+    assert end["data"]["output"].id == run_id and not run_id.startswith("lc_run--")
+
+
 @pins("No blocking calls in async nodes.")
 @pytest.mark.anyio
 async def test_no_blocking_calls_in_async_nodes() -> None:
