@@ -1,7 +1,8 @@
 """A load client in a process of its own, started by ``_load.load_in_processes``.
 
     python benchmarks/_client.py '{"urls": [...], "body": {...}, "clients": 100,
-                                   "runs": 1, "expected": 500, "marker": "event: ..."}'
+                                   "runs": 1, "expected": 500, "marker": "event: ...",
+                                   "arrivals": null}'
 
 It imports and prepares, prints ``ready``, waits for ``go`` on stdin, runs
 ``_load.load`` with that spec and prints the result as one JSON line. Keeping the clients
@@ -31,6 +32,7 @@ def main() -> None:
         spec["runs"],
         spec["expected"],
         spec["marker"].encode(),
+        None if spec.get("arrivals") is None else tuple(spec["arrivals"]),
     )
     report = {
         "runs": result.runs,

@@ -226,16 +226,27 @@ async def load(
     runs_per_client: int,
     expected: int,
     marker: bytes = MARKER,
+    arrivals: tuple[float, int, int] | None = None,
 ) -> Load:
     """``clients`` concurrent clients (spread over ``urls``), each doing ``runs_per_client``
-    runs back to back; every run must deliver ``expected`` tokens."""
+    runs back to back; every run must deliver ``expected`` tokens.
+
+    ``arrivals=(spread, first, total)`` staggers the clients' starts: this process's
+    clients are numbers ``first`` to ``first + clients - 1`` of ``total``, and number ``i``
+    starts ``spread * i / total`` seconds in. Then only the runs after each client's first
+    are timed to the first token: started with ``spread`` one run's length, every one of
+    them starts while ``total - 1`` other runs are streaming (the steady state).
+    """
     ttft: list[float] = []
     errors: list[str] = []
     totals = {"tokens": 0, "failures": 0, "bytes": 0}
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         url = urls[index % len(urls)]
-        for _ in range(runs_per_client):
+        if arrivals is not None:
+            spread, first_index, total = arrivals
+            await anyio.sleep(spread * (first_index + index) / total)
+        for run in range(runs_per_client):
             thread = uuid.uuid4().hex  # a route with {thread_id} in its path takes it there
             target = url.replace("{thread_id}", thread)
             payload = body if target != url else {**body, "thread_id": thread}
@@ -245,7 +256,7 @@ async def load(
                 totals["failures"] += 1
                 errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
                 continue
-            if first is not None:
+            if first is not None and (arrivals is None or run > 0):
                 ttft.append(first)
             totals["tokens"] += seen
             totals["bytes"] += received
@@ -288,22 +299,36 @@ def load_in_processes(
     expected: int,
     marker: bytes = MARKER,
     procs: int = 1,
+    spread: float | None = None,
 ) -> Measured:
     """:func:`load` split over ``procs`` client processes (``_client.py``), none of them
     the server's: each starts, connects, says it is ready; then the server's CPU time is
-    read, all start at once, and it is read again when the last one is done."""
+    read, all start at once, and it is read again when the last one is done. With
+    ``spread`` the clients arrive spread over that many seconds instead (``load``'s
+    ``arrivals``)."""
     procs = max(1, min(procs, clients))
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     spec = {"urls": urls, "body": body, "runs": runs_per_client, "expected": expected}
     spec["marker"] = marker.decode()
+    firsts = [sum(shares[:i]) for i in range(procs)]
     children = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "_client.py"), json.dumps({**spec, "clients": share})],
+            [
+                sys.executable,
+                str(HERE / "_client.py"),
+                json.dumps(
+                    {
+                        **spec,
+                        "clients": share,
+                        "arrivals": None if spread is None else [spread, first, clients],
+                    }
+                ),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for share in shares
+        for share, first in zip(shares, firsts, strict=True)
     ]
     try:
         for child in children:

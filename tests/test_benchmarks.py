@@ -130,13 +130,15 @@ def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None
     setups = {(r["mode"], r["setup"], r["clients"]) for r in report["results"]}
     names = ("headwater", "headwater-compact", "headwater-protocol", "fastapi-spec", "fastapi-bare")
     assert setups == {("instant", setup, clients) for setup in names for clients in (1, 5)} | {
-        ("realistic", setup, 5) for setup in names
+        (mode, setup, 5) for setup in names for mode in ("realistic", "steady")
     }
     assert all(r["failures"] == 0 and r["tokens"] > 0 for r in report["results"])
     assert all(r["server_cpu_s"] >= 0 and "cpu_us_per_token" in r for r in report["results"])
-    assert rows(output).count("headwater") == 3
-    assert rows(output).count("headwater-protocol") == 3
-    assert rows(output).count("headwater-compact") == 3
+    assert rows(output).count("headwater") == 4
+    assert rows(output).count("headwater-protocol") == 4
+    assert rows(output).count("headwater-compact") == 4
+    steady = [r for r in report["results"] if r["mode"] == "steady"]
+    assert all(r["runs"] == 10 and r["tokens"] == 10 * 50 for r in steady)  # two runs each
     assert "server CPU µs/token" in output and "bytes/token" in output
     by_setup = {r["setup"]: r["bytes_per_token"] for r in report["results"] if r["clients"] == 5}
     assert by_setup["headwater-compact"] < by_setup["headwater"]  # the headers, sent once
