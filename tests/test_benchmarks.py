@@ -125,6 +125,23 @@ def test_run_only_selects_by_glob_and_prefix() -> None:
         run.selected(["chian"])
 
 
+def test_profiles_prints_the_cost_and_the_profile_of_a_workload() -> None:
+    argv = [sys.executable, str(BENCHMARKS / "profiles.py"), "updates", "--quick", "--top", "5"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    head, _, profile = done.stdout.partition("\n")
+    assert head.startswith("updates: ") and "µs of CPU per node without the profiler" in head
+    assert "Ordered by: internal time" in profile and "core/headwater/_scheduler.py" in profile
+    wrong = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profiles.py"), "updaets"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "unknown workload 'updaets'" in wrong.stderr
+
+
 def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None:
     output, report = finish(quick_runs, "serve")
     setups = {(r["mode"], r["setup"], r["clients"]) for r in report["results"]}
