@@ -366,10 +366,10 @@ def load_in_processes(
     return Measured(merged, used)
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """The results as an aligned table, then the first error of any level that had one."""
+def table_cells(rows: list[dict[str, Any]], *, mode: bool = False) -> list[list[str]]:
+    """The results as rows of cells, the header first (``mode``: with a mode column)."""
     cpu = any("cpu_us_per_token" in r for r in rows)
-    header = ["setup", "clients", "runs", "tokens/s"]
+    header = ["setup", *(["mode"] if mode else []), "clients", "runs", "tokens/s"]
     header += ["server CPU µs/token"] if cpu else []
     header += ["bytes/token", "ttft p50 ms", "ttft p99 ms", "failures", "peak RSS MiB"]
     cells = [header]
@@ -379,6 +379,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         cells.append(
             [
                 r["setup"],
+                *([r["mode"]] if mode else []),
                 str(r["clients"]),
                 str(r["runs"]),
                 f"{r['tokens_per_s']:,.0f}",
@@ -390,6 +391,21 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"{rss:.0f}" if rss else "—",
             ]
         )
+    return cells
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results of every mode as one Markdown table (for docs/performance.md)."""
+    cells = table_cells(rows, mode=True)
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines.insert(1, "|" + "---|" * len(cells[0]))
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The results as an aligned table, then the first error of any level that had one."""
+    cells = table_cells(rows)
+    header = cells[0]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

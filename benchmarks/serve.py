@@ -3,7 +3,7 @@ per delivered token, beside the spec's hand-written FastAPI bridge and a bare ge
 
     .venv/bin/python benchmarks/serve.py            # 1, 50, 200 clients; then the realistic model
     .venv/bin/python benchmarks/serve.py --quick    # 1 and 5 clients, 50-token runs
-    .venv/bin/python benchmarks/serve.py --json serve.json
+    .venv/bin/python benchmarks/serve.py --json serve.json --markdown serve.md
 
 Servers: ``headwater`` (``headwater serve bench_app:tokens``, every event streamed),
 ``fastapi-spec`` (the spec's FastAPI ``StreamingResponse`` around the same graph's
@@ -45,6 +45,7 @@ from _load import (
     headwater_cli,
     load,
     load_in_processes,
+    markdown_table,
     peak_rss_mib,
     print_table,
     processes,
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         default=["instant", "realistic", "steady"],
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--markdown", metavar="PATH", help="also write the table as Markdown (every mode)"
+    )
     parser.add_argument("--logs", metavar="DIR", type=Path, help="keep the servers' output here")
     args = parser.parse_args(argv)
     routes = ROUTES
@@ -215,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         report = {"quick": args.quick, "tokens_per_run": tokens, "results": rows}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(rows), encoding="utf-8")
     if any(row["failures"] for row in rows):
         sys.exit("some runs failed or lost tokens (see the failures column)")
 

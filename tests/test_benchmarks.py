@@ -55,7 +55,7 @@ def quick_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     for name in SCRIPTS:
         path = tmp / f"{name}.json"
         argv = [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(path)]
-        if name == "run":
+        if name in ("run", "serve"):
             argv += ["--markdown", str(path.with_suffix(".md"))]
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -157,6 +157,11 @@ def test_serve_reports_every_setup_and_level(quick_runs: dict[str, Any]) -> None
     steady = [r for r in report["results"] if r["mode"] == "steady"]
     assert all(r["runs"] == 10 and r["tokens"] == 10 * 50 for r in steady)  # two runs each
     assert "server CPU µs/token" in output and "bytes/token" in output
+    markdown = quick_runs["serve"][1].with_suffix(".md").read_text(encoding="utf-8").splitlines()
+    assert markdown[0].startswith("| setup | mode | clients |") and markdown[1].startswith("|---")
+    assert [tuple(line.split(" | ")[:3]) for line in markdown[2:]] == [
+        ("| " + r["setup"], r["mode"], str(r["clients"])) for r in report["results"]
+    ]
     by_setup = {r["setup"]: r["bytes_per_token"] for r in report["results"] if r["clients"] == 5}
     assert by_setup["headwater-compact"] < by_setup["headwater"]  # the headers, sent once
 
