@@ -65,6 +65,16 @@ wants the source's later events of that kind."""
 
 _NOBODY: tuple[Subscription, ...] = ()
 
+
+class _Every(frozenset[str]):
+    """:attr:`Bus.wanted` when some subscription takes every kind."""
+
+    def __contains__(self, kind: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+
 _INBOX_LIMIT = 1024
 """Events worker threads may emit before one waits for them to be delivered and for
 consumers to have room: bounds memory, gives backpressure."""
@@ -88,6 +98,7 @@ class Bus:
         "_seq",
         "_subs",
         "_valves",
+        "_wanted",
         "_woken",
         "loop_thread",
         "ns",
@@ -105,6 +116,7 @@ class Bus:
         self._inbox: _Inbox = _Inbox(self) if _root is None else _root._inbox
         self._by_kind: dict[str, tuple[Subscription, ...]] = {}
         self._direct: dict[str, Put | None] = {}
+        self._wanted: frozenset[str] | None = None
 
     def child(self, ns: tuple[str, ...]) -> Bus:
         """The bus of a subgraph run in namespace ``ns``: it shares this bus's subscribers.
@@ -127,6 +139,7 @@ class Bus:
         self._subs.append(subscription)
         self._by_kind.clear()
         self._direct.clear()
+        self._wanted = None
 
     @property
     def streaming(self) -> bool:
@@ -138,6 +151,27 @@ class Bus:
                 ...  # only then is there anything to emit
         """
         return bool(self._subs)
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The kinds some subscription wants: ``kind in bus.wanted`` is a cheap test to
+        make before building an event's data (a subscription's ``accept`` may still turn
+        the event down).
+
+        Example::
+
+            if "on_chain_start" in run.bus.wanted:
+                emit.emit("on_chain_start", {"input": state})
+        """
+        wanted = self._wanted
+        if wanted is None:
+            subs = self._subs
+            if any(s.kinds is None for s in subs):
+                wanted = _EVERY
+            else:
+                wanted = frozenset().union(*(s.kinds for s in subs if s.kinds is not None))
+            self._wanted = wanted
+        return wanted
 
     def subscriptions(self, kind: str) -> tuple[Subscription, ...]:
         """The subscriptions that want ``kind`` (empty: nobody; do not build the event).

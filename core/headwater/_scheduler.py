@@ -654,8 +654,11 @@ class Scheduler:
         streaming = run.bus.streaming
         if streaming:
             emit = task.emitter
-            emit.emit(TASK_START, {"input": task.input, "triggers": task.triggers})
-            emit.emit(ON_CHAIN_START, {"input": task.input})
+            wanted = run.bus.wanted  # the data of an event nobody wants is not even built
+            if TASK_START in wanted:
+                emit.emit(TASK_START, {"input": task.input, "triggers": task.triggers})
+            if ON_CHAIN_START in wanted:
+                emit.emit(ON_CHAIN_START, {"input": task.input})
         try:
             call = self._calls[task.node]
             if wrap:
@@ -694,10 +697,13 @@ class Scheduler:
             raise failure from exc
         if streaming:
             # As LangGraph: the node's output, then (on the root graph) {node: update}.
-            emit.emit(ON_CHAIN_STREAM, {"chunk": out})
-            emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
-            emit.emit(ON_CHAIN_END, {"output": out})
-            if run.parent is None and run.bus.subscriptions(ON_CHAIN_STREAM):
+            if ON_CHAIN_STREAM in wanted:
+                emit.emit(ON_CHAIN_STREAM, {"chunk": out})
+            if TASK_END in wanted:
+                emit.emit(TASK_END, _task_end(task.node, update=outcome.update))
+            if ON_CHAIN_END in wanted:
+                emit.emit(ON_CHAIN_END, {"output": out})
+            if run.parent is None and ON_CHAIN_STREAM in wanted:
                 chunk = {task.node: outcome.update or None}
                 graph_emitter(run).emit(ON_CHAIN_STREAM, {"chunk": chunk})
             waiting = run.bus.pressure()

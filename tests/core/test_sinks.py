@@ -151,3 +151,18 @@ async def test_bad_input_closes_the_sinks_and_writes_no_checkpoint() -> None:
     with pytest.raises(InvalidInputError, match="Unknown sink"):
         await app.ainvoke({"log": []}, {**config, "sinks": ["nope:"]})
     assert (await app.aget_state({"configurable": {"thread_id": "t"}})).values == {}
+
+
+def test_the_bus_says_which_kinds_are_wanted_before_any_event_is_built() -> None:
+    from headwater._bus import Bus
+
+    bus = Bus()
+    assert "on_chain_start" not in bus.wanted and not bus.wanted
+    bus.subscribe(Subscription(callback=print, kinds=frozenset({"task_end"})))
+    assert "task_end" in bus.wanted and "on_chain_start" not in bus.wanted
+    child = bus.child(("sub:1",))  # shares the root's subscriptions
+    assert "task_end" in child.wanted and "task_start" not in child.wanted
+    bus.subscribe(Subscription(callback=print, kinds=frozenset({"on_chain_end", "task_end"})))
+    assert bus.wanted == {"task_end", "on_chain_end"}  # recomputed after a subscribe
+    bus.subscribe(Subscription(callback=print))  # every kind
+    assert "anything_at_all" in bus.wanted and "on_chain_start" in bus.wanted
