@@ -38,6 +38,7 @@ from run import (
     chain_graph,
     custom_graph,
     drain,
+    fanout_graph,
     token_graph,
 )
 
@@ -54,6 +55,10 @@ def profiled(name: str, sizes: Sizes, tmp: Path) -> Workload:
     if name == "chain":
         app = chain_graph(n)
         return lambda: app.ainvoke({"n": 0}, config), n, "node", None
+    if name.startswith("fanout-") and name[len("fanout-") :].isdigit():
+        tasks = sizes.fanout(int(name[len("fanout-") :]))
+        app = fanout_graph(tasks)
+        return lambda: app.ainvoke({"items": []}), tasks, "task", None
     if name in ("updates", "values"):
         app = chain_graph(n)
         return lambda: drain(app.astream({"n": 0}, config, stream_mode=name)), n, "node", None
@@ -87,7 +92,8 @@ def profiled(name: str, sizes: Sizes, tmp: Path) -> Workload:
 
 
 NAMES = (
-    "chain", "updates", "values", "events", "custom", "custom-sync", "tokens-events",
+    "chain", "fanout-200", "fanout-1000", "fanout-4000", "updates", "values", "events",
+    "custom", "custom-sync", "tokens-events",
     "tokens-messages-async", "tokens-messages-sync", "checkpoint-memory-sync",
     "checkpoint-memory-async", "checkpoint-sqlite-sync", "checkpoint-sqlite-async",
     "checkpoint-sqlite-full", "checkpoint-postgres-sync", "checkpoint-postgres-async",
