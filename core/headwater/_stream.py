@@ -1,9 +1,18 @@
 """Streaming a run: ``astream``, ``astream_events`` and ``stream``.
 
 A run being streamed executes in a background task owned by its :class:`RunStream`. Its
-events reach the consumer through one bounded anyio memory stream; stream-mode
-projections and filters are applied on the producer side, on the event-loop thread,
-before anything is queued.
+events reach the consumer through one bounded queue of batches; stream-mode projections
+and filters are applied on the producer side, on the event-loop thread, before anything
+is queued.
+
+The queue is a plain deque, not an anyio memory stream: producer and consumer both run
+on the event-loop thread and never block on it (the producer waits through the run's
+valve, at its next await point), so the only await left is the consumer's wait for the
+next batch, which the producer ends when it hands one over: one scheduling round per
+batch, where a memory stream's ``receive()`` costs a checkpoint and a handshake. On
+asyncio that wait is a bare future of the loop the run's task was spawned on (an
+:class:`anyio.Event` costs measurably more when a producer hands over a batch per
+token); on trio it is an :class:`anyio.Event`.
 
 Why a background task and not an async generator holding a task group: the spec's
 ``async for chunk in app.astream(...)`` must also work when the consumer ``break``s, raises
@@ -17,11 +26,11 @@ asyncio task or a trio system task; its cancel scope is cancelled from the consu
 side and ``aclose()`` waits until it has finished, so no task, thread callback or queue
 is left.
 
-Backpressure: when the queue is full, events go to an overflow list in order, and the
-run's producers wait at their next await point (end of a node, end of a step, the next
-token of a chat model; a sync node in a worker thread waits at once) until the consumer
-has caught up. Memory therefore stays bounded by the queue plus what a producer emits
-between two await points.
+Backpressure: when the queue holds more than its bound, the run's producers wait at their
+next await point (end of a node, end of a step, the next token of a chat model; a sync
+node in a worker thread waits at once) until the consumer has caught up (emptied the
+queue). Memory therefore stays bounded by the queue plus what a producer emits between
+two await points.
 """
 
 from __future__ import annotations
@@ -47,8 +56,6 @@ from headwater.hookspecs import EVENTS_MODE
 from headwater.runtime import Run
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
     from headwater._plugins import PluginManager
     from headwater.checkpoint import Checkpointer
 
@@ -99,18 +106,21 @@ def _ignore(data: Any) -> bool:
     return True
 
 
-def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
-    """Start ``fn`` as a task owned by no task group (see the module docstring)."""
+def _spawn(fn: Callable[[], Awaitable[None]]) -> Any:
+    """Start ``fn`` as a task owned by no task group (see the module docstring); return
+    the asyncio event loop it runs on (``None`` on trio)."""
     if sniffio.current_async_library() == "trio":
         import trio
 
         trio.lowlevel.spawn_system_task(fn, context=contextvars.copy_context())
-    else:
-        import asyncio
+        return None
+    import asyncio
 
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(fn())  # type: ignore[arg-type]
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+    loop = asyncio.get_running_loop()
+    task: asyncio.Task[None] = loop.create_task(fn())  # type: ignore[arg-type]
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return loop
 
 
 class _Pipe:
@@ -145,17 +155,18 @@ class _Pipe:
         self._predicates = predicates
         self._accept = accept
         self._batch_size = max(1, min(BATCH_SIZE, buffer_size))
-        send: MemoryObjectSendStream[list[Any]]
-        receive: MemoryObjectReceiveStream[list[Any]]
-        send, receive = anyio.create_memory_object_stream(
-            max_buffer_size=max(1, buffer_size // self._batch_size)
-        )
-        self._send = send
-        self._receive = receive
+        self._bound = max(1, buffer_size // self._batch_size)  # batches queued before waiting
         self._batch: list[Any] = []  # the producer's open batch
-        self._overflow: collections.deque[list[Any]] = collections.deque()  # full batches
+        self._queue: collections.deque[list[Any]] = collections.deque()  # handed-over batches
+        self._full = False  # the queue went past its bound: producers wait until it is empty
         self._local: collections.deque[Any] = collections.deque()  # the consumer's batch
-        self._waiting = False  # the consumer is blocked in receive()
+        self._waiting = False  # the consumer is waiting for a batch (on _wakeup)
+        # Set by the producer to wake the consumer: a bare future on asyncio (its loop is
+        # _loop), cheaper than an anyio.Event for one wake-up per batch; else an Event.
+        self._wakeup: Any = None
+        self._loop: Any = None
+        self._finished = False  # the producer has handed over its last batch
+        self._closed = False  # the consumer side has ended: nothing more is queued
         self._room: anyio.Event | None = None  # set when the consumer has caught up
         self._error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
@@ -312,19 +323,26 @@ class _Pipe:
         if not batch:
             return
         self._batch = []
+        if self._closed:
+            return  # the consumer has gone; the run is being cancelled
+        queue = self._queue
+        if len(queue) >= self._bound:
+            self._full = True
+        queue.append(batch)
+        if self._waiting:
+            self._wake()
+
+    def _wake(self) -> None:
         self._waiting = False
-        if self._overflow:
-            self._overflow.append(batch)
-            return
-        try:
-            self._send.send_nowait(batch)
-        except anyio.WouldBlock:
-            self._overflow.append(batch)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the consumer has gone; the run is being cancelled
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            if self._loop is None:
+                wakeup.set()
+            elif not wakeup.done():
+                wakeup.set_result(None)
 
     def _valve(self) -> Awaitable[None] | None:
-        return self._wait_for_room() if self._overflow and not self._closing else None
+        return self._wait_for_room() if self._full and not self._closing else None
 
     async def _wait_for_room(self) -> None:
         if self._room is None:
@@ -348,7 +366,8 @@ class _Pipe:
                     self._error = exc
         finally:
             self._flush()
-            self._send.close()
+            self._finished = True
+            self._wake()
             assert self._done is not None
             self._done.set()
 
@@ -362,50 +381,50 @@ class _Pipe:
             if self._closing:
                 raise StopAsyncIteration
             self._done = anyio.Event()
-            _spawn(self._produce)
+            self._loop = _spawn(self._produce)
         while True:
             batch = self._take()
             if batch is not None:
                 finish = self._finish
                 local.extend(batch if finish is None else map(finish, batch))
                 return local.popleft()
+            loop = self._loop
+            wakeup: Any = anyio.Event() if loop is None else loop.create_future()
+            self._wakeup = wakeup
             self._waiting = True
             try:
-                received = await self._receive.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                if self._overflow or self._batch:
-                    continue
-                self._end()
+                await (wakeup.wait() if loop is None else wakeup)
             except BaseException:
+                self._waiting = False
+                self._wakeup = None
                 self._cancel()
                 raise
-            finally:
-                self._waiting = False
-            finish = self._finish
-            local.extend(received if finish is None else map(finish, received))
-            return local.popleft()
 
     def _take(self) -> list[Any] | None:
-        """The next batch in order: queued, then overflow, then the producer's open batch."""
-        try:
-            return self._receive.receive_nowait()
-        except anyio.WouldBlock:
-            pass
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if not self._overflow and not self._batch:
-                self._end()
-        if self._overflow:
-            batch = self._overflow.popleft()
-            if not self._overflow:
+        """The next batch in order: queued, then the producer's open batch; ``None`` when
+        there is none yet. Ends the stream (raises) once the run has finished and
+        everything was taken, or the consumer side was closed."""
+        queue = self._queue
+        if queue:
+            batch = queue.popleft()
+            if not queue and self._full:
+                self._full = False
                 self._caught_up()
             return batch
         if self._batch:
             batch, self._batch = self._batch, []
             return batch
+        if self._finished or self._closed:
+            self._end()
         return None
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next item (or the end of the stream) can be taken without waiting."""
+        return bool(self._local or self._queue or self._batch or self._finished or self._closed)
+
     def _end(self) -> None:
-        self._receive.close()
+        self._closed = True
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -415,8 +434,9 @@ class _Pipe:
         self._closing = True
         if self._scope is not None:
             self._scope.cancel()
-        self._receive.close()
-        self._overflow.clear()
+        self._closed = True
+        self._queue.clear()
+        self._full = False
         self._caught_up()
 
     async def aclose(self) -> None:
@@ -433,8 +453,7 @@ class _Pipe:
             self._cancel()
         elif done is None:  # never iterated: nothing runs, just release the queue
             self._closing = True
-            self._send.close()
-            self._receive.close()
+            self._closed = True
 
     async def next_batch(self, limit: int | None = None) -> list[Any] | None:
         """Wait for at least one item and return everything already available (about
@@ -497,6 +516,20 @@ class RunStream(AsyncIterator[Any]):
     async def aclose(self) -> None:
         """Cancel the run (if still going) and wait until its tasks have finished."""
         await self._pipe.aclose()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the next item, or the end of the stream, is there to take without
+        waiting (a publisher that yields the loop now and then can skip yielding when
+        the next call would wait anyway).
+
+        Example::
+
+            batch = await stream.next_batch(512)
+            if stream.ready:
+                await anyio.lowlevel.checkpoint()
+        """
+        return self._pipe.ready
 
     async def __aenter__(self) -> RunStream:
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from headwater.broker import (
@@ -68,3 +69,79 @@ async def test_a_log_is_dropped_ttl_seconds_after_its_last_write() -> None:
 def test_bad_bounds_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(BrokerError, match="MemoryBroker"):
         MemoryBroker(**kwargs)
+
+
+@pytest.mark.anyio
+async def test_every_follower_woken_by_a_publish_reads_every_entry() -> None:
+    broker = MemoryBroker()
+    expected = [f"e{n}" for n in range(60)]
+
+    async def follow(into: list[str]) -> None:
+        after = None
+        while True:
+            entries = await broker.read("run", after, block=5)
+            for entry in entries:
+                if entry.event == "end":
+                    return
+                into.append(entry.event)
+            if entries:
+                after = entries[-1].id
+
+    seen: list[list[str]] = [[] for _ in range(5)]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for into in seen:
+                tg.start_soon(follow, into)
+            await anyio.sleep(0.01)  # every follower is waiting
+            assert broker.waiting == 5
+            for n, event in enumerate(expected):
+                if n % 3:
+                    await broker.publish("run", event, "{}")
+                else:
+                    await broker.publish_many("run", [(event, "{}")])
+                if n % 2:
+                    await anyio.lowlevel.checkpoint()  # some wake between publishes
+            await broker.publish("run", "end", "{}")
+    assert seen == [expected] * 5
+    assert broker.waiting == 0
+
+
+@pytest.mark.anyio
+async def test_a_read_that_times_out_leaves_no_waiter_behind() -> None:
+    broker = MemoryBroker()
+    for _ in range(3):
+        assert await broker.read("quiet", None, block=0.01) == []
+    assert broker.waiting == 0
+    assert not broker._futures and not broker._changed  # nothing kept per run either
+    await broker.publish("quiet", "late", "{}")  # wakes nobody, fails nothing
+    assert [e.event for e in await broker.read("quiet", None, block=0.01)] == ["late"]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_read_leaves_no_waiter_behind() -> None:
+    broker = MemoryBroker()
+    with anyio.move_on_after(0.05):
+        await broker.read("quiet", None, block=10)
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(lambda: broker.read("quiet", None, block=10))
+        await anyio.sleep(0.01)
+        assert broker.waiting == 3
+        tg.cancel_scope.cancel()
+    assert broker.waiting == 0
+    assert not broker._futures and not broker._changed
+    await broker.publish("quiet", "late", "{}")
+    assert [e.event for e in await broker.read("quiet", None, block=1)] == ["late"]
+
+
+@pytest.mark.anyio
+async def test_a_waiting_read_is_woken_when_its_log_is_deleted() -> None:
+    broker = MemoryBroker()
+    await broker.publish("run", "start", "{}")
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(2):
+            tg.start_soon(lambda: broker.read("run", "1", block=10))
+            await anyio.sleep(0.01)
+            assert broker.waiting == 1
+            await broker.delete("run")
+    assert broker.waiting == 0

@@ -1105,3 +1105,84 @@ async def test_in_a_run_nobody_streams_the_writer_still_checks_its_arguments() -
     chunks = [c async for c in app.astream(INPUT, stream_mode="custom")]
     assert chunks == [{"fine": 1}, {"fine": 2}, {"fine": 3}]  # streamed: the real one
     assert seen == ["StreamWriter(quiet)", "StreamWriter(node='emit')"]
+
+
+# -- paced producers: the consumer waits for each batch ----------------------------------
+
+
+def paced_graph(total: int, pause: float, *, fail: bool = False) -> headwater.CompiledGraph:
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        for i in range(total):
+            writer(i)
+            await anyio.sleep(pause)
+        if fail:
+            raise ValueError("after the items")
+        return {"n": 2}
+
+    return one_node(node)
+
+
+@pytest.mark.parametrize("limit", [None, 1, 3])
+async def test_paced_items_reach_a_batch_consumer_all_and_in_order(limit: int | None) -> None:
+    items: list[Any] = []
+    async with paced_graph(40, 0.001).astream(INPUT, stream_mode="custom") as stream:
+        while (batch := await stream.next_batch(limit)) is not None:
+            assert batch
+            items.extend(batch)
+        assert stream.ready  # the end is there to take at once
+        assert await stream.next_batch() is None
+    assert items == list(range(40))
+
+
+async def test_paced_items_reach_an_async_for_consumer_all_and_in_order() -> None:
+    chunks = [c async for c in paced_graph(40, 0.001).astream(INPUT, stream_mode="custom")]
+    assert chunks == list(range(40))
+
+
+async def test_a_paced_run_that_fails_delivers_its_items_then_raises() -> None:
+    items: list[Any] = []
+    stream = paced_graph(10, 0.001, fail=True).astream(INPUT, stream_mode="custom")
+    with pytest.raises(ValueError, match="after the items"):
+        async with stream:
+            while (batch := await stream.next_batch()) is not None:
+                items.extend(batch)
+    assert items == list(range(10))
+
+
+async def test_ready_says_whether_the_next_item_would_wait() -> None:
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        writer(0)
+        await anyio.sleep(0.2)
+        writer(1)
+        writer(2)
+        return {"n": 2}
+
+    async with one_node(node).astream(INPUT, stream_mode="custom") as stream:
+        assert not stream.ready  # not started
+        assert await stream.next_batch() == [0]
+        assert not stream.ready  # the node is sleeping: the next batch would wait
+        await anyio.sleep(0.4)
+        assert stream.ready  # 1 and 2 were queued meanwhile (and the run ended)
+        assert await stream.next_batch() == [1, 2]
+        assert await stream.next_batch() is None
+
+
+async def test_a_consumer_cancelled_while_waiting_for_a_paced_run_ends_it() -> None:
+    stopped = anyio.Event()
+
+    async def node(state: S, *, writer: Any) -> dict[str, Any]:
+        try:
+            writer(0)
+            await anyio.sleep(10)
+        finally:
+            stopped.set()
+        return {"n": 2}
+
+    stream = one_node(node).astream(INPUT, stream_mode="custom")
+    assert await stream.next_batch() == [0]
+    with anyio.move_on_after(0.05):
+        await stream.next_batch()  # waits for the sleeping node, then is cancelled
+    with anyio.fail_after(2):
+        await stopped.wait()
+    await stream.aclose()
+    assert await stream.next_batch() is None

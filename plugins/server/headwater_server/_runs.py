@@ -308,8 +308,12 @@ async def publish_run(
             await publish_batch(broker, run_id, batch)
             if time.monotonic() >= turn:
                 # A broker that never waits (memory:) and a run that keeps producing
-                # would otherwise hold the loop: let the run's clients read.
-                await anyio.lowlevel.checkpoint()
+                # would otherwise hold the loop: let the run's clients read. When nothing
+                # is ready, the next batch waits for the run anyway (a paced run: the
+                # loop is free between its tokens), so a yield would be one more
+                # scheduling round per token for nothing.
+                if stream.ready:
+                    await anyio.lowlevel.checkpoint()
                 turn = time.monotonic() + _TURN
 
 

@@ -388,3 +388,41 @@ async def test_filters_go_with_astream_events_only() -> None:
         open_encoded_stream(
             build("done"), {}, None, lambda *a: a, stream_mode="updates", include_names=["x"]
         )
+
+
+# -- a paced run: every token, in order, to every follower ---------------------------------
+
+
+async def test_a_paced_run_reaches_its_followers_whole_and_in_order() -> None:
+    class Paced(TypedDict):
+        n: int
+
+    async def talk(state: Paced, *, writer: Any) -> dict[str, int]:
+        for i in range(50):
+            writer(i)
+            await anyio.sleep(0.001 if i % 7 else 0.005)
+        return {"n": 50}
+
+    graph = StateGraph(Paced)
+    graph.add_node("talk", talk)
+    graph.add_edge(START, "talk")
+    app = graph.compile()
+    broker = MemoryBroker()
+    run_id = new_id()
+    output = open_run_stream(app, {"n": 0}, {"run_id": run_id}, {"stream_mode": "custom"})
+    follows: list[list[str]] = [[], [], []]
+
+    async def follow(into: list[str]) -> None:
+        after = None
+        while len(into) < 50:
+            entries = await broker.read(run_id, after, block=5)
+            into.extend(e.data for e in entries)
+            after = entries[-1].id if entries else after
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for into in follows:
+                tg.start_soon(follow, into)
+            assert await drive(broker, run_id, output) == Outcome("done")
+    assert follows == [[dumps(i) for i in range(50)]] * 3
+    assert broker.waiting == 0
