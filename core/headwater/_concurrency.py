@@ -29,8 +29,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
-import sniffio
 
+from headwater import _backends
 from headwater._bus import Bus
 
 __all__ = [
@@ -170,12 +170,7 @@ def cancel_pending() -> bool:
     deadline = anyio.current_effective_deadline()
     if deadline == -math.inf or (deadline != math.inf and deadline <= anyio.current_time()):
         return True
-    if sniffio.current_async_library() == "asyncio":
-        import asyncio
-
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
-    return False
+    return _backends.task_cancelling()
 
 
 class Carried(Exception):

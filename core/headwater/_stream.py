@@ -9,10 +9,9 @@ The queue is a plain deque, not an anyio memory stream: producer and consumer bo
 on the event-loop thread and never block on it (the producer waits through the run's
 valve, at its next await point), so the only await left is the consumer's wait for the
 next batch, which the producer ends when it hands one over: one scheduling round per
-batch, where a memory stream's ``receive()`` costs a checkpoint and a handshake. On
-asyncio that wait is a bare future of the loop the run's task was spawned on (an
-:class:`anyio.Event` costs measurably more when a producer hands over a batch per
-token); on trio it is an :class:`anyio.Event`.
+batch, where a memory stream's ``receive()`` costs a checkpoint and a handshake. That wait
+is a :mod:`headwater._backends` wake-up (a bare future on asyncio: an
+:class:`anyio.Event` costs measurably more when a producer hands over a batch per token).
 
 Why a background task and not an async generator holding a task group: the spec's
 ``async for chunk in app.astream(...)`` must also work when the consumer ``break``s, raises
@@ -36,15 +35,14 @@ two await points.
 from __future__ import annotations
 
 import collections
-import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.from_thread
-import sniffio
 
+from headwater import _backends
 from headwater.errors import (
     HeadwaterError,
     InvalidFilterError,
@@ -75,8 +73,6 @@ or :class:`~headwater.events.Chunks` of several."""
 _MODES = "headwater_stream_modes"
 _FILTERS = "headwater_event_filters"
 
-_background: set[Any] = set()
-
 
 class Streamable(Protocol):
     """What a stream needs of the graph it runs (a compiled graph)."""
@@ -104,23 +100,6 @@ def _put_shaped(batch: list[Any], item: Any) -> None:
 def _ignore(data: Any) -> bool:
     """The sink of a source whose events a stream does not want (nor any later one)."""
     return True
-
-
-def _spawn(fn: Callable[[], Awaitable[None]]) -> Any:
-    """Start ``fn`` as a task owned by no task group (see the module docstring); return
-    the asyncio event loop it runs on (``None`` on trio)."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        trio.lowlevel.spawn_system_task(fn, context=contextvars.copy_context())
-        return None
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    task: asyncio.Task[None] = loop.create_task(fn())  # type: ignore[arg-type]
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    return loop
 
 
 class _Pipe:
@@ -161,8 +140,8 @@ class _Pipe:
         self._full = False  # the queue went past its bound: producers wait until it is empty
         self._local: collections.deque[Any] = collections.deque()  # the consumer's batch
         self._waiting = False  # the consumer is waiting for a batch (on _wakeup)
-        # Set by the producer to wake the consumer: a bare future on asyncio (its loop is
-        # _loop), cheaper than an anyio.Event for one wake-up per batch; else an Event.
+        # Set by the producer to wake the consumer (see _backends: a bare future of _loop
+        # on asyncio, cheaper than an anyio.Event for one wake-up per batch).
         self._wakeup: Any = None
         self._loop: Any = None
         self._finished = False  # the producer has handed over its last batch
@@ -336,10 +315,7 @@ class _Pipe:
         self._waiting = False
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None:
-            if self._loop is None:
-                wakeup.set()
-            elif not wakeup.done():
-                wakeup.set_result(None)
+            _backends.wake(wakeup)
 
     def _valve(self) -> Awaitable[None] | None:
         return self._wait_for_room() if self._full and not self._closing else None
@@ -381,19 +357,17 @@ class _Pipe:
             if self._closing:
                 raise StopAsyncIteration
             self._done = anyio.Event()
-            self._loop = _spawn(self._produce)
+            self._loop = _backends.spawn_system_task(self._produce)
         while True:
             batch = self._take()
             if batch is not None:
                 finish = self._finish
                 local.extend(batch if finish is None else map(finish, batch))
                 return local.popleft()
-            loop = self._loop
-            wakeup: Any = anyio.Event() if loop is None else loop.create_future()
-            self._wakeup = wakeup
+            wakeup = self._wakeup = _backends.wakeup(self._loop)
             self._waiting = True
             try:
-                await (wakeup.wait() if loop is None else wakeup)
+                await _backends.sleep_on(wakeup)
             except BaseException:
                 self._waiting = False
                 self._wakeup = None

@@ -21,10 +21,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import anyio
 import attrs
-import sniffio
 
+from headwater import _backends
 from headwater._plugins import PluginManager, get_plugin_manager
 from headwater.errors import BrokerError, ExpiredPositionError
 
@@ -230,11 +229,9 @@ class MemoryBroker(Broker):
         self.ttl = float(ttl)
         self._logs: collections.OrderedDict[str, _Log] = collections.OrderedDict()
         self._bytes = 0
-        # Readers waiting for a run's next entries: on asyncio a future each (woken by
-        # the next write, or by a timer handle: no cancel scope per read); on trio one
-        # Event per run, with the count of readers waiting on it.
-        self._futures: dict[str, set[Any]] = {}
-        self._changed: dict[str, tuple[anyio.Event, list[int]]] = {}
+        # Reads waiting for a run's next entries, a one-shot wake-up each (see _backends:
+        # on asyncio a future and a timer handle, no cancel scope per read).
+        self._waiters: dict[str, set[Any]] = {}
         self._gone: dict[str, int] = {}  # dropped logs: readers learn their entries are gone
 
     @property
@@ -276,16 +273,11 @@ class MemoryBroker(Broker):
 
     def _wake(self, run_id: str) -> None:
         """Wake every reader waiting for ``run_id``'s log to change."""
-        if self._futures:
-            futures = self._futures.pop(run_id, None)
-            if futures is not None:
-                for future in futures:
-                    if not future.done():
-                        future.set_result(None)
-        if self._changed:
-            changed = self._changed.pop(run_id, None)
-            if changed is not None:
-                changed[0].set()
+        if self._waiters:
+            waiters = self._waiters.pop(run_id, None)
+            if waiters is not None:
+                for handle in waiters:
+                    _backends.wake(handle)
 
     def _trim_log(self, log: _Log) -> None:
         """Drop the oldest entries down to ``retention`` and to half of ``max_run_bytes``
@@ -356,10 +348,7 @@ class MemoryBroker(Broker):
         found = self._after(run_id, position)
         if found or block <= 0:
             return found
-        if sniffio.current_async_library() == "asyncio":
-            await self._wait_asyncio(run_id, block)
-        else:
-            await self._wait(run_id, block)
+        await self._wait(run_id, block)
         return self._after(run_id, position)
 
     @property
@@ -371,45 +360,21 @@ class MemoryBroker(Broker):
 
             assert broker.waiting == 0  # nobody is following a run
         """
-        return sum(map(len, self._futures.values())) + sum(
-            count[0] for _, count in self._changed.values()
-        )
-
-    async def _wait_asyncio(self, run_id: str, block: float) -> None:
-        """Wait until ``run_id``'s log changes or ``block`` seconds have passed: a future
-        and a timer handle, much cheaper than a cancel scope per read."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        futures = self._futures.get(run_id)
-        if futures is None:
-            futures = self._futures[run_id] = set()
-        futures.add(future)
-        timer = loop.call_later(block, _time_out, future)
-        try:
-            await future
-        finally:
-            timer.cancel()
-            futures.discard(future)  # still there after a timeout or a cancellation
-            if not futures and self._futures.get(run_id) is futures:
-                del self._futures[run_id]
+        return sum(map(len, self._waiters.values()))
 
     async def _wait(self, run_id: str, block: float) -> None:
-        """Wait until ``run_id``'s log changes or ``block`` seconds have passed (any
-        backend but asyncio)."""
-        changed = self._changed.get(run_id)
-        if changed is None:
-            changed = self._changed[run_id] = (anyio.Event(), [0])
-        event, count = changed
-        count[0] += 1
+        """Wait until ``run_id``'s log changes or ``block`` seconds have passed."""
+        handle = _backends.wakeup(_backends.running_loop())
+        waiters = self._waiters.get(run_id)
+        if waiters is None:
+            waiters = self._waiters[run_id] = set()
+        waiters.add(handle)
         try:
-            with anyio.move_on_after(block):
-                await event.wait()
+            await _backends.sleep_on_for(handle, block)
         finally:
-            count[0] -= 1
-            if not count[0] and self._changed.get(run_id) is changed:
-                del self._changed[run_id]
+            waiters.discard(handle)  # still there after a timeout or a cancellation
+            if not waiters and self._waiters.get(run_id) is waiters:
+                del self._waiters[run_id]
 
     async def last(self, run_id: str) -> BrokerEntry | None:
         """The newest entry."""
@@ -422,12 +387,6 @@ class MemoryBroker(Broker):
         if log is not None:
             self._bytes -= log.bytes
         self._wake(run_id)
-
-
-def _time_out(future: Any) -> None:
-    """A waiting read's timer: end its wait (unless it was woken or cancelled first)."""
-    if not future.done():
-        future.set_result(None)
 
 
 def broker_from_url(url: str, plugin_manager: PluginManager | None = None) -> Broker:

@@ -212,3 +212,19 @@ def test_nothing_outside_the_bus_reads_its_internals() -> None:
             if owner.endswith("bus") or (node.attr in BUS_INTERNALS and owner != "self"):
                 readers.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
     assert readers == []
+
+
+def test_only_the_backends_module_names_a_concrete_event_loop() -> None:
+    """STYLE 24: asyncio and trio are named in ``headwater._backends`` alone (imported
+    anywhere in a module, even inside a function); the rest is written against anyio."""
+    naming = set()
+    for name, path in MODULES.items():
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            roots = (
+                [alias.name.split(".")[0] for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [(node.module or "").split(".")[0]]
+            )
+            if {"asyncio", "trio"} & set(roots):
+                naming.add(name)
+    assert naming == {"headwater._backends"}

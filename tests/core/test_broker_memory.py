@@ -112,7 +112,7 @@ async def test_a_read_that_times_out_leaves_no_waiter_behind() -> None:
     for _ in range(3):
         assert await broker.read("quiet", None, block=0.01) == []
     assert broker.waiting == 0
-    assert not broker._futures and not broker._changed  # nothing kept per run either
+    assert not broker._waiters  # nothing kept per run either
     await broker.publish("quiet", "late", "{}")  # wakes nobody, fails nothing
     assert [e.event for e in await broker.read("quiet", None, block=0.01)] == ["late"]
 
@@ -129,7 +129,7 @@ async def test_a_cancelled_read_leaves_no_waiter_behind() -> None:
         assert broker.waiting == 3
         tg.cancel_scope.cancel()
     assert broker.waiting == 0
-    assert not broker._futures and not broker._changed
+    assert not broker._waiters
     await broker.publish("quiet", "late", "{}")
     assert [e.event for e in await broker.read("quiet", None, block=1)] == ["late"]
 
