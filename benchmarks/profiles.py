@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _timing import timed
 from run import (
     FULL,
     QUICK,
@@ -100,19 +101,6 @@ NAMES = (
 )  # fmt: skip
 
 
-async def cpu_time(run: Callable[[], Awaitable[Any]]) -> float:
-    """CPU seconds of one run, the garbage collector collected first and paused meanwhile
-    (as ``run.py`` times its runs)."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.process_time()
-        await run()
-        return time.process_time() - start
-    finally:
-        gc.enable()
-
-
 async def main_async(args: argparse.Namespace) -> str:
     sizes = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +110,7 @@ async def main_async(args: argparse.Namespace) -> str:
                 await run()
             spent = 0.0
             for _ in range(args.repeats):
-                spent += await cpu_time(run)
+                spent += await timed(run, time.process_time)
             cpu = spent / args.repeats / units * 1e6
             profile = cProfile.Profile()
             for _ in range(args.repeats):

@@ -139,9 +139,8 @@ class _Pipe:
         self._queue: collections.deque[list[Any]] = collections.deque()  # handed-over batches
         self._full = False  # the queue went past its bound: producers wait until it is empty
         self._local: collections.deque[Any] = collections.deque()  # the consumer's batch
-        self._waiting = False  # the consumer is waiting for a batch (on _wakeup)
-        # Set by the producer to wake the consumer (see _backends: a bare future of _loop
-        # on asyncio, cheaper than an anyio.Event for one wake-up per batch).
+        # Set while the consumer waits for a batch; the producer wakes it (see _backends:
+        # a bare future of _loop on asyncio, cheaper than an anyio.Event per batch).
         self._wakeup: Any = None
         self._loop: Any = None
         self._finished = False  # the producer has handed over its last batch
@@ -227,7 +226,7 @@ class _Pipe:
                 batch.append(chunk)
             else:
                 _put_shaped(batch, shape(mode_name, ns, chunk))
-            if self._waiting or len(batch) >= self._batch_size:
+            if self._wakeup is not None or len(batch) >= self._batch_size:
                 self._flush()
 
     def _bind(self, kind: str, ns: tuple[str, ...]) -> Callable[[Any], None] | None:
@@ -249,7 +248,7 @@ class _Pipe:
             if chunk is not SKIP:
                 batch = self._batch
                 batch.append(chunk)
-                if self._waiting or len(batch) >= size:
+                if self._wakeup is not None or len(batch) >= size:
                     self._flush()
 
         return put
@@ -292,7 +291,7 @@ class _Pipe:
             if chunk is not SKIP:
                 batch = self._batch
                 _put_shaped(batch, shape(mode_name, ns, chunk))
-                if self._waiting or len(batch) >= size:
+                if self._wakeup is not None or len(batch) >= size:
                     self._flush()
 
         return put_shaped
@@ -308,11 +307,10 @@ class _Pipe:
         if len(queue) >= self._bound:
             self._full = True
         queue.append(batch)
-        if self._waiting:
+        if self._wakeup is not None:
             self._wake()
 
     def _wake(self) -> None:
-        self._waiting = False
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None:
             _backends.wake(wakeup)
@@ -365,11 +363,9 @@ class _Pipe:
                 local.extend(batch if finish is None else map(finish, batch))
                 return local.popleft()
             wakeup = self._wakeup = _backends.wakeup(self._loop)
-            self._waiting = True
             try:
                 await _backends.sleep_on(wakeup)
             except BaseException:
-                self._waiting = False
                 self._wakeup = None
                 self._cancel()
                 raise

@@ -131,10 +131,7 @@ class FakeChatModel(ChatModel):
                 yield await self._token(item, call_id)
         else:  # no coroutine per token: the fake model's cost is not what a test measures
             for item in tokens:
-                if isinstance(item, AIMessageChunk):
-                    yield item
-                else:
-                    yield AIMessageChunk(content=item, id=call_id)
+                yield _chunk(item, call_id)
         for index, call in enumerate(calls):
             text = json.dumps(dict(call.args))
             half = len(text) // 2
@@ -157,6 +154,11 @@ class FakeChatModel(ChatModel):
     ) -> AIMessageChunk:
         if self.token_delay:
             await anyio.sleep(self.token_delay)
-        if isinstance(token, AIMessageChunk):
-            return token
-        return AIMessageChunk(content=token, id=call_id)
+        return _chunk(token, call_id)
+
+
+def _chunk(token: str | AIMessageChunk, call_id: str | None) -> AIMessageChunk:
+    """A scripted token as the chunk the model streams (a chunk is streamed as it is)."""
+    if isinstance(token, AIMessageChunk):
+        return token
+    return AIMessageChunk(content=token, id=call_id)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypedDict
 import anyio
 import anyio.lowlevel
 import pytest
+from fixtures.graphs import one_node_graph
 from headwater_server._runs import (
     Outcome,
     drive,
@@ -332,10 +333,7 @@ async def test_a_broker_that_falls_behind_holds_the_run_back() -> None:
                 await anyio.lowlevel.checkpoint()  # where backpressure holds it
         return {"n": total}
 
-    graph = StateGraph(Burst)
-    graph.add_node("burst", burst)
-    graph.add_edge(START, "burst")
-    app = graph.compile()
+    app = one_node_graph(Burst, burst)
     broker = SlowBroker()
     run_id = new_id()
     output = open_run_stream(app, {"n": 0}, {"run_id": run_id}, {"stream_mode": "custom"})
@@ -403,10 +401,7 @@ async def test_a_paced_run_reaches_its_followers_whole_and_in_order() -> None:
             await anyio.sleep(0.001 if i % 7 else 0.005)
         return {"n": 50}
 
-    graph = StateGraph(Paced)
-    graph.add_node("talk", talk)
-    graph.add_edge(START, "talk")
-    app = graph.compile()
+    app = one_node_graph(Paced, talk)
     broker = MemoryBroker()
     run_id = new_id()
     output = open_run_stream(app, {"n": 0}, {"run_id": run_id}, {"stream_mode": "custom"})
